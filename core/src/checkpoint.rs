@@ -1,0 +1,435 @@
+//! The checkpoint store: durable region manifests, epoch claims and the split-assignment log, on any
+//! object store (a local directory by default).
+//!
+//! Layout under the checkpoint location:
+//!
+//! ```text
+//! pipeline.json                         name, topology fingerprint, number of regions
+//! assignments/00000000000000000007.json  split assignments, in order, each with the enumerator state
+//! regions/0/epochs/0000000003            one empty object per (re)start of region 0 (create-if-absent)
+//! regions/0/chk-00000000000000000042.json  region 0's manifest of checkpoint 42
+//! ```
+//!
+//! Every object is written once with create-if-absent (`PutMode::Create`), so two processes running the
+//! same pipeline cannot silently overwrite each other's state: the second one fails with a clear
+//! error. The latest manifest of a region is the one with the highest checkpoint id; older ones
+//! are pruned, keeping a few. A manifest that cannot be parsed, or whose format version is not ours,
+//! is an error that says what to do; it is never skipped.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::sink::Committable;
+use crate::source::{Split, State};
+use crate::store::Location;
+
+/// The `format` field of every file we write.
+pub const FORMAT: &str = "alluvium.checkpoint";
+/// The current format version; manifests of other versions are refused.
+pub const VERSION: u32 = 1;
+/// How many manifests per region are kept.
+const KEEP_MANIFESTS: usize = 3;
+
+/// A split and the position reached in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitState {
+    /// The split.
+    pub split: Split,
+    /// Where reading resumes; `None` when the split was not started.
+    pub position: Option<State>,
+}
+
+/// The state of one source subtask (reader).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReaderState {
+    /// The reader's index (source subtask).
+    pub reader: usize,
+    /// The highest assignment sequence number this reader had received; later assignments are replayed
+    /// from the log on restore.
+    pub received_through: Option<u64>,
+    /// Splits received and not yet finished, in order, with positions.
+    pub splits: Vec<SplitState>,
+    /// Whether the reader was told that no more splits will come.
+    pub no_more_splits: bool,
+}
+
+/// Committables prepared at one checkpoint and not yet known to be committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingCommit {
+    /// The checkpoint that prepared them.
+    pub checkpoint: u64,
+    /// For the main sink.
+    pub sink: Vec<Committable>,
+    /// For the dead-letter sink.
+    pub dead_letters: Vec<Committable>,
+}
+
+/// A region's checkpoint manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionManifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// [`VERSION`] when written.
+    pub version: u32,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The region.
+    pub region: usize,
+    /// The checkpoint id (increasing per region).
+    pub checkpoint: u64,
+    /// The region's epoch when the checkpoint was taken.
+    pub epoch: u64,
+    /// Wall-clock time the manifest was written, ms since the Unix epoch.
+    pub created_at_ms: i64,
+    /// The region's input was finished: nothing is left to do.
+    pub is_final: bool,
+    /// Source subtasks of the region.
+    pub readers: Vec<ReaderState>,
+    /// Operator state by `stage#subtask`.
+    pub operators: BTreeMap<String, State>,
+    /// Committables not yet known to be committed, oldest first.
+    pub pending: Vec<PendingCommit>,
+}
+
+/// `pipeline.json`: what the checkpoints belong to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineMeta {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// [`VERSION`] when written.
+    pub version: u32,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// A description of the topology (stages, parallelism, edges); a restore needs the same one.
+    pub topology: String,
+    /// Number of regions.
+    pub regions: usize,
+}
+
+/// One entry of the split-assignment log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignmentRecord {
+    /// Sequence number, from 0, without gaps.
+    pub seq: u64,
+    /// `(reader, split)` pairs.
+    pub splits: Vec<(usize, Split)>,
+    /// The enumerator's state after producing these splits.
+    pub enumerator: State,
+    /// No split will follow.
+    pub exhausted: bool,
+}
+
+/// Durable state of one pipeline, on an object store.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    location: Location,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl CheckpointStore {
+    /// A store at `location`.
+    pub fn new(location: Location) -> Self {
+        Self { location }
+    }
+
+    /// Where it is (redacted).
+    pub fn display(&self) -> &str {
+        &self.location.display
+    }
+
+    fn store(&self) -> &dyn ObjectStore {
+        self.location.store.as_ref()
+    }
+
+    async fn put_new(&self, rel: &str, bytes: Bytes) -> Result<bool> {
+        let path = self.location.child(rel);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store().put_opts(&path, PutPayload::from(bytes), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(Error::from(e).context(format!("writing {rel} in checkpoint location {}", self.display()))),
+        }
+    }
+
+    async fn get_json<T: for<'de> Deserialize<'de>>(&self, rel: &str) -> Result<Option<T>> {
+        let path = self.location.child(rel);
+        let bytes = match self.store().get(&path).await {
+            Ok(r) => r.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::from(e).context(format!("reading {rel} in checkpoint location {}", self.display()))),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::checkpoint(format!(
+                "checkpoint file {rel} in {} is corrupt ({e}); delete it to fall back to the previous checkpoint, \
+                 or use a fresh checkpoint location to start over",
+                self.display()
+            ))
+        })?;
+        let format = value.get("format").and_then(|v| v.as_str()).unwrap_or_default();
+        let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+        if format != FORMAT || version != VERSION as u64 {
+            return Err(Error::checkpoint(format!(
+                "checkpoint file {rel} in {} has format `{format}` version {version}, but this Alluvium reads `{FORMAT}` \
+                 version {VERSION}; run the version that wrote it, or use a fresh checkpoint location",
+                self.display()
+            )));
+        }
+        serde_json::from_value(value).map(Some).map_err(|e| {
+            Error::checkpoint(format!("checkpoint file {rel} in {} is not a valid {FORMAT} file ({e})", self.display()))
+        })
+    }
+
+    async fn list_names(&self, rel_dir: &str) -> Result<Vec<String>> {
+        let prefix = self.location.child(rel_dir);
+        let metas: Vec<_> = self
+            .store()
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::from(e).context(format!("listing {rel_dir} in checkpoint location {}", self.display())))?;
+        Ok(metas.into_iter().filter_map(|m| m.location.filename().map(str::to_string)).collect())
+    }
+
+    /// Checks that the location can be written, by creating and deleting a probe object.
+    pub async fn probe(&self) -> Result<()> {
+        let rel = format!("_probe-{}-{}", std::process::id(), now_ms());
+        let path = self.location.child(&rel);
+        self.store().put(&path, PutPayload::from_static(b"probe")).await.map_err(|e| {
+            Error::config(format!("checkpoint location {} is not writable; choose a writable location", self.display()))
+                .with_source(e)
+        })?;
+        self.store().delete(&path).await?;
+        Ok(())
+    }
+
+    /// Reads `pipeline.json`, or writes `meta` when there is none; an existing one must match.
+    pub async fn open_pipeline(&self, meta: &PipelineMeta) -> Result<()> {
+        if let Some(existing) = self.get_json::<PipelineMeta>("pipeline.json").await? {
+            if existing.pipeline != meta.pipeline || existing.topology != meta.topology {
+                return Err(Error::checkpoint(format!(
+                    "the checkpoints in {} belong to pipeline `{}` with topology `{}`, but this pipeline is `{}` with \
+                     topology `{}`; restore the old name and parallelism to resume, or use a fresh checkpoint location",
+                    self.display(),
+                    existing.pipeline,
+                    existing.topology,
+                    meta.pipeline,
+                    meta.topology
+                )));
+            }
+            return Ok(());
+        }
+        let bytes = Bytes::from(serde_json::to_vec_pretty(meta).expect("serializable"));
+        if !self.put_new("pipeline.json", bytes).await? {
+            // Written concurrently by another process: check it matches.
+            return Box::pin(self.open_pipeline(meta)).await;
+        }
+        Ok(())
+    }
+
+    /// The latest manifest of `region`, if any.
+    pub async fn latest(&self, pipeline: &str, region: usize) -> Result<Option<RegionManifest>> {
+        let mut ids: Vec<u64> = self
+            .list_names(&format!("regions/{region}"))
+            .await?
+            .iter()
+            .filter_map(|n| n.strip_prefix("chk-")?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        let Some(id) = ids.last() else { return Ok(None) };
+        let rel = manifest_name(region, *id);
+        let m: RegionManifest = self.get_json(&rel).await?.ok_or_else(|| {
+            Error::checkpoint(format!("checkpoint manifest {rel} disappeared while it was being read"))
+        })?;
+        if m.pipeline != pipeline || m.region != region || m.checkpoint != *id {
+            return Err(Error::checkpoint(format!(
+                "checkpoint manifest {rel} in {} describes pipeline `{}` region {} checkpoint {}; it does not belong here",
+                self.display(),
+                m.pipeline,
+                m.region,
+                m.checkpoint
+            )));
+        }
+        Ok(Some(m))
+    }
+
+    /// Writes a region manifest (create-if-absent), then prunes old ones.
+    pub async fn write_manifest(&self, m: &RegionManifest) -> Result<()> {
+        let rel = manifest_name(m.region, m.checkpoint);
+        let bytes = Bytes::from(serde_json::to_vec(m).expect("serializable"));
+        if !self.put_new(&rel, bytes).await? {
+            return Err(Error::checkpoint(format!(
+                "checkpoint manifest {rel} already exists in {}: is another process running this pipeline?",
+                self.display()
+            )));
+        }
+        let mut ids: Vec<u64> = self
+            .list_names(&format!("regions/{}", m.region))
+            .await?
+            .iter()
+            .filter_map(|n| n.strip_prefix("chk-")?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        if ids.len() > KEEP_MANIFESTS {
+            for id in &ids[..ids.len() - KEEP_MANIFESTS] {
+                let path = self.location.child(&manifest_name(m.region, *id));
+                match self.store().delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => tracing::warn!(error = %Error::from(e), "could not prune an old checkpoint manifest"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims a fresh epoch for `region`, greater than `after`: each (re)start gets its own, even
+    /// when earlier starts died before writing a manifest.
+    pub async fn claim_epoch(&self, region: usize, after: Option<u64>) -> Result<u64> {
+        let mut epoch = after.map_or(0, |e| e + 1);
+        loop {
+            if self.put_new(&format!("regions/{region}/epochs/{epoch:010}"), Bytes::new()).await? {
+                return Ok(epoch);
+            }
+            epoch += 1;
+        }
+    }
+
+    /// Appends to the assignment log. Fails if `record.seq` exists (another process is running).
+    pub async fn append_assignment(&self, record: &AssignmentRecord) -> Result<()> {
+        let rel = format!("assignments/{:020}.json", record.seq);
+        let mut v = serde_json::to_value(record).expect("serializable");
+        v["format"] = FORMAT.into();
+        v["version"] = VERSION.into();
+        if !self.put_new(&rel, Bytes::from(serde_json::to_vec(&v).expect("serializable"))).await? {
+            return Err(Error::checkpoint(format!(
+                "split assignment {rel} already exists in {}: is another process running this pipeline?",
+                self.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The whole assignment log, in order.
+    pub async fn assignments(&self) -> Result<Vec<AssignmentRecord>> {
+        let mut seqs: Vec<u64> = self
+            .list_names("assignments")
+            .await?
+            .iter()
+            .filter_map(|n| n.strip_suffix(".json")?.parse().ok())
+            .collect();
+        seqs.sort_unstable();
+        let mut out = Vec::with_capacity(seqs.len());
+        for (i, seq) in seqs.iter().enumerate() {
+            if *seq != i as u64 {
+                return Err(Error::checkpoint(format!(
+                    "the split assignment log in {} has a gap before entry {seq}; it cannot be resumed safely",
+                    self.display()
+                )));
+            }
+            let rel = format!("assignments/{seq:020}.json");
+            out.push(self.get_json(&rel).await?.ok_or_else(|| Error::checkpoint(format!("{rel} disappeared")))?);
+        }
+        Ok(out)
+    }
+}
+
+fn manifest_name(region: usize, checkpoint: u64) -> String {
+    format!("regions/{region}/chk-{checkpoint:020}.json")
+}
+
+/// A new manifest with the current time and format fields set.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn manifest(
+    pipeline: &str,
+    region: usize,
+    checkpoint: u64,
+    epoch: u64,
+    is_final: bool,
+    readers: Vec<ReaderState>,
+    operators: BTreeMap<String, State>,
+    pending: Vec<PendingCommit>,
+) -> RegionManifest {
+    RegionManifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        pipeline: pipeline.into(),
+        region,
+        checkpoint,
+        epoch,
+        created_at_ms: now_ms(),
+        is_final,
+        readers,
+        operators,
+        pending,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &std::path::Path) -> CheckpointStore {
+        CheckpointStore::new(Location::parse(dir.to_str().unwrap()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn latest_manifest_wins_and_old_ones_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        assert!(s.latest("p", 0).await.unwrap().is_none());
+        for id in 1..=5 {
+            s.write_manifest(&manifest("p", 0, id, 0, false, vec![], BTreeMap::new(), vec![])).await.unwrap();
+        }
+        assert_eq!(s.latest("p", 0).await.unwrap().unwrap().checkpoint, 5);
+        let files = std::fs::read_dir(dir.path().join("regions/0")).unwrap().filter(|e| {
+            e.as_ref().unwrap().file_name().to_string_lossy().starts_with("chk-")
+        });
+        assert_eq!(files.count(), KEEP_MANIFESTS);
+        let again = s.write_manifest(&manifest("p", 0, 5, 0, false, vec![], BTreeMap::new(), vec![])).await;
+        assert!(again.unwrap_err().to_string().contains("another process"));
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_or_foreign_manifest_is_an_error_not_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.write_manifest(&manifest("p", 0, 1, 0, false, vec![], BTreeMap::new(), vec![])).await.unwrap();
+        std::fs::write(dir.path().join("regions/0/chk-00000000000000000002.json"), b"{not json").unwrap();
+        let e = s.latest("p", 0).await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Checkpoint);
+        assert!(e.to_string().contains("corrupt"), "{e}");
+        let mut future = serde_json::to_value(manifest("p", 0, 3, 0, false, vec![], BTreeMap::new(), vec![])).unwrap();
+        future["version"] = 99.into();
+        std::fs::write(dir.path().join("regions/0/chk-00000000000000000003.json"), future.to_string()).unwrap();
+        let e = s.latest("p", 0).await.unwrap_err();
+        assert!(e.to_string().contains("version 99"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn epochs_are_unique_across_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        assert_eq!(s.claim_epoch(1, None).await.unwrap(), 0);
+        assert_eq!(s.claim_epoch(1, None).await.unwrap(), 1);
+        assert_eq!(s.claim_epoch(1, Some(0)).await.unwrap(), 2);
+        assert_eq!(s.claim_epoch(0, None).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_different_topology_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let meta = PipelineMeta { format: FORMAT.into(), version: VERSION, pipeline: "p".into(), topology: "a[2]".into(), regions: 2 };
+        s.open_pipeline(&meta).await.unwrap();
+        s.open_pipeline(&meta).await.unwrap();
+        let other = PipelineMeta { topology: "a[3]".into(), ..meta };
+        assert!(s.open_pipeline(&other).await.unwrap_err().to_string().contains("fresh checkpoint location"));
+    }
+}

@@ -1,0 +1,227 @@
+//! One error type for the whole crate: a struct with a classified [`ErrorKind`], a message, a stack of
+//! context lines and a retry hint (the shape of iceberg-rust's `Error`, not a god enum).
+//!
+//! Errors never carry secrets: anything that may hold credentials (URLs with user info, query
+//! strings with signatures) goes through [`redact`] before it reaches a message.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// What went wrong, from the point of view of who can fix it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The pipeline or job definition is wrong; the message names the key and the fix.
+    Config,
+    /// One input item is bad (corrupt, too large, missing). Per-row errors of this kind become dead letters.
+    Data,
+    /// A service we depend on failed (object store, catalog, remote model). Often retryable.
+    External,
+    /// Checkpoint state is missing, corrupt or incompatible.
+    Checkpoint,
+    /// A bug or an invariant violation inside Alluvium.
+    Internal,
+}
+
+impl ErrorKind {
+    /// A short lowercase name, as stored in dead-letter rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::Data => "data",
+            ErrorKind::External => "external",
+            ErrorKind::Checkpoint => "checkpoint",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of `alluvium-core` and of the connectors built on it.
+#[derive(Clone)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    context: Vec<String>,
+    retryable: bool,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A new error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), context: Vec::new(), retryable: false, source: None }
+    }
+    /// A configuration error: say which key is wrong and what would be valid.
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+    /// A bad input item.
+    pub fn data(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Data, message)
+    }
+    /// A failure of an external service.
+    pub fn external(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::External, message)
+    }
+    /// Checkpoint state that cannot be used.
+    pub fn checkpoint(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Checkpoint, message)
+    }
+    /// An internal error (a bug).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+    /// Adds a line of context ("while committing region 1 checkpoint 4").
+    pub fn context(mut self, context: impl Into<String>) -> Self {
+        self.context.push(context.into());
+        self
+    }
+    /// Marks the error retryable or not.
+    pub fn with_retryable(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+    /// Attaches the underlying error.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+    /// The kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    /// The message, without context.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    /// Whether retrying the same operation may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        for c in &self.context {
+            write!(f, " ({c})")?;
+        }
+        if let Some(source) = &self.source {
+            write!(f, ": {}", redact(&source.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} error: {self}", self.kind)?;
+        if self.retryable {
+            write!(f, " [retryable]")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<object_store::Error> for Error {
+    fn from(e: object_store::Error) -> Self {
+        use object_store::Error as E;
+        let retryable = !matches!(
+            e,
+            E::NotFound { .. }
+                | E::AlreadyExists { .. }
+                | E::Precondition { .. }
+                | E::NotSupported { .. }
+                | E::InvalidPath { .. }
+                | E::PermissionDenied { .. }
+                | E::Unauthenticated { .. }
+                | E::NotImplemented { .. }
+                | E::UnknownConfigurationKey { .. }
+        );
+        Error::external("object store request failed").with_retryable(retryable).with_source(e)
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::internal("arrow operation failed").with_source(e)
+    }
+}
+
+/// Removes credentials from a string that may contain URLs: user info (`https://user:pass@host`) and
+/// the values of query parameters that look like secrets (signatures, tokens, keys).
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(&redact_word(word));
+    }
+    out
+}
+
+fn redact_word(word: &str) -> String {
+    let Some(scheme_end) = word.find("://") else { return word.to_string() };
+    let mut s = word.to_string();
+    let rest = scheme_end + 3;
+    let host_end = s[rest..].find(['/', '?', '#']).map_or(s.len(), |i| rest + i);
+    if let Some(at) = s[rest..host_end].rfind('@') {
+        s.replace_range(rest..rest + at, "***");
+    }
+    if let Some(q) = s.find('?') {
+        let (base, query) = s.split_at(q + 1);
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        s = format!("{base}{}", redacted.join("&"));
+    }
+    s
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["sig", "signature", "token", "secret", "password", "key", "credential", "sv"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_user_info_and_signed_query() {
+        let r = redact("GET https://AKIA:supersecret@host:9000/b/k?X-Amz-Signature=abc&part=1 failed");
+        assert!(!r.contains("supersecret"), "{r}");
+        assert!(!r.contains("abc"), "{r}");
+        assert!(r.contains("part=1"), "{r}");
+        assert!(r.contains("host:9000/b/k"), "{r}");
+    }
+
+    #[test]
+    fn display_lists_context_innermost_first() {
+        let e = Error::external("put failed").context("writing manifest").context("region 1");
+        assert_eq!(e.to_string(), "put failed (writing manifest) (region 1)");
+    }
+}

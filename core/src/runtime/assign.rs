@@ -1,0 +1,131 @@
+//! Split assignment: the coordinator's enumerator loop and the durable assignment log.
+//!
+//! The enumerator discovers splits; each batch of splits is assigned to source readers (the reader
+//! with the fewest splits so far gets the next one), **appended to the log durably, and only then**
+//! sent to the readers. A region that restarts gets back its unfinished splits from its manifest
+//! plus every split assigned to its readers after that manifest (replayed from the log), so every
+//! split is read by exactly one reader and none is lost in between.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Mutex};
+
+use crate::checkpoint::{AssignmentRecord, CheckpointStore};
+use crate::error::Result;
+use crate::source::{Discovery, Source, Split};
+
+/// Sent to a reader.
+#[derive(Debug)]
+pub(crate) enum ReaderMsg {
+    /// New splits, from assignment `seq`.
+    Assign { seq: u64, splits: Vec<Split> },
+    /// No split will follow, as of assignment `seq`.
+    NoMoreSplits { seq: u64 },
+}
+
+struct State {
+    log: Vec<AssignmentRecord>,
+    readers: Vec<Option<mpsc::UnboundedSender<ReaderMsg>>>,
+    assigned: Vec<usize>,
+}
+
+/// Shared by the enumerator loop and the region drivers.
+pub(crate) struct Assigner {
+    store: CheckpointStore,
+    state: Mutex<State>,
+}
+
+impl Assigner {
+    pub(crate) async fn open(store: CheckpointStore, readers: usize) -> Result<Arc<Self>> {
+        let log = store.assignments().await?;
+        let mut assigned = vec![0; readers];
+        for r in &log {
+            for (reader, _) in &r.splits {
+                if *reader >= readers {
+                    return Err(crate::Error::checkpoint(format!(
+                        "the assignment log names reader {reader}, but the source has {readers}; \
+                         restore the old parallelism or use a fresh checkpoint location"
+                    )));
+                }
+                assigned[*reader] += 1;
+            }
+        }
+        Ok(Arc::new(Self { store, state: Mutex::new(State { log, readers: (0..readers).map(|_| None).collect(), assigned }) }))
+    }
+
+    /// Registers a (re)started reader and returns what it must replay: assignments after
+    /// `received_through`. Later assignments are sent to `tx`.
+    pub(crate) async fn attach(
+        &self,
+        reader: usize,
+        received_through: Option<u64>,
+        tx: mpsc::UnboundedSender<ReaderMsg>,
+    ) -> Vec<ReaderMsg> {
+        let mut st = self.state.lock().await;
+        let from = received_through.map_or(0, |s| s + 1) as usize;
+        let mut replay = Vec::new();
+        for r in st.log.iter().skip(from) {
+            let splits: Vec<Split> = r.splits.iter().filter(|(i, _)| *i == reader).map(|(_, s)| s.clone()).collect();
+            if !splits.is_empty() {
+                replay.push(ReaderMsg::Assign { seq: r.seq, splits });
+            }
+            if r.exhausted {
+                replay.push(ReaderMsg::NoMoreSplits { seq: r.seq });
+            }
+        }
+        st.readers[reader] = Some(tx);
+        replay
+    }
+
+    fn exhausted(st: &State) -> bool {
+        st.log.last().is_some_and(|r| r.exhausted)
+    }
+
+    /// Runs the enumerator until it is exhausted (bounded sources) or forever (unbounded).
+    pub(crate) async fn run(self: Arc<Self>, source: Arc<dyn Source>) -> Result<()> {
+        let restored = {
+            let st = self.state.lock().await;
+            if Self::exhausted(&st) {
+                return Ok(());
+            }
+            st.log.last().map(|r| r.enumerator.clone())
+        };
+        let mut enumerator = source.enumerator(restored).await?;
+        loop {
+            let discovery = enumerator.discover().await?;
+            let (splits, exhausted) = match discovery {
+                Discovery::Splits(s) if s.is_empty() => continue,
+                Discovery::Splits(s) => (s, false),
+                Discovery::Idle(d) => {
+                    tokio::time::sleep(d).await;
+                    continue;
+                }
+                Discovery::Exhausted => (Vec::new(), true),
+            };
+            let mut st = self.state.lock().await;
+            let mut pairs = Vec::with_capacity(splits.len());
+            for split in splits {
+                let reader = (0..st.assigned.len()).min_by_key(|i| st.assigned[*i]).unwrap_or(0);
+                st.assigned[reader] += 1;
+                pairs.push((reader, split));
+            }
+            let record = AssignmentRecord { seq: st.log.len() as u64, splits: pairs, enumerator: enumerator.snapshot(), exhausted };
+            self.store.append_assignment(&record).await?;
+            for (reader, tx) in st.readers.iter().enumerate() {
+                let Some(tx) = tx else { continue };
+                let splits: Vec<Split> = record.splits.iter().filter(|(i, _)| *i == reader).map(|(_, s)| s.clone()).collect();
+                // A send fails only while the reader's region restarts; it replays from the log.
+                if !splits.is_empty() {
+                    let _ = tx.send(ReaderMsg::Assign { seq: record.seq, splits });
+                }
+                if exhausted {
+                    let _ = tx.send(ReaderMsg::NoMoreSplits { seq: record.seq });
+                }
+            }
+            st.log.push(record);
+            if exhausted {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The region driver: one per region, the region's checkpoint coordinator.
+//!
+//! ```text
+//!  start ─▶ load latest manifest ─▶ claim epoch ─▶ recover sinks ─▶ commit pending ─▶ spawn tasks
+//!    ▲                                                                                 │
+//!    │ failure (backoff; only this region)          every interval: trigger(n) to sources
+//!    │                                              all tasks acked n ─▶ write manifest n (durable)
+//!    └──────────────────────────────────────────────              ─▶ commit committables ≤ n
+//!                                                   final barrier acked ─▶ done
+//! ```
+//!
+//! A failing task (an `Err` from user code, a panic, a failed commit) fails its region only: the
+//! driver aborts the region's tasks, waits, and restarts the region from its last completed
+//! checkpoint with a new epoch. Other regions keep running and committing. After
+//! `max_restarts` consecutive failures without a completed checkpoint the pipeline fails.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::assign::Assigner;
+use super::gate::InputGate;
+use super::task::*;
+use crate::channel::{channel, Barrier};
+use crate::checkpoint::{manifest, CheckpointStore, PendingCommit, ReaderState, RegionManifest};
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, StageMetrics};
+use crate::operator::TaskContext;
+use crate::pipeline::{Edge, Plan, StageKind};
+use crate::sink::{Committable, SinkContext};
+
+/// What every region driver shares.
+pub(crate) struct RunContext {
+    pub plan: Arc<Plan>,
+    pub store: CheckpointStore,
+    pub assigner: Arc<Assigner>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl RunContext {
+    fn sink_ctx(&self, region: usize, epoch: u64, writer: String) -> SinkContext {
+        SinkContext { pipeline: self.plan.name.clone(), region, epoch, writer }
+    }
+}
+
+/// Runs one region to completion, restarting it after failures.
+pub(crate) async fn drive(run: Arc<RunContext>, region: usize) -> Result<()> {
+    let mut failures = 0u32;
+    loop {
+        let mut progressed = false;
+        match attempt(&run, region, &mut progressed).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if progressed {
+                    failures = 0;
+                }
+                failures += 1;
+                run.metrics.pipeline.restarts.fetch_add(1, Ordering::Relaxed);
+                let max = run.plan.settings.max_restarts;
+                if failures > max || e.kind() == crate::ErrorKind::Checkpoint || e.kind() == crate::ErrorKind::Config {
+                    return Err(e.context(format!("region {region} failed ({failures} consecutive failures, at most {max} allowed)")));
+                }
+                let delay = run.plan.settings.restart_delay * 2u32.saturating_pow(failures - 1).min(64);
+                tracing::warn!(region, error = %e, retry_in = ?delay, "region failed; restarting it from its last checkpoint");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+struct InProgress {
+    id: u64,
+    is_final: bool,
+    started: Instant,
+    acks: usize,
+    readers: Vec<ReaderState>,
+    operators: BTreeMap<String, serde_json::Value>,
+    sink: Vec<Committable>,
+    dead_letters: Vec<Committable>,
+}
+
+async fn attempt(run: &Arc<RunContext>, region: usize, progressed: &mut bool) -> Result<()> {
+    let plan = &run.plan;
+    let restored = run.store.latest(&plan.name, region).await?;
+    let epoch = run.store.claim_epoch(region, restored.as_ref().map(|m| m.epoch)).await?;
+    let commit_ctx = run.sink_ctx(region, epoch, String::new());
+    let mut pending = restored.as_ref().map(|m| m.pending.clone()).unwrap_or_default();
+    let flatten = |p: &[PendingCommit], dl: bool| -> Vec<Committable> {
+        p.iter().flat_map(|c| if dl { c.dead_letters.clone() } else { c.sink.clone() }).collect()
+    };
+    plan.sink.recover(&commit_ctx, &flatten(&pending, false)).await.map_err(|e| e.context("recovering the sink"))?;
+    plan.dead_letters.recover(&commit_ctx, &flatten(&pending, true)).await.map_err(|e| e.context("recovering the dead-letter sink"))?;
+    commit_pending(run, &commit_ctx, &mut pending, true).await?;
+    if restored.as_ref().is_some_and(|m| m.is_final) {
+        tracing::debug!(region, "region finished in an earlier run");
+        return Ok(());
+    }
+    match &restored {
+        Some(m) => tracing::info!(region, checkpoint = m.checkpoint, epoch, "restoring region"),
+        None => tracing::debug!(region, epoch, "starting region"),
+    }
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (mut tasks, triggers, readers) = spawn_tasks(run, region, epoch, restored.as_ref(), &events_tx).await?;
+    drop(events_tx);
+    let expected_acks = tasks.len();
+    let mut next_id = restored.as_ref().map_or(1, |m| m.checkpoint + 1);
+    let mut exhausted: HashSet<usize> = HashSet::new();
+    let mut in_progress: Option<InProgress> = None;
+    let mut want_final = false;
+    let interval = plan.settings.checkpoint_interval;
+    let mut next_trigger = tokio::time::Instant::now() + interval;
+
+    let result: Result<()> = async {
+        loop {
+            if in_progress.is_none() && want_final {
+                in_progress = Some(trigger(&triggers, next_id, true)?);
+                next_id += 1;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_trigger), if in_progress.is_none() => {
+                    in_progress = Some(trigger(&triggers, next_id, false)?);
+                    next_id += 1;
+                }
+                ev = events.recv() => match ev {
+                    Some(TaskEvent::ReaderExhausted { reader }) => {
+                        exhausted.insert(reader);
+                        want_final = readers.iter().all(|r| exhausted.contains(r));
+                    }
+                    Some(TaskEvent::Ack { checkpoint, snapshot }) => {
+                        let Some(cp) = in_progress.as_mut().filter(|c| c.id == checkpoint) else {
+                            return Err(Error::internal(format!("ack for unknown checkpoint {checkpoint}")));
+                        };
+                        cp.acks += 1;
+                        cp.readers.extend(snapshot.reader);
+                        cp.operators.extend(snapshot.operator);
+                        cp.sink.extend(snapshot.sink);
+                        cp.dead_letters.extend(snapshot.dead_letters);
+                        if cp.acks == expected_acks {
+                            let cp = in_progress.take().expect("in progress");
+                            let done = complete(run, region, epoch, cp, &mut pending, &commit_ctx).await?;
+                            *progressed = true;
+                            if done {
+                                return Ok(());
+                            }
+                            next_trigger = tokio::time::Instant::now() + interval;
+                        }
+                    }
+                    None => return Err(Error::internal("all tasks of the region stopped before the final checkpoint")),
+                },
+                Some(joined) = tasks.join_next() => match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(Error::internal(format!("a task of region {region} panicked: {}", panic_message(e)))),
+                },
+            }
+        }
+    }
+    .await;
+
+    if result.is_ok() {
+        while let Some(joined) = tasks.join_next().await {
+            joined.map_err(|e| Error::internal(panic_message(e)))??;
+        }
+    } else {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        if let Some(cp) = in_progress {
+            // Best effort; `recover` on the restart deletes whatever this misses.
+            let _ = plan.sink.abort(&commit_ctx, &cp.sink).await;
+            let _ = plan.dead_letters.abort(&commit_ctx, &cp.dead_letters).await;
+        }
+    }
+    result
+}
+
+fn trigger(triggers: &[mpsc::UnboundedSender<Barrier>], id: u64, is_final: bool) -> Result<InProgress> {
+    for t in triggers {
+        t.send(Barrier { id, is_final }).map_err(|_| Error::internal("a source task stopped before the final checkpoint"))?;
+    }
+    Ok(InProgress {
+        id,
+        is_final,
+        started: Instant::now(),
+        acks: 0,
+        readers: Vec::new(),
+        operators: BTreeMap::new(),
+        sink: Vec::new(),
+        dead_letters: Vec::new(),
+    })
+}
+
+/// Writes the manifest, then commits. Returns whether the region is finished.
+async fn complete(
+    run: &RunContext,
+    region: usize,
+    epoch: u64,
+    mut cp: InProgress,
+    pending: &mut Vec<PendingCommit>,
+    ctx: &SinkContext,
+) -> Result<bool> {
+    if !cp.sink.is_empty() || !cp.dead_letters.is_empty() {
+        pending.push(PendingCommit { checkpoint: cp.id, sink: cp.sink, dead_letters: cp.dead_letters });
+    }
+    cp.readers.sort_by_key(|r| r.reader);
+    let m = manifest(&run.plan.name, region, cp.id, epoch, cp.is_final, cp.readers, cp.operators, pending.clone());
+    run.store.write_manifest(&m).await?;
+    let took = cp.started.elapsed().as_nanos() as u64;
+    let p = &run.metrics.pipeline;
+    p.checkpoints.fetch_add(1, Ordering::Relaxed);
+    p.checkpoint_ns.fetch_add(took, Ordering::Relaxed);
+    p.checkpoint_max_ns.fetch_max(took, Ordering::Relaxed);
+    tracing::debug!(region, checkpoint = cp.id, ms = took / 1_000_000, "checkpoint complete");
+    commit_pending(run, ctx, pending, false).await?;
+    Ok(cp.is_final)
+}
+
+/// Commits pending committables in checkpoint order, retrying transient errors a few times.
+/// `recovery`: re-commits of a restored manifest (possibly visible already) are counted apart.
+async fn commit_pending(run: &RunContext, ctx: &SinkContext, pending: &mut Vec<PendingCommit>, recovery: bool) -> Result<()> {
+    while let Some(pc) = pending.first() {
+        let start = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let r = async {
+                if !pc.sink.is_empty() {
+                    run.plan.sink.commit(ctx, pc.checkpoint, &pc.sink).await?;
+                }
+                if !pc.dead_letters.is_empty() {
+                    run.plan.dead_letters.commit(ctx, pc.checkpoint, &pc.dead_letters).await?;
+                }
+                Ok::<_, Error>(())
+            }
+            .await;
+            match r {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() && attempt < 4 => {
+                    attempt += 1;
+                    tracing::warn!(region = ctx.region, checkpoint = pc.checkpoint, error = %e, "commit failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+                }
+                Err(e) => return Err(e.context(format!("committing region {} checkpoint {}", ctx.region, pc.checkpoint))),
+            }
+        }
+        let p = &run.metrics.pipeline;
+        let rows: u64 = pc.sink.iter().map(|c| c.rows).sum();
+        if recovery {
+            p.rows_recommitted.fetch_add(rows, Ordering::Relaxed);
+        } else {
+            p.commits.fetch_add(1, Ordering::Relaxed);
+            p.commit_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            p.rows_committed.fetch_add(rows, Ordering::Relaxed);
+            p.dead_letters_committed.fetch_add(pc.dead_letters.iter().map(|c| c.rows).sum(), Ordering::Relaxed);
+        }
+        pending.remove(0);
+    }
+    Ok(())
+}
+
+type Spawned = (JoinSet<Result<()>>, Vec<mpsc::UnboundedSender<Barrier>>, Vec<usize>);
+
+/// Builds the region's channels and spawns one task per subtask.
+async fn spawn_tasks(
+    run: &Arc<RunContext>,
+    region: usize,
+    epoch: u64,
+    restored: Option<&RegionManifest>,
+    events: &Events,
+) -> Result<Spawned> {
+    let plan = &run.plan;
+    let n = plan.nodes.len();
+    let budget = plan.settings.channel_bytes;
+    // inputs[node][k] = receivers of the k-th subtask (in this region) of node.
+    let mut inputs: Vec<Vec<Vec<crate::channel::Receiver>>> = Vec::with_capacity(n);
+    let mut outputs: Vec<Vec<Vec<crate::channel::Sender>>> = Vec::with_capacity(n);
+    for node in 0..n {
+        let subs = plan.subtasks(node, region).len();
+        inputs.push((0..subs).map(|_| Vec::new()).collect());
+        outputs.push((0..subs).map(|_| Vec::new()).collect());
+    }
+    for node in 1..n {
+        let ups = plan.subtasks(node - 1, region).len();
+        let downs = plan.subtasks(node, region).len();
+        let gauge = run.metrics.stages[node].input_buffer.clone();
+        let pairs: Vec<(usize, usize)> = match plan.nodes[node].edge {
+            Edge::Forward => (0..ups).map(|i| (i, i)).collect(),
+            Edge::Rebalance => (0..ups).flat_map(|u| (0..downs).map(move |d| (u, d))).collect(),
+        };
+        let fan_in = if plan.nodes[node].edge == Edge::Forward { 1 } else { ups as u64 };
+        for (u, d) in pairs {
+            let (tx, rx) = channel((budget / fan_in).max(1), 1024, gauge.clone());
+            outputs[node - 1][u].push(tx);
+            inputs[node][d].push(rx);
+        }
+    }
+    let mut tasks = JoinSet::new();
+    let mut triggers = Vec::new();
+    let mut readers = Vec::new();
+    let mut inputs = inputs.into_iter();
+    let mut outputs = outputs.into_iter();
+
+    // Source readers.
+    let _ = inputs.next();
+    let source_outputs = outputs.next().expect("source outputs");
+    for (k, outs) in source_outputs.into_iter().enumerate() {
+        let reader = plan.subtasks(0, region)[k];
+        let state = restored
+            .and_then(|m| m.readers.iter().find(|r| r.reader == reader).cloned())
+            .unwrap_or(ReaderState { reader, received_through: None, splits: Vec::new(), no_more_splits: false });
+        let (tx, splits_rx) = mpsc::unbounded_channel();
+        let replay = run.assigner.attach(reader, state.received_through, tx).await;
+        let (ttx, trx) = mpsc::unbounded_channel();
+        triggers.push(ttx);
+        readers.push(reader);
+        let metrics = run.metrics.stages[0].clone();
+        let task = SourceTask {
+            reader,
+            source: plan.source.clone(),
+            state,
+            replay,
+            splits_rx,
+            triggers: trx,
+            outputs: Outputs::new(outs, metrics.clone()),
+            events: events.clone(),
+            metrics,
+        };
+        tasks.spawn(task.run());
+    }
+
+    // Operators.
+    for (s, stage) in plan.stages.iter().enumerate() {
+        let node = s + 1;
+        let ins = inputs.next().expect("stage inputs");
+        let outs = outputs.next().expect("stage outputs");
+        let metrics: Arc<StageMetrics> = run.metrics.stages[node].clone();
+        for (k, (ins, outs)) in ins.into_iter().zip(outs).enumerate() {
+            let subtask = plan.subtasks(node, region)[k];
+            let ctx = TaskContext {
+                pipeline: plan.name.clone(),
+                stage: stage.name.clone(),
+                subtask,
+                parallelism: plan.nodes[node].parallelism,
+                region,
+                epoch,
+            };
+            let dead_letters = DeadLetters {
+                sink: plan.dead_letters.clone(),
+                ctx: run.sink_ctx(region, epoch, format!("{}-{}", stage.name, subtask)),
+                writer: None,
+            };
+            let gate = InputGate::new(ins);
+            let outputs = Outputs::new(outs, metrics.clone());
+            match &stage.kind {
+                StageKind::Sync(factory) => {
+                    let restored_state = restored.and_then(|m| m.operators.get(&format!("{}#{}", stage.name, subtask)).cloned());
+                    let task = OperatorTask {
+                        op: factory(),
+                        ctx,
+                        restored: restored_state,
+                        gate,
+                        outputs,
+                        dead_letters,
+                        events: events.clone(),
+                        metrics: metrics.clone(),
+                    };
+                    tasks.spawn(task.run());
+                }
+                StageKind::Async { op, concurrency, ordered } => {
+                    let task = AsyncOperatorTask {
+                        op: op.clone(),
+                        concurrency: *concurrency,
+                        ordered: *ordered,
+                        ctx,
+                        gate,
+                        outputs,
+                        dead_letters,
+                        events: events.clone(),
+                        metrics: metrics.clone(),
+                    };
+                    tasks.spawn(task.run());
+                }
+            }
+        }
+    }
+
+    // Sink writers.
+    let ins = inputs.next().expect("sink inputs");
+    let metrics = run.metrics.stages[n - 1].clone();
+    for (k, ins) in ins.into_iter().enumerate() {
+        let subtask = plan.subtasks(n - 1, region)[k];
+        let ctx = run.sink_ctx(region, epoch, format!("sink-{subtask}"));
+        let writer = plan.sink.writer(&ctx).await.map_err(|e| e.context("opening the sink writer"))?;
+        let task = SinkTask { writer, gate: InputGate::new(ins), events: events.clone(), metrics: metrics.clone() };
+        tasks.spawn(task.run());
+    }
+    Ok((tasks, triggers, readers))
+}

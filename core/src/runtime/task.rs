@@ -1,0 +1,426 @@
+//! The tasks of a region: one per subtask of every stage. The runtime owns the control loop; the
+//! user's code (readers, operators, writers) never sees a barrier.
+//!
+//! ```text
+//!  source task ──batches/barriers──▶ operator task ──▶ … ──▶ sink task
+//!      ▲  │ ack(positions)              │ ack(state, dead letters)  │ ack(committable)
+//!      │  └───────────────┬─────────────┴───────────────────────────┘
+//!   trigger(n)            ▼
+//!              region driver (coordinator of the region)
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::record_batch::RecordBatch;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::assign::ReaderMsg;
+use super::gate::{Event, InputGate};
+use crate::channel::{Barrier, Message, Sender};
+use crate::checkpoint::{ReaderState, SplitState};
+use crate::error::{Error, Result};
+use crate::metrics::StageMetrics;
+use crate::operator::{AsyncOperator, Operator, Output, TaskContext};
+use crate::sink::{Committable, Sink, SinkContext, SinkWriter};
+use crate::source::{Source, SplitReader};
+use crate::{dead_letter, source::State};
+
+/// What a task hands the region driver when a barrier passes it.
+#[derive(Debug, Default)]
+pub(crate) struct TaskSnapshot {
+    pub reader: Option<ReaderState>,
+    pub operator: Option<(String, State)>,
+    pub sink: Option<Committable>,
+    pub dead_letters: Option<Committable>,
+}
+
+/// Task → region driver.
+#[derive(Debug)]
+pub(crate) enum TaskEvent {
+    Ack { checkpoint: u64, snapshot: TaskSnapshot },
+    ReaderExhausted { reader: usize },
+}
+
+pub(crate) type Events = mpsc::UnboundedSender<TaskEvent>;
+
+/// The output side of a task: forward (one channel) or rebalance (several).
+pub(crate) struct Outputs {
+    senders: Vec<Sender>,
+    next: usize,
+    metrics: Arc<StageMetrics>,
+}
+
+impl Outputs {
+    pub(crate) fn new(senders: Vec<Sender>, metrics: Arc<StageMetrics>) -> Self {
+        Self { senders, next: 0, metrics }
+    }
+
+    async fn send(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        StageMetrics::add(&self.metrics.rows_out, batch.num_rows() as u64);
+        let bytes = batch.get_array_memory_size() as u64;
+        StageMetrics::add(&self.metrics.bytes_out, bytes);
+        let n = self.senders.len();
+        // Rebalance: the next channel with room, else the next in turn.
+        let target = (0..n).map(|k| (self.next + k) % n).find(|i| self.senders[*i].has_room(bytes)).unwrap_or(self.next % n);
+        self.next = (target + 1) % n;
+        let waited = self.senders[target].send(Message::Batch(batch)).await.map_err(|_| downstream_gone())?;
+        StageMetrics::add_time(&self.metrics.backpressure_ns, waited);
+        Ok(())
+    }
+
+    async fn barrier(&mut self, barrier: Barrier) -> Result<()> {
+        for s in &self.senders {
+            s.send(Message::Barrier(barrier)).await.map_err(|_| downstream_gone())?;
+        }
+        Ok(())
+    }
+}
+
+fn downstream_gone() -> Error {
+    Error::internal("a downstream task stopped; its region is restarting").with_retryable(true)
+}
+
+fn ack(events: &Events, checkpoint: u64, snapshot: TaskSnapshot) -> Result<()> {
+    events.send(TaskEvent::Ack { checkpoint, snapshot }).map_err(|_| Error::internal("the region driver is gone"))
+}
+
+// ---------------------------------------------------------------- source
+
+pub(crate) struct SourceTask {
+    pub reader: usize,
+    pub source: Arc<dyn Source>,
+    pub state: ReaderState,
+    pub replay: Vec<ReaderMsg>,
+    pub splits_rx: mpsc::UnboundedReceiver<ReaderMsg>,
+    pub triggers: mpsc::UnboundedReceiver<Barrier>,
+    pub outputs: Outputs,
+    pub events: Events,
+    pub metrics: Arc<StageMetrics>,
+}
+
+impl SourceTask {
+    fn receive(&mut self, msg: ReaderMsg) {
+        match msg {
+            ReaderMsg::Assign { seq, splits } => {
+                self.state.received_through = Some(seq);
+                self.state.splits.extend(splits.into_iter().map(|split| SplitState { split, position: None }));
+            }
+            ReaderMsg::NoMoreSplits { seq } => {
+                self.state.received_through = Some(seq);
+                self.state.no_more_splits = true;
+            }
+        }
+    }
+
+    pub(crate) async fn run(mut self) -> Result<()> {
+        for msg in std::mem::take(&mut self.replay) {
+            self.receive(msg);
+        }
+        // `state.splits[0]` is the split being read, when `current` is set.
+        let mut current: Option<Box<dyn SplitReader>> = None;
+        let mut reported = false;
+        let mut pending: VecDeque<Barrier> = VecDeque::new();
+        loop {
+            if let Some(b) = pending.pop_front() {
+                ack(&self.events, b.id, TaskSnapshot { reader: Some(self.state.clone()), ..Default::default() })?;
+                self.outputs.barrier(b).await?;
+                if b.is_final {
+                    return Ok(());
+                }
+                continue;
+            }
+            if current.is_none() {
+                if let Some(first) = self.state.splits.first() {
+                    let reader = self.source.open(&first.split, first.position.as_ref()).await.map_err(|e| {
+                        e.context(format!("opening split `{}` of source `{}`", first.split.id, self.source.name()))
+                    })?;
+                    current = Some(reader);
+                } else if self.state.no_more_splits && !reported {
+                    reported = true;
+                    let _ = self.events.send(TaskEvent::ReaderExhausted { reader: self.reader });
+                }
+            }
+            tokio::select! {
+                biased;
+                Some(b) = self.triggers.recv() => pending.push_back(b),
+                Some(msg) = self.splits_rx.recv() => self.receive(msg),
+                next = async { current.as_mut().expect("guarded").next_batch().await }, if current.is_some() => {
+                    let start = Instant::now();
+                    match next? {
+                        Some(batch) => {
+                            self.state.splits[0].position = Some(current.as_ref().expect("reading").position());
+                            StageMetrics::add(&self.metrics.rows_in, batch.num_rows() as u64);
+                            StageMetrics::add(&self.metrics.bytes_in, batch.get_array_memory_size() as u64);
+                            StageMetrics::add_time(&self.metrics.busy_ns, start.elapsed());
+                            self.outputs.send(batch).await?;
+                        }
+                        None => {
+                            current = None;
+                            self.state.splits.remove(0);
+                        }
+                    }
+                }
+                else => return Err(Error::internal("source task lost its region driver")),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- dead letters
+
+/// A task's dead-letter writer, opened on the first dead letter.
+pub(crate) struct DeadLetters {
+    pub sink: Arc<dyn Sink>,
+    pub ctx: SinkContext,
+    pub writer: Option<Box<dyn SinkWriter>>,
+}
+
+impl DeadLetters {
+    async fn route(&mut self, input: &RecordBatch, output: &Output, metrics: &StageMetrics) -> Result<()> {
+        if output.failures.is_empty() {
+            return Ok(());
+        }
+        if let Some(f) = output.failures.iter().find(|f| f.row >= input.num_rows()) {
+            return Err(Error::internal(format!(
+                "stage `{}` reported a failure for row {} of a batch of {} rows",
+                metrics.name,
+                f.row,
+                input.num_rows()
+            )));
+        }
+        let batch = dead_letter::build(&self.ctx.pipeline, &metrics.name, input, &output.failures)?;
+        StageMetrics::add(&metrics.dead_letters, batch.num_rows() as u64);
+        if self.writer.is_none() {
+            self.writer = Some(self.sink.writer(&self.ctx).await?);
+        }
+        self.writer.as_mut().expect("opened").write(batch).await.map_err(|e| e.context("writing dead letters"))
+    }
+
+    async fn prepare(&mut self, checkpoint: u64) -> Result<Option<Committable>> {
+        match &mut self.writer {
+            Some(w) => w.prepare(checkpoint).await,
+            None => Ok(None),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- sync operator
+
+pub(crate) struct OperatorTask {
+    pub op: Box<dyn Operator>,
+    pub ctx: TaskContext,
+    pub restored: Option<State>,
+    pub gate: InputGate,
+    pub outputs: Outputs,
+    pub dead_letters: DeadLetters,
+    pub events: Events,
+    pub metrics: Arc<StageMetrics>,
+}
+
+/// Runs `f` on the operator on tokio's blocking pool (CPU work stays off the async reactor).
+async fn blocking<T: Send + 'static>(
+    op: &mut Option<Box<dyn Operator>>,
+    stage: &str,
+    f: impl FnOnce(&mut dyn Operator) -> T + Send + 'static,
+) -> Result<T> {
+    let mut taken = op.take().expect("operator present");
+    let (back, out) = tokio::task::spawn_blocking(move || {
+        let out = f(taken.as_mut());
+        (taken, out)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("stage `{stage}` panicked: {}", panic_message(e))))?;
+    *op = Some(back);
+    Ok(out)
+}
+
+pub(crate) fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+impl OperatorTask {
+    pub(crate) async fn run(mut self) -> Result<()> {
+        let stage = self.ctx.stage.clone();
+        let key = format!("{}#{}", self.ctx.stage, self.ctx.subtask);
+        let ctx = self.ctx.clone();
+        let restored = self.restored.take();
+        let mut op = Some(self.op);
+        blocking(&mut op, &stage, move |op| {
+            op.open(&ctx)?;
+            restored.map_or(Ok(()), |s| op.restore(s))
+        })
+        .await??;
+        loop {
+            match self.gate.next().await? {
+                Event::Batch(batch) => {
+                    StageMetrics::add(&self.metrics.rows_in, batch.num_rows() as u64);
+                    StageMetrics::add(&self.metrics.bytes_in, batch.get_array_memory_size() as u64);
+                    let start = Instant::now();
+                    let input = batch.clone();
+                    let out = blocking(&mut op, &stage, move |op| op.process(batch)).await?;
+                    StageMetrics::add_time(&self.metrics.busy_ns, start.elapsed());
+                    let out = out.map_err(|e| e.context(format!("stage `{stage}`")))?;
+                    self.dead_letters.route(&input, &out, &self.metrics).await?;
+                    self.outputs.send(out.batch).await?;
+                }
+                Event::Barrier(b) => {
+                    let is_final = b.is_final;
+                    let (rest, state) = blocking(&mut op, &stage, move |op| -> Result<_> {
+                        let rest = if is_final { op.finish()? } else { None };
+                        Ok((rest, op.snapshot()?))
+                    })
+                    .await??;
+                    if let Some(rest) = rest {
+                        self.outputs.send(rest).await?;
+                    }
+                    let snapshot = TaskSnapshot {
+                        operator: state.map(|s| (key.clone(), s)),
+                        dead_letters: self.dead_letters.prepare(b.id).await?,
+                        ..Default::default()
+                    };
+                    ack(&self.events, b.id, snapshot)?;
+                    self.outputs.barrier(b).await?;
+                    if b.is_final {
+                        return Ok(());
+                    }
+                }
+                Event::End => return Ok(()),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- async operator
+
+type Call = futures::future::BoxFuture<'static, (RecordBatch, Result<Output>)>;
+
+enum InFlight {
+    Ordered(FuturesOrdered<Call>),
+    Unordered(FuturesUnordered<Call>),
+}
+
+impl InFlight {
+    fn push(&mut self, c: Call) {
+        match self {
+            InFlight::Ordered(f) => f.push_back(c),
+            InFlight::Unordered(f) => f.push(c),
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            InFlight::Ordered(f) => f.len(),
+            InFlight::Unordered(f) => f.len(),
+        }
+    }
+    async fn next(&mut self) -> Option<(RecordBatch, Result<Output>)> {
+        match self {
+            InFlight::Ordered(f) => f.next().await,
+            InFlight::Unordered(f) => f.next().await,
+        }
+    }
+}
+
+pub(crate) struct AsyncOperatorTask {
+    pub op: Arc<dyn AsyncOperator>,
+    pub concurrency: usize,
+    pub ordered: bool,
+    pub ctx: TaskContext,
+    pub gate: InputGate,
+    pub outputs: Outputs,
+    pub dead_letters: DeadLetters,
+    pub events: Events,
+    pub metrics: Arc<StageMetrics>,
+}
+
+impl AsyncOperatorTask {
+    async fn handle(&mut self, input: RecordBatch, out: Result<Output>) -> Result<()> {
+        let out = out.map_err(|e| e.context(format!("stage `{}`", self.ctx.stage)))?;
+        self.dead_letters.route(&input, &out, &self.metrics).await?;
+        self.outputs.send(out.batch).await
+    }
+
+    pub(crate) async fn run(mut self) -> Result<()> {
+        let mut inflight = if self.ordered { InFlight::Ordered(Default::default()) } else { InFlight::Unordered(Default::default()) };
+        let limit = self.concurrency.max(1);
+        loop {
+            tokio::select! {
+                ev = self.gate.next(), if inflight.len() < limit => match ev? {
+                    Event::Batch(batch) => {
+                        StageMetrics::add(&self.metrics.rows_in, batch.num_rows() as u64);
+                        StageMetrics::add(&self.metrics.bytes_in, batch.get_array_memory_size() as u64);
+                        let (op, ctx, metrics) = (self.op.clone(), self.ctx.clone(), self.metrics.clone());
+                        inflight.push(Box::pin(async move {
+                            let start = Instant::now();
+                            let out = op.process(batch.clone(), &ctx).await;
+                            StageMetrics::add_time(&metrics.busy_ns, start.elapsed());
+                            (batch, out)
+                        }));
+                    }
+                    Event::Barrier(b) => {
+                        // Aligned checkpoint: drain what is in flight first.
+                        while let Some((input, out)) = inflight.next().await {
+                            self.handle(input, out).await?;
+                        }
+                        let snapshot = TaskSnapshot { dead_letters: self.dead_letters.prepare(b.id).await?, ..Default::default() };
+                        ack(&self.events, b.id, snapshot)?;
+                        self.outputs.barrier(b).await?;
+                        if b.is_final {
+                            return Ok(());
+                        }
+                    }
+                    Event::End => return Ok(()),
+                },
+                Some((input, out)) = inflight.next(), if inflight.len() > 0 => self.handle(input, out).await?,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- sink
+
+pub(crate) struct SinkTask {
+    pub writer: Box<dyn SinkWriter>,
+    pub gate: InputGate,
+    pub events: Events,
+    pub metrics: Arc<StageMetrics>,
+}
+
+impl SinkTask {
+    pub(crate) async fn run(mut self) -> Result<()> {
+        loop {
+            match self.gate.next().await? {
+                Event::Batch(batch) => {
+                    let rows = batch.num_rows() as u64;
+                    StageMetrics::add(&self.metrics.rows_in, rows);
+                    StageMetrics::add(&self.metrics.bytes_in, batch.get_array_memory_size() as u64);
+                    let start = Instant::now();
+                    self.writer.write(batch).await.map_err(|e| e.context(format!("sink `{}`", self.metrics.name)))?;
+                    StageMetrics::add_time(&self.metrics.busy_ns, start.elapsed());
+                    StageMetrics::add(&self.metrics.rows_out, rows);
+                }
+                Event::Barrier(b) => {
+                    let sink = self.writer.prepare(b.id).await.map_err(|e| e.context(format!("sink `{}` prepare", self.metrics.name)))?;
+                    ack(&self.events, b.id, TaskSnapshot { sink, ..Default::default() })?;
+                    if b.is_final {
+                        return Ok(());
+                    }
+                }
+                Event::End => return Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Sinks as two-phase commits, tied to regional checkpoints.
+//!
+//! A [`Sink`] is shared by the whole pipeline; each sink subtask gets its own [`SinkWriter`].
+//!
+//! ```text
+//!   SinkWriter (in the region's sink task)          Sink (called by the region's coordinator)
+//!   ──────────────────────────────────────          ─────────────────────────────────────────
+//!   write(batch) … write(batch)
+//!   barrier n ──▶ prepare(n) ──▶ Committable ─┐
+//!                                             │ stored in region manifest n (durable)
+//!                                             └──────────────▶ commit(region, [committables ≤ n])
+//!   restart ──────────────────────────────────────────────────▶ recover(region, pending) + commit(pending)
+//! ```
+//!
+//! 1. **Pre-commit** (`prepare`): at a checkpoint barrier the writer closes its files (under names
+//!    unique to region/epoch/checkpoint) and returns a [`Committable`]: a serializable description of
+//!    what to make visible. The runtime stores it in the region's checkpoint manifest.
+//! 2. **Commit** (`commit`): once the region's checkpoint manifest is durable, the coordinator asks the
+//!    sink to commit. A commit must be **idempotent**: after a crash the runtime commits the pending
+//!    committables of the restored manifest again, and some of them may already be visible.
+//! 3. **Abort** (`abort`): a prepared committable whose checkpoint will never complete (the region
+//!    failed first). Best effort: the next `recover` cleans what an abort missed.
+//! 4. **Recover** (`recover`): on a region (re)start, before the first write; the sink may delete
+//!    leftovers of earlier epochs that no pending committable references (proven orphans).
+
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::source::State;
+
+/// What a writer prepared at a barrier: rows and bytes for accounting, and the sink's own payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Committable {
+    /// Rows this committable makes visible.
+    pub rows: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Sink-specific description (file names, table actions).
+    pub payload: State,
+}
+
+/// Identifies a region's writer or commit for the sink.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The region.
+    pub region: usize,
+    /// The region's epoch (increments on each restart, so file names never collide).
+    pub epoch: u64,
+    /// The writer's name, unique within the region (`sink-0`, `decode-1`); empty in commit calls.
+    pub writer: String,
+}
+
+impl SinkContext {
+    /// `pipeline/region`: the stable identity of a region's commits, used as an idempotency key.
+    pub fn sink_key(&self) -> String {
+        format!("{}/region-{}", self.pipeline, self.region)
+    }
+}
+
+/// Writes batches of one sink subtask and prepares them for commit.
+#[async_trait]
+pub trait SinkWriter: Send {
+    /// Writes a batch (to a staging area: nothing is visible before commit).
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    /// Closes what was written since the last barrier and describes it. `None` when nothing was written.
+    async fn prepare(&mut self, checkpoint: u64) -> Result<Option<Committable>>;
+}
+
+/// A transactional sink.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// A short name for logs ("parquet", "lance").
+    fn name(&self) -> String;
+    /// Creates the writer of one sink subtask. Should do no IO until the first write.
+    async fn writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter>>;
+    /// Makes `committables` (all prepared by `ctx.region`, checkpoint `checkpoint` and earlier)
+    /// visible, atomically per committable and idempotently.
+    async fn commit(&self, ctx: &SinkContext, checkpoint: u64, committables: &[Committable]) -> Result<()>;
+    /// Discards prepared committables that will never be committed.
+    async fn abort(&self, _ctx: &SinkContext, _committables: &[Committable]) -> Result<()> {
+        Ok(())
+    }
+    /// Called when a region (re)starts, with the committables still pending in its manifest.
+    async fn recover(&self, _ctx: &SinkContext, _pending: &[Committable]) -> Result<()> {
+        Ok(())
+    }
+    /// Checks the sink's configuration without IO; called by `Pipeline::build`.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+const _: Option<&dyn Sink> = None;
+const _: Option<&dyn SinkWriter> = None;
+
+/// A shared sink.
+pub type SharedSink = Arc<dyn Sink>;

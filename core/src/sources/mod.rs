@@ -1,0 +1,5 @@
+//! Built-in sources.
+
+mod generate;
+
+pub use generate::Generate;

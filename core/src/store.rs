@@ -1,0 +1,98 @@
+//! Locations on object storage: a URL (or a local path) resolved to an `object_store` and a prefix.
+//!
+//! `./dir`, `/abs/dir` and `file:///abs/dir` are local directories (created when absent);
+//! `s3://bucket/prefix` uses the usual `AWS_*` environment variables (`AWS_ENDPOINT`,
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`); other schemes
+//! are resolved by `object_store::parse_url`. Credentials never appear in errors: URLs are
+//! redacted.
+
+use std::sync::Arc;
+
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use url::Url;
+
+use crate::error::{redact, Error, Result};
+
+/// A resolved location.
+#[derive(Clone)]
+pub struct Location {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// The prefix within the store under which everything lives.
+    pub prefix: Path,
+    /// The location as the user wrote it (redacted), for messages.
+    pub display: String,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Location({})", self.display)
+    }
+}
+
+impl Location {
+    /// Resolves `location`. Local directories are created if absent.
+    pub fn parse(location: &str) -> Result<Self> {
+        let display = redact(location);
+        if location.trim().is_empty() {
+            return Err(Error::config("an empty location was given; use a directory path or a URL such as s3://bucket/prefix"));
+        }
+        let url = match Url::parse(location) {
+            Ok(u) if u.scheme().len() > 1 => u,
+            // No scheme, or a Windows drive letter: a local path.
+            _ => return Self::local(std::path::Path::new(location), display),
+        };
+        match url.scheme() {
+            "file" => {
+                let path = url
+                    .to_file_path()
+                    .map_err(|_| Error::config(format!("`{display}` is not a valid file:// URL; use file:///absolute/path")))?;
+                Self::local(&path, display)
+            }
+            "s3" | "s3a" => {
+                let store = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(location)
+                    .build()
+                    .map_err(|e| Error::config(format!("cannot use `{display}`")).with_source(e))?;
+                let prefix = Path::from_url_path(url.path()).map_err(|e| Error::config(format!("bad path in `{display}`")).with_source(e))?;
+                Ok(Self { store: Arc::new(store), prefix, display })
+            }
+            _ => {
+                let (store, prefix) = object_store::parse_url(&url).map_err(|e| {
+                    Error::config(format!("unsupported location `{display}`; use a local path, file://, or s3://")).with_source(e)
+                })?;
+                Ok(Self { store: Arc::from(store), prefix, display })
+            }
+        }
+    }
+
+    fn local(path: &std::path::Path, display: String) -> Result<Self> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| Error::config(format!("cannot create directory `{display}`: {e}; choose a writable location")))?;
+        let abs = std::fs::canonicalize(path)
+            .map_err(|e| Error::config(format!("cannot resolve directory `{display}`: {e}")))?;
+        let store = LocalFileSystem::new_with_prefix(&abs)
+            .map_err(|e| Error::config(format!("cannot open directory `{display}`")).with_source(e))?;
+        Ok(Self { store: Arc::new(store), prefix: Path::default(), display })
+    }
+
+    /// A path under this location.
+    pub fn child(&self, relative: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in relative.split('/').filter(|s| !s.is_empty()) {
+            p = p.join(part);
+        }
+        p
+    }
+
+    /// Whether the location is a local directory (`file://` or a path).
+    pub fn local_dir(location: &str) -> Option<std::path::PathBuf> {
+        match Url::parse(location) {
+            Ok(u) if u.scheme() == "file" => u.to_file_path().ok(),
+            Ok(u) if u.scheme().len() > 1 => None,
+            _ => Some(std::path::PathBuf::from(location)),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the runtime: one test binary with modules (fast to build).
+
+mod build_errors;
+mod common;
+mod runtime;

@@ -1,0 +1,171 @@
+//! The runtime end to end, in process: exactly-once output, dead letters, resume, regional
+//! failover and backpressure.
+
+use std::time::Duration;
+
+use alluvium_core::files::{FileSink, JsonLines};
+use alluvium_core::ops::Fault;
+use alluvium_core::sources::Generate;
+use alluvium_core::Pipeline;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_lands_once_and_failures_become_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let dl = dir.path().join("dead");
+    let n = 20_000;
+    let build = || {
+        Pipeline::builder("exact")
+            .source(Generate::new(n).batch_size(500).split_rows(3000))
+            .then(Fault::new().dead_letter_every(97))
+            .sink(FileSink::new(JsonLines, out.to_str().unwrap()))
+            .dead_letters(FileSink::new(JsonLines, dl.to_str().unwrap()))
+            .parallelism(2)
+            .checkpoint_every(Duration::from_millis(20))
+            .checkpoint_location(dir.path().join("ckpt").to_str().unwrap())
+            .build()
+            .unwrap()
+    };
+    let p = build();
+    assert_eq!(p.regions(), 2);
+    let summary = p.run().await.unwrap();
+
+    let counts = id_counts(&read_jsonl(&out));
+    let bad: Vec<i64> = (0..n as i64).filter(|i| i % 97 == 0).collect();
+    for id in 0..n as i64 {
+        let expect = if id % 97 == 0 { 0 } else { 1 };
+        assert_eq!(counts.get(&id).copied().unwrap_or(0), expect, "id {id}");
+    }
+    assert_eq!(counts.len() as u64, n - bad.len() as u64);
+
+    let dead = read_jsonl(&dl);
+    assert_eq!(dead.len(), bad.len());
+    for d in &dead {
+        assert_eq!(d["stage"], "fault");
+        assert_eq!(d["kind"], "data");
+        assert!(d["message"].as_str().unwrap().contains("multiple of 97"));
+        let row: serde_json::Value = serde_json::from_str(d["row"].as_str().unwrap()).unwrap();
+        assert_eq!(row["id"].as_i64().unwrap() % 97, 0);
+    }
+    // in = out + dead letters
+    assert_eq!(summary.rows_read, n);
+    assert_eq!(summary.rows_committed + summary.dead_letters, n);
+    assert_eq!(summary.dead_letters, bad.len() as u64);
+    assert!(summary.checkpoints >= 2, "{summary:?}");
+    // Nothing is left in staging.
+    let staged: Vec<_> = walk(&out.join("_staging"));
+    assert!(staged.is_empty(), "{staged:?}");
+
+    // A rerun of a finished pipeline commits nothing new.
+    let again = build().run().await.unwrap();
+    assert_eq!(again.rows_committed, 0);
+    assert_eq!(again.rows_read, 0);
+    assert_eq!(id_counts(&read_jsonl(&out)), counts);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_lane_restarts_alone_while_the_other_keeps_committing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (sink, log) = Observed::new(&out);
+    let n = 12_000;
+    let delay = Duration::from_millis(1500);
+    let p = Pipeline::builder("failover")
+        // 2 lanes × 2000 rows/s: about 3 s of work, plus the restart delay.
+        .source(Generate::new(n).batch_size(200).split_rows(1000).rows_per_second(2000.0))
+        .then(Fault::new().fail_subtask(1, 1000, 1))
+        .sink(sink)
+        .parallelism(2)
+        .checkpoint_every(Duration::from_millis(100))
+        .checkpoint_location(dir.path().join("ckpt").to_str().unwrap())
+        .restart_delay(delay)
+        .build()
+        .unwrap();
+    let summary = p.run().await.unwrap();
+    assert_eq!(summary.restarts, 1);
+
+    let log = log.lock().unwrap();
+    let starts1: Vec<_> = log.starts.iter().filter(|(r, _)| *r == 1).map(|(_, t)| *t).collect();
+    let starts0 = log.starts.iter().filter(|(r, _)| *r == 0).count();
+    assert_eq!(starts0, 1, "lane 0 must never restart");
+    assert_eq!(starts1.len(), 2, "lane 1 restarts once");
+    // Lane 1 was down for `delay` before its restart; lane 0 committed during that time.
+    let restart = starts1[1];
+    let down_from = restart - delay;
+    let during = log.commits.iter().filter(|(r, t)| *r == 0 && *t > down_from && *t < restart).count();
+    assert!(during >= 3, "lane 0 committed {during} times while lane 1 was down");
+    let lane1_during = log.commits.iter().filter(|(r, t)| *r == 1 && *t > down_from && *t < restart).count();
+    assert_eq!(lane1_during, 0);
+
+    // And the output is still exact.
+    let counts = id_counts(&read_jsonl(&out));
+    assert_eq!(counts.len() as u64, n);
+    assert!(counts.values().all(|c| *c == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sink_bounds_the_bytes_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (mut sink, _) = Observed::new(&out);
+    sink.write_delay = Some(Duration::from_millis(20));
+    let budget: u64 = 4 << 20;
+    // ~1.1 MB batches from a source that could produce hundreds per second.
+    let p = Pipeline::builder("backpressure")
+        .source(Generate::new(40 * 1024).batch_size(1024).payload_bytes(1024))
+        .then(Fault::new())
+        .sink(sink)
+        .channel_bytes(budget)
+        .checkpoint_every(Duration::from_millis(200))
+        .checkpoint_location(dir.path().join("ckpt").to_str().unwrap())
+        .build()
+        .unwrap();
+    let summary = p.run().await.unwrap();
+    assert_eq!(summary.rows_committed, 40 * 1024);
+    for s in &summary.metrics.stages[1..] {
+        assert!(s.peak_buffered_bytes <= budget, "{} buffered {} > {budget}", s.name, s.peak_buffered_bytes);
+        assert!(s.peak_buffered_bytes > 0, "{}", s.name);
+    }
+    let source = &summary.metrics.stages[0];
+    let fault = &summary.metrics.stages[1];
+    assert!(
+        source.backpressure_ms + fault.backpressure_ms > 200,
+        "the fast side must have waited for the slow sink: {summary:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_manifest_stops_the_run_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let build = || {
+        Pipeline::builder("corrupt")
+            .source(Generate::new(1000).batch_size(100))
+            .sink(FileSink::new(JsonLines, dir.path().join("out").to_str().unwrap()))
+            .checkpoint_every(Duration::from_millis(10))
+            .checkpoint_location(ckpt.to_str().unwrap())
+            .build()
+            .unwrap()
+    };
+    build().run().await.unwrap();
+    std::fs::write(ckpt.join("regions/0/chk-00000000000000000099.json"), b"\x00garbage").unwrap();
+    let err = build().run().await.unwrap_err();
+    assert_eq!(err.kind(), alluvium_core::ErrorKind::Checkpoint, "{err}");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}
