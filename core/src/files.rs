@@ -39,6 +39,11 @@ pub trait FileEncoder: Send {
     fn drain(&mut self) -> Vec<u8>;
     /// Finishes the file and returns its remaining bytes (footer included).
     fn finish(&mut self) -> Result<Vec<u8>>;
+    /// Bytes encoded but held back by the encoder (an open Parquet row group), counted towards the
+    /// file's target size.
+    fn buffered_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// A file format for [`FileSink`].
@@ -116,6 +121,12 @@ pub struct FileSink<F> {
     location: String,
     resolved: std::sync::OnceLock<Location>,
     target_file_bytes: u64,
+}
+
+impl<F: FileFormat> std::fmt::Debug for FileSink<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileSink({}, {})", self.format.name(), crate::error::redact(&self.location))
+    }
 }
 
 impl<F: FileFormat> FileSink<F> {
@@ -306,7 +317,7 @@ impl<F: FileFormat> SinkWriter for FileWriter<F> {
         f.bytes += bytes.len() as u64;
         f.upload.write(&bytes);
         f.upload.wait_for_capacity(2).await.map_err(|e| Error::from(e).context(format!("uploading {}", f.name)))?;
-        if f.bytes >= self.target {
+        if f.bytes + f.encoder.buffered_bytes() >= self.target {
             self.close_file().await?;
         }
         Ok(())
