@@ -1,0 +1,466 @@
+//! Job files: a pipeline in TOML, with the same vocabulary as the Rust builder.
+//!
+//! ```toml
+//! [pipeline]
+//! name = "generate"              # keys checkpoints and file names
+//! parallelism = 2                # lanes; each lane is its own region
+//!
+//! [checkpoint]
+//! interval = "1s"
+//! location = "${ALLUVIUM_OUTPUT:-./out/generate}/_checkpoints"
+//!
+//! [source]
+//! type = "generate"
+//! rows = ${ALLUVIUM_ROWS:-1000000}
+//!
+//! [[stages]]
+//! type = "fault"                 # optional stages, in order
+//! dead_letter_every = 1000
+//!
+//! [sink]
+//! type = "parquet"
+//! path = "${ALLUVIUM_OUTPUT:-./out/generate}"
+//!
+//! [dead_letters]                 # optional; default: JSON Lines beside the checkpoints
+//! type = "jsonl"
+//! path = "${ALLUVIUM_OUTPUT:-./out/generate}/_dead_letters"
+//! ```
+//!
+//! Processing is three pure steps, then one with IO:
+//! 1. [`interpolate`]: `${VAR}` and `${VAR:-default}` from the environment (`$$` is a literal `$`),
+//!    so one file serves many runs and secrets stay out of files. An unset variable without a
+//!    default is an error naming the variable and the line.
+//! 2. `--set key=value` overrides ([`apply_override`]) on the parsed TOML.
+//! 3. Typed parsing with unknown keys refused ([`JobFile`]); errors name the key and the line.
+//! 4. [`JobFile::build`] makes the [`Pipeline`] (it checks the checkpoint directory is writable).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use alluvium_core::files::{FileSink, JsonLines};
+use alluvium_core::ops::Fault;
+use alluvium_core::sink::Sink;
+use alluvium_core::sources::Generate;
+use alluvium_core::{Edge, Error, Pipeline, Result, Stage};
+
+/// A whole job file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    /// `[pipeline]`: name and runtime settings.
+    pub pipeline: PipelineSection,
+    /// `[checkpoint]`: interval and location.
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+    /// `[source]`.
+    pub source: SourceConfig,
+    /// `[[stages]]`, in order.
+    #[serde(default)]
+    pub stages: Vec<StageConfig>,
+    /// `[sink]`.
+    pub sink: SinkConfig,
+    /// `[dead_letters]`.
+    #[serde(default)]
+    pub dead_letters: Option<SinkConfig>,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// The pipeline's name: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Default parallelism of every stage (1).
+    #[serde(default)]
+    pub parallelism: Option<usize>,
+    /// Bytes buffered at most in the input channels of one subtask (64 MiB).
+    #[serde(default)]
+    pub channel_bytes: Option<u64>,
+    /// Consecutive failures of a region before the job fails (3).
+    #[serde(default)]
+    pub max_restarts: Option<u32>,
+    /// Delay before restarting a failed region, doubling per consecutive failure (`1s`).
+    #[serde(default, with = "opt_duration")]
+    pub restart_delay: Option<Duration>,
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Time between checkpoints of each region (`10s`).
+    #[serde(default, with = "opt_duration")]
+    pub interval: Option<Duration>,
+    /// A directory or URL (default `.alluvium/<name>/checkpoints`).
+    #[serde(default)]
+    pub location: Option<String>,
+}
+
+/// `[source]`, by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Deterministic synthetic rows (`id`, `payload`).
+    Generate {
+        /// Number of rows.
+        rows: u64,
+        /// Rows per batch (8192).
+        #[serde(default)]
+        batch_size: Option<usize>,
+        /// Payload bytes per row (32).
+        #[serde(default)]
+        payload_bytes: Option<usize>,
+        /// Rows per split (100000).
+        #[serde(default)]
+        split_rows: Option<u64>,
+        /// Rate limit per reader.
+        #[serde(default)]
+        rows_per_second: Option<f64>,
+        /// Changes the payloads (0).
+        #[serde(default)]
+        seed: Option<u64>,
+        /// Readers (the pipeline's parallelism).
+        #[serde(default)]
+        parallelism: Option<usize>,
+    },
+}
+
+/// Settings every stage has.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageCommon {
+    /// The stage's name (default: its type).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The stage's parallelism (default: the pipeline's).
+    #[serde(default)]
+    pub parallelism: Option<usize>,
+    /// `forward` (default) or `rebalance`.
+    #[serde(default)]
+    pub edge: Option<EdgeConfig>,
+}
+
+/// An edge in a job file.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeConfig {
+    /// Subtask i → subtask i.
+    Forward,
+    /// Every upstream subtask → every downstream subtask.
+    Rebalance,
+}
+
+/// `[[stages]]`, by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StageConfig {
+    /// Injects failures on purpose (chaos testing).
+    Fault {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// Rows whose `id` is a multiple of this become dead letters.
+        #[serde(default)]
+        dead_letter_every: Option<u64>,
+        /// This subtask fails (a stage error, restarting its region)…
+        #[serde(default)]
+        fail_subtask: Option<usize>,
+        /// …after it has seen this many rows…
+        #[serde(default)]
+        fail_after_rows: Option<u64>,
+        /// …this many times (1).
+        #[serde(default)]
+        fail_times: Option<u32>,
+        /// Sleep per batch, e.g. `10ms` (a slow stage).
+        #[serde(default, with = "opt_duration")]
+        delay_per_batch: Option<Duration>,
+    },
+}
+
+/// `[sink]` and `[dead_letters]`, by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Parquet files in a directory, made visible at commit.
+    #[cfg(feature = "parquet")]
+    Parquet(alluvium_parquet::ParquetSinkConfig),
+    /// JSON Lines files in a directory, made visible at commit.
+    Jsonl {
+        /// The directory or URL.
+        path: String,
+        /// Sink parallelism (default: the pipeline's).
+        #[serde(default)]
+        parallelism: Option<usize>,
+    },
+}
+
+impl SinkConfig {
+    fn build(&self) -> Result<std::sync::Arc<dyn Sink>> {
+        Ok(match self {
+            #[cfg(feature = "parquet")]
+            SinkConfig::Parquet(c) => std::sync::Arc::new(c.build()?),
+            SinkConfig::Jsonl { path, .. } => std::sync::Arc::new(FileSink::new(JsonLines, path.clone())),
+        })
+    }
+    fn parallelism(&self) -> Option<usize> {
+        match self {
+            #[cfg(feature = "parquet")]
+            SinkConfig::Parquet(_) => None,
+            SinkConfig::Jsonl { parallelism, .. } => *parallelism,
+        }
+    }
+    /// Where it writes.
+    pub fn path(&self) -> &str {
+        match self {
+            #[cfg(feature = "parquet")]
+            SinkConfig::Parquet(c) => &c.path,
+            SinkConfig::Jsonl { path, .. } => path,
+        }
+    }
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| {
+            humantime::parse_duration(&s)
+                .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"5m\"")))
+        })
+        .transpose()
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` with values from `env`; `$$` stands for `$`.
+pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let line = text[..text.len() - rest.len() + i].lines().count().max(1);
+            let end = body.find('}').ok_or_else(|| Error::config(format!("line {line}: `${{` without a closing `}}`")))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(Error::config(format!("line {line}: `${{{expr}}}` is not a variable reference; write ${{NAME}} or ${{NAME:-default}}")));
+            }
+            match (env(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(Error::config(format!(
+                        "line {line}: environment variable `{name}` is not set; set it, or give a default with ${{{name}:-default}}"
+                    )))
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Applies `key.path=value` to a parsed TOML document; `value` is parsed as TOML when it can be
+/// (numbers, booleans, quoted strings), and taken as a string otherwise.
+pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, value) = assignment
+        .split_once('=')
+        .ok_or_else(|| Error::config(format!("--set `{assignment}` has no `=`; write --set section.key=value")))?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let mut table = doc;
+    for p in &parts[..parts.len() - 1] {
+        let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::config(format!("--set `{key}`: `{p}` is not a section")))?;
+    }
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+impl JobFile {
+    /// Parses a job file's text: interpolation from the process environment, overrides, typed parsing.
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
+        Self::parse_with_env(text, overrides, |k| std::env::var(k).ok())
+    }
+
+    /// As [`JobFile::parse`], with an explicit environment.
+    pub fn parse_with_env(text: &str, overrides: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let text = interpolate(text, env)?;
+        if overrides.is_empty() {
+            return toml::from_str(&text).map_err(toml_error);
+        }
+        let mut doc: toml::Table = toml::from_str(&text).map_err(toml_error)?;
+        for o in overrides {
+            apply_override(&mut doc, o)?;
+        }
+        JobFile::deserialize(doc).map_err(|e| Error::config(format!("after --set overrides: {}", e.message())))
+    }
+
+    /// Builds the pipeline. Checks the checkpoint directory can be written (local locations).
+    pub fn build(&self) -> Result<Pipeline> {
+        let mut b = Pipeline::builder(self.pipeline.name.clone());
+        let SourceConfig::Generate { rows, batch_size, payload_bytes, split_rows, rows_per_second, seed, parallelism } =
+            &self.source;
+        let mut g = Generate::new(*rows);
+        if let Some(v) = batch_size {
+            g = g.batch_size(*v);
+        }
+        if let Some(v) = payload_bytes {
+            g = g.payload_bytes(*v);
+        }
+        if let Some(v) = split_rows {
+            g = g.split_rows(*v);
+        }
+        if let Some(v) = rows_per_second {
+            g = g.rows_per_second(*v);
+        }
+        if let Some(v) = seed {
+            g = g.seed(*v);
+        }
+        b = match parallelism {
+            Some(p) => b.source_with_parallelism(g, *p),
+            None => b.source(g),
+        };
+        for (i, s) in self.stages.iter().enumerate() {
+            b = b.then(stage(s).map_err(|e| e.context(format!("[[stages]] entry {}", i + 1)))?);
+        }
+        b = b.sink_with(self.sink.build().map_err(|e| e.context("[sink]"))?, self.sink.parallelism(), Edge::Forward);
+        if let Some(d) = &self.dead_letters {
+            b = b.dead_letters_shared(d.build().map_err(|e| e.context("[dead_letters]"))?);
+        }
+        let p = &self.pipeline;
+        if let Some(v) = p.parallelism {
+            b = b.parallelism(v);
+        }
+        if let Some(v) = p.channel_bytes {
+            b = b.channel_bytes(v);
+        }
+        if let Some(v) = p.max_restarts {
+            b = b.max_restarts(v);
+        }
+        if let Some(v) = p.restart_delay {
+            b = b.restart_delay(v);
+        }
+        if let Some(v) = self.checkpoint.interval {
+            b = b.checkpoint_every(v);
+        }
+        if let Some(v) = &self.checkpoint.location {
+            b = b.checkpoint_location(v.clone());
+        }
+        b.build()
+    }
+}
+
+fn stage(s: &StageConfig) -> Result<Stage> {
+    let StageConfig::Fault { common, dead_letter_every, fail_subtask, fail_after_rows, fail_times, delay_per_batch } = s;
+    let mut f = Fault::new();
+    if let Some(n) = dead_letter_every {
+        f = f.dead_letter_every(*n);
+    }
+    if let Some(sub) = fail_subtask {
+        f = f.fail_subtask(*sub, fail_after_rows.unwrap_or(0), fail_times.unwrap_or(1));
+    } else if fail_after_rows.is_some() || fail_times.is_some() {
+        return Err(Error::config("`fail_after_rows` and `fail_times` need `fail_subtask`; add fail_subtask = 0"));
+    }
+    if let Some(d) = delay_per_batch {
+        f = f.delay_per_batch(*d);
+    }
+    Ok(with_common(Stage::new(common.name.clone().unwrap_or_else(|| "fault".into()), f), common))
+}
+
+fn with_common(mut stage: Stage, common: &StageCommon) -> Stage {
+    if let Some(p) = common.parallelism {
+        stage = stage.parallelism(p);
+    }
+    if common.edge == Some(EdgeConfig::Rebalance) {
+        stage = stage.rebalance();
+    }
+    stage
+}
+
+fn toml_error(e: toml::de::Error) -> Error {
+    // toml's message already names the line, the column and the key.
+    Error::config(format!("invalid job file: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "OUT" => Some("/data/out".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn interpolation_with_defaults_and_escapes() {
+        assert_eq!(interpolate("a ${OUT} b", env).unwrap(), "a /data/out b");
+        assert_eq!(interpolate("${MISSING:-1000}", env).unwrap(), "1000");
+        assert_eq!(interpolate("${EMPTY:-x}", env).unwrap(), "x");
+        assert_eq!(interpolate("cost $$5 and $x", env).unwrap(), "cost $5 and $x");
+        let e = interpolate("a = 1\nb = \"${NOPE}\"", env).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("NOPE") && e.contains("${NOPE:-default}"), "{e}");
+        assert!(interpolate("${BAD NAME}", env).is_err());
+    }
+
+    const JOB: &str = r#"
+[pipeline]
+name = "t"
+parallelism = 2
+[checkpoint]
+interval = "250ms"
+location = "${OUT}/ckpt"
+[source]
+type = "generate"
+rows = ${ROWS:-10}
+[[stages]]
+type = "fault"
+dead_letter_every = 3
+edge = "forward"
+[sink]
+type = "jsonl"
+path = "${OUT}"
+"#;
+
+    #[test]
+    fn parses_a_job_with_overrides() {
+        let job = JobFile::parse_with_env(JOB, &["pipeline.parallelism=3".into(), "source.rows=99".into()], env).unwrap();
+        assert_eq!(job.pipeline.parallelism, Some(3));
+        assert_eq!(job.checkpoint.interval, Some(Duration::from_millis(250)));
+        assert_eq!(job.checkpoint.location.as_deref(), Some("/data/out/ckpt"));
+        assert!(matches!(job.source, SourceConfig::Generate { rows: 99, .. }));
+        assert_eq!(job.sink.path(), "/data/out");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named_with_their_line() {
+        let e = JobFile::parse_with_env(&JOB.replace("dead_letter_every", "dead_leter_every"), &[], env).unwrap_err().to_string();
+        assert!(e.contains("dead_leter_every") && e.contains("line"), "{e}");
+        let e = JobFile::parse_with_env(&JOB.replace("250ms", "soon"), &[], env).unwrap_err().to_string();
+        assert!(e.contains("soon") && e.contains("duration"), "{e}");
+        let e = JobFile::parse_with_env(&JOB.replace("type = \"jsonl\"", "type = \"csv\""), &[], env).unwrap_err().to_string();
+        assert!(e.contains("csv") && e.contains("jsonl"), "{e}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Tests of the `alluvium` binary, as a child process.
+
+mod cli;
