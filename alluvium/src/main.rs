@@ -5,7 +5,8 @@
 //! alluvium validate JOB.toml [--set ...]        check the file without running anything
 //! ```
 //!
-//! Exit codes: 0 success, 1 the job failed, 2 the job file or command line is invalid.
+//! Exit codes: 0 success (also after a requested stop: SIGINT/SIGTERM take a last checkpoint, and a
+//! rerun resumes), 1 the job failed, 2 the job file or command line is invalid.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -119,7 +120,7 @@ async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration) -> ExitC
             );
         }
     });
-    let result = pipeline.run().await;
+    let result = pipeline.run_until(shutdown_signal()).await;
     progress.abort();
     match result {
         Ok(s) => {
@@ -133,7 +134,9 @@ async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration) -> ExitC
             println!("  commits         {}", s.commits);
             println!("  checkpoints     {}  (avg {:.1} ms, max {:.1} ms)", s.checkpoints, s.metrics.checkpoint_avg_ms, s.metrics.checkpoint_max_ms);
             println!("  restarts        {}", s.restarts);
-            if s.rows_read == 0 && s.commits == 0 {
+            if s.stopped {
+                println!("  (stopped on request after a last checkpoint; rerun the same command to resume)");
+            } else if s.rows_read == 0 && s.commits == 0 {
                 println!("  (nothing to do: the job had already finished; use a fresh checkpoint location to run it again)");
             }
             ExitCode::SUCCESS
@@ -144,4 +147,29 @@ async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration) -> ExitC
             exit_code(&e)
         }
     }
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM; a second one exits at once (a rerun resumes
+/// from the last completed checkpoint either way).
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    eprintln!("stopping: taking a last checkpoint (press Ctrl-C again to exit at once)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("exiting without a last checkpoint; a rerun resumes from the previous one");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

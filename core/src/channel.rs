@@ -21,8 +21,26 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 pub struct Barrier {
     /// The region's checkpoint id.
     pub id: u64,
-    /// The last checkpoint of a finished input: tasks flush, acknowledge and stop after it.
-    pub is_final: bool,
+    /// What the checkpoint is for.
+    pub kind: BarrierKind,
+}
+
+/// Why a checkpoint is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarrierKind {
+    /// A periodic checkpoint; the tasks go on.
+    Checkpoint,
+    /// The input is exhausted: operators flush (`finish`), the region is done for good.
+    EndOfInput,
+    /// A requested stop: the tasks stop after it; a rerun resumes from this checkpoint.
+    Stop,
+}
+
+impl Barrier {
+    /// Whether the tasks stop after this barrier.
+    pub fn is_last(&self) -> bool {
+        self.kind != BarrierKind::Checkpoint
+    }
 }
 
 /// What flows on an edge.
@@ -193,6 +211,6 @@ mod tests {
         let gauge = Arc::new(BufferGauge::default());
         let (tx, rx) = channel(1 << 20, 10, gauge);
         drop(rx);
-        assert_eq!(tx.send(Message::Barrier(Barrier { id: 1, is_final: false })).await, Err(Closed));
+        assert_eq!(tx.send(Message::Barrier(Barrier { id: 1, kind: BarrierKind::Checkpoint })).await, Err(Closed));
     }
 }

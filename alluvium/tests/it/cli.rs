@@ -200,3 +200,28 @@ fn the_bundled_example_runs_and_a_rerun_resumes_to_nothing() {
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert!(stdout.contains("rows committed  0") && stdout.contains("already finished"), "{stdout}");
 }
+
+#[test]
+fn sigterm_stops_after_a_last_checkpoint_and_a_rerun_finishes_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 60_000;
+    let job = job(dir.path(), rows, "");
+    let child = bin().args(["run", job.to_str().unwrap()]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("stopped on request"), "{stdout}");
+    let partial = committed_ids(&dir.path().join("out"));
+    assert!(!partial.is_empty() && (partial.len() as u64) < rows, "{} rows after the stop", partial.len());
+    // Everything read before the stop was committed by the last checkpoint: nothing to recover.
+    assert!(!stdout.contains("rows recovered"), "{stdout}");
+
+    let again = bin().args(["run", job.to_str().unwrap()]).output().unwrap();
+    assert!(again.status.success());
+    let counts = committed_ids(&dir.path().join("out"));
+    assert_eq!(counts.len() as u64, rows);
+    assert!(counts.values().all(|c| *c == 1));
+}

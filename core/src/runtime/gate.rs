@@ -122,7 +122,7 @@ mod tests {
         let g = Arc::new(BufferGauge::default());
         let (t0, r0) = channel(1 << 20, 16, g.clone());
         let (t1, r1) = channel(1 << 20, 16, g);
-        let bar = Barrier { id: 1, is_final: false };
+        let bar = Barrier { id: 1, kind: crate::channel::BarrierKind::Checkpoint };
         t0.send(batch(1)).await.unwrap();
         t0.send(Message::Barrier(bar)).await.unwrap();
         t0.send(batch(2)).await.unwrap(); // after the barrier on input 0: must not come before it
@@ -153,7 +153,7 @@ mod tests {
         let (t0, r0) = channel(1 << 20, 16, g.clone());
         let (t1, r1) = channel(1 << 20, 16, g);
         drop(t1);
-        t0.send(Message::Barrier(Barrier { id: 3, is_final: true })).await.unwrap();
+        t0.send(Message::Barrier(Barrier { id: 3, kind: crate::channel::BarrierKind::EndOfInput })).await.unwrap();
         let mut gate = InputGate::new(vec![r0, r1]);
         assert!(matches!(gate.next().await.unwrap(), Event::Barrier(Barrier { id: 3, .. })));
     }

@@ -48,6 +48,8 @@ pub struct Summary {
     pub checkpoints: u64,
     /// Region restarts after failures.
     pub restarts: u64,
+    /// The run was stopped on request before its input was exhausted; a rerun resumes it.
+    pub stopped: bool,
     /// Wall-clock time.
     pub elapsed: Duration,
     /// All metrics at the end.
@@ -92,6 +94,12 @@ impl Pipeline {
 
     /// Runs until every region is finished (bounded sources) or a region fails for good.
     pub async fn run(&self) -> Result<Summary> {
+        self.run_until(std::future::pending::<()>()).await
+    }
+
+    /// Runs like [`Pipeline::run`], and stops cleanly when `shutdown` completes: every region takes
+    /// a last checkpoint, commits it and stops; a later run resumes from there.
+    pub async fn run_until(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<Summary> {
         let start = Instant::now();
         let plan = self.plan.clone();
         let location = Location::parse(&plan.settings.checkpoint_location).map_err(|e| e.context("checkpoint location"))?;
@@ -108,7 +116,10 @@ impl Pipeline {
             })
             .await?;
         let assigner = assign::Assigner::open(store.clone(), plan.nodes[0].parallelism).await?;
-        let run = Arc::new(region::RunContext { plan: plan.clone(), store, assigner: assigner.clone(), metrics: self.metrics.clone() });
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let run = Arc::new(region::RunContext { plan: plan.clone(), store, assigner: assigner.clone(), metrics: self.metrics.clone(), stop });
+        tokio::pin!(shutdown);
+        let mut stopped = false;
 
         let mut enumerator = tokio::spawn(assigner.run(plan.source.clone()));
         let mut enumerator_done = false;
@@ -118,6 +129,11 @@ impl Pipeline {
         }
         let outcome: Result<()> = loop {
             tokio::select! {
+                _ = &mut shutdown, if !stopped => {
+                    tracing::info!("stop requested: every region takes a last checkpoint");
+                    stopped = true;
+                    let _ = stop_tx.send(true);
+                }
                 joined = &mut enumerator, if !enumerator_done => {
                     enumerator_done = true;
                     match joined {
@@ -146,6 +162,7 @@ impl Pipeline {
             commits: metrics.commits,
             checkpoints: metrics.checkpoints,
             restarts: metrics.restarts,
+            stopped,
             elapsed: start.elapsed(),
             metrics,
         })

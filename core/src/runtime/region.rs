@@ -6,7 +6,7 @@
 //!    │ failure (backoff; only this region)          every interval: trigger(n) to sources
 //!    │                                              all tasks acked n ─▶ write manifest n (durable)
 //!    └──────────────────────────────────────────────              ─▶ commit committables ≤ n
-//!                                                   final barrier acked ─▶ done
+//!                                                   last barrier (end of input/stop) acked ─▶ done
 //! ```
 //!
 //! A failing task (an `Err` from user code, a panic, a failed commit) fails its region only: the
@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use super::assign::Assigner;
 use super::gate::InputGate;
 use super::task::*;
-use crate::channel::{channel, Barrier};
+use crate::channel::{channel, Barrier, BarrierKind};
 use crate::checkpoint::{manifest, CheckpointStore, PendingCommit, ReaderState, RegionManifest};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, StageMetrics};
@@ -39,6 +39,8 @@ pub(crate) struct RunContext {
     pub store: CheckpointStore,
     pub assigner: Arc<Assigner>,
     pub metrics: Arc<Metrics>,
+    /// Becomes `true` when the pipeline is asked to stop.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RunContext {
@@ -66,15 +68,30 @@ pub(crate) async fn drive(run: Arc<RunContext>, region: usize) -> Result<()> {
                 }
                 let delay = run.plan.settings.restart_delay * 2u32.saturating_pow(failures - 1).min(64);
                 tracing::warn!(region, error = %e, retry_in = ?delay, "region failed; restarting it from its last checkpoint");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped(run.stop.clone()) => return Ok(()),
+                }
             }
+        }
+    }
+}
+
+/// Completes once a stop is requested (never, if the sender is dropped without one).
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
 
 struct InProgress {
     id: u64,
-    is_final: bool,
+    kind: BarrierKind,
     started: Instant,
     acks: usize,
     readers: Vec<ReaderState>,
@@ -99,6 +116,10 @@ async fn attempt(run: &Arc<RunContext>, region: usize, progressed: &mut bool) ->
         tracing::debug!(region, "region finished in an earlier run");
         return Ok(());
     }
+    let stop_requested = *run.stop.borrow();
+    if stop_requested {
+        return Ok(());
+    }
     match &restored {
         Some(m) => tracing::info!(region, checkpoint = m.checkpoint, epoch, "restoring region"),
         None => tracing::debug!(region, epoch, "starting region"),
@@ -112,19 +133,27 @@ async fn attempt(run: &Arc<RunContext>, region: usize, progressed: &mut bool) ->
     let mut exhausted: HashSet<usize> = HashSet::new();
     let mut in_progress: Option<InProgress> = None;
     let mut want_final = false;
+    let mut want_stop = false;
+    let stop = stopped(run.stop.clone());
+    tokio::pin!(stop);
     let interval = plan.settings.checkpoint_interval;
     let mut next_trigger = tokio::time::Instant::now() + interval;
 
     let result: Result<()> = async {
         loop {
-            if in_progress.is_none() && want_final {
-                in_progress = Some(trigger(&triggers, next_id, true)?);
+            if in_progress.is_none() && (want_final || want_stop) {
+                let kind = if want_final { BarrierKind::EndOfInput } else { BarrierKind::Stop };
+                in_progress = Some(trigger(&triggers, next_id, kind)?);
                 next_id += 1;
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(next_trigger), if in_progress.is_none() => {
-                    in_progress = Some(trigger(&triggers, next_id, false)?);
+                    in_progress = Some(trigger(&triggers, next_id, BarrierKind::Checkpoint)?);
                     next_id += 1;
+                }
+                _ = &mut stop, if !want_stop => {
+                    tracing::info!(region, "stopping: taking a last checkpoint");
+                    want_stop = true;
                 }
                 ev = events.recv() => match ev {
                     Some(TaskEvent::ReaderExhausted { reader }) => {
@@ -153,8 +182,11 @@ async fn attempt(run: &Arc<RunContext>, region: usize, progressed: &mut bool) ->
                     None => return Err(Error::internal("all tasks of the region stopped before the final checkpoint")),
                 },
                 Some(joined) = tasks.join_next() => match joined {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(e),
+                    Ok((_, Ok(()))) => {}
+                    Ok((node, Err(e))) => {
+                        StageMetrics::add(&run.metrics.stages[node].errors, 1);
+                        return Err(e);
+                    }
                     Err(e) => return Err(Error::internal(format!("a task of region {region} panicked: {}", panic_message(e)))),
                 },
             }
@@ -164,7 +196,7 @@ async fn attempt(run: &Arc<RunContext>, region: usize, progressed: &mut bool) ->
 
     if result.is_ok() {
         while let Some(joined) = tasks.join_next().await {
-            joined.map_err(|e| Error::internal(panic_message(e)))??;
+            joined.map_err(|e| Error::internal(panic_message(e)))?.1?;
         }
     } else {
         tasks.abort_all();
@@ -178,13 +210,13 @@ async fn attempt(run: &Arc<RunContext>, region: usize, progressed: &mut bool) ->
     result
 }
 
-fn trigger(triggers: &[mpsc::UnboundedSender<Barrier>], id: u64, is_final: bool) -> Result<InProgress> {
+fn trigger(triggers: &[mpsc::UnboundedSender<Barrier>], id: u64, kind: BarrierKind) -> Result<InProgress> {
     for t in triggers {
-        t.send(Barrier { id, is_final }).map_err(|_| Error::internal("a source task stopped before the final checkpoint"))?;
+        t.send(Barrier { id, kind }).map_err(|_| Error::internal("a source task stopped before the final checkpoint"))?;
     }
     Ok(InProgress {
         id,
-        is_final,
+        kind,
         started: Instant::now(),
         acks: 0,
         readers: Vec::new(),
@@ -194,7 +226,7 @@ fn trigger(triggers: &[mpsc::UnboundedSender<Barrier>], id: u64, is_final: bool)
     })
 }
 
-/// Writes the manifest, then commits. Returns whether the region is finished.
+/// Writes the manifest, then commits. Returns whether the region's tasks stop (end of input or stop).
 async fn complete(
     run: &RunContext,
     region: usize,
@@ -207,7 +239,8 @@ async fn complete(
         pending.push(PendingCommit { checkpoint: cp.id, sink: cp.sink, dead_letters: cp.dead_letters });
     }
     cp.readers.sort_by_key(|r| r.reader);
-    let m = manifest(&run.plan.name, region, cp.id, epoch, cp.is_final, cp.readers, cp.operators, pending.clone());
+    let is_final = cp.kind == BarrierKind::EndOfInput;
+    let m = manifest(&run.plan.name, region, cp.id, epoch, is_final, cp.readers, cp.operators, pending.clone());
     run.store.write_manifest(&m).await?;
     let took = cp.started.elapsed().as_nanos() as u64;
     let p = &run.metrics.pipeline;
@@ -216,7 +249,7 @@ async fn complete(
     p.checkpoint_max_ns.fetch_max(took, Ordering::Relaxed);
     tracing::debug!(region, checkpoint = cp.id, ms = took / 1_000_000, "checkpoint complete");
     commit_pending(run, ctx, pending, false).await?;
-    Ok(cp.is_final)
+    Ok(cp.kind != BarrierKind::Checkpoint)
 }
 
 /// Commits pending committables in checkpoint order, retrying transient errors a few times.
@@ -261,7 +294,7 @@ async fn commit_pending(run: &RunContext, ctx: &SinkContext, pending: &mut Vec<P
     Ok(())
 }
 
-type Spawned = (JoinSet<Result<()>>, Vec<mpsc::UnboundedSender<Barrier>>, Vec<usize>);
+type Spawned = (JoinSet<(usize, Result<()>)>, Vec<mpsc::UnboundedSender<Barrier>>, Vec<usize>);
 
 /// Builds the region's channels and spawns one task per subtask.
 async fn spawn_tasks(
@@ -328,7 +361,7 @@ async fn spawn_tasks(
             events: events.clone(),
             metrics,
         };
-        tasks.spawn(task.run());
+        tasks.spawn(async move { (0, task.run().await) });
     }
 
     // Operators.
@@ -367,7 +400,7 @@ async fn spawn_tasks(
                         events: events.clone(),
                         metrics: metrics.clone(),
                     };
-                    tasks.spawn(task.run());
+                    tasks.spawn(async move { (node, task.run().await) });
                 }
                 StageKind::Async { op, concurrency, ordered } => {
                     let task = AsyncOperatorTask {
@@ -381,7 +414,7 @@ async fn spawn_tasks(
                         events: events.clone(),
                         metrics: metrics.clone(),
                     };
-                    tasks.spawn(task.run());
+                    tasks.spawn(async move { (node, task.run().await) });
                 }
             }
         }
@@ -395,7 +428,7 @@ async fn spawn_tasks(
         let ctx = run.sink_ctx(region, epoch, format!("sink-{subtask}"));
         let writer = plan.sink.writer(&ctx).await.map_err(|e| e.context("opening the sink writer"))?;
         let task = SinkTask { writer, gate: InputGate::new(ins), events: events.clone(), metrics: metrics.clone() };
-        tasks.spawn(task.run());
+        tasks.spawn(async move { (n - 1, task.run().await) });
     }
     Ok((tasks, triggers, readers))
 }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::assign::ReaderMsg;
 use super::gate::{Event, InputGate};
-use crate::channel::{Barrier, Message, Sender};
+use crate::channel::{Barrier, BarrierKind, Message, Sender};
 use crate::checkpoint::{ReaderState, SplitState};
 use crate::error::{Error, Result};
 use crate::metrics::StageMetrics;
@@ -131,7 +131,7 @@ impl SourceTask {
             if let Some(b) = pending.pop_front() {
                 ack(&self.events, b.id, TaskSnapshot { reader: Some(self.state.clone()), ..Default::default() })?;
                 self.outputs.barrier(b).await?;
-                if b.is_final {
+                if b.is_last() {
                     return Ok(());
                 }
                 continue;
@@ -278,9 +278,9 @@ impl OperatorTask {
                     self.outputs.send(out.batch).await?;
                 }
                 Event::Barrier(b) => {
-                    let is_final = b.is_final;
+                    let end_of_input = b.kind == BarrierKind::EndOfInput;
                     let (rest, state) = blocking(&mut op, &stage, move |op| -> Result<_> {
-                        let rest = if is_final { op.finish()? } else { None };
+                        let rest = if end_of_input { op.finish()? } else { None };
                         Ok((rest, op.snapshot()?))
                     })
                     .await??;
@@ -294,7 +294,7 @@ impl OperatorTask {
                     };
                     ack(&self.events, b.id, snapshot)?;
                     self.outputs.barrier(b).await?;
-                    if b.is_final {
+                    if b.is_last() {
                         return Ok(());
                     }
                 }
@@ -378,7 +378,7 @@ impl AsyncOperatorTask {
                         let snapshot = TaskSnapshot { dead_letters: self.dead_letters.prepare(b.id).await?, ..Default::default() };
                         ack(&self.events, b.id, snapshot)?;
                         self.outputs.barrier(b).await?;
-                        if b.is_final {
+                        if b.is_last() {
                             return Ok(());
                         }
                     }
@@ -415,7 +415,7 @@ impl SinkTask {
                 Event::Barrier(b) => {
                     let sink = self.writer.prepare(b.id).await.map_err(|e| e.context(format!("sink `{}` prepare", self.metrics.name)))?;
                     ack(&self.events, b.id, TaskSnapshot { sink, ..Default::default() })?;
-                    if b.is_final {
+                    if b.is_last() {
                         return Ok(());
                     }
                 }

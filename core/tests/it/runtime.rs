@@ -99,6 +99,7 @@ async fn a_failing_lane_restarts_alone_while_the_other_keeps_committing() {
         .unwrap();
     let summary = p.run().await.unwrap();
     assert_eq!(summary.restarts, 1);
+    assert_eq!(summary.metrics.stages[1].errors, 1, "the failure is attributed to the fault stage");
 
     let log = log.lock().unwrap();
     let starts1: Vec<_> = log.starts.iter().filter(|(r, _)| *r == 1).map(|(_, t)| *t).collect();
@@ -168,4 +169,108 @@ async fn a_corrupt_manifest_stops_the_run_with_a_clear_error() {
     let err = build().run().await.unwrap_err();
     assert_eq!(err.kind(), alluvium_core::ErrorKind::Checkpoint, "{err}");
     assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+mod async_stages {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use alluvium_core::arrow::array::Int64Array;
+    use alluvium_core::arrow::record_batch::RecordBatch;
+    use alluvium_core::files::{FileSink, JsonLines};
+    use alluvium_core::sources::Generate;
+    use alluvium_core::{AsyncOperator, Output, Pipeline, Result, Stage, TaskContext};
+    use async_trait::async_trait;
+
+    use crate::common::read_jsonl;
+
+    /// Sleeps longer for earlier batches, so completions come back out of order.
+    #[derive(Default)]
+    struct Remote {
+        in_flight: AtomicUsize,
+        peak: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl AsyncOperator for Remote {
+        async fn process(&self, batch: RecordBatch, _ctx: &TaskContext) -> Result<Output> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            let first = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+            tokio::time::sleep(Duration::from_millis(30 - (first / 100 % 3) as u64 * 10)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            Ok(batch.into())
+        }
+    }
+
+    async fn run(ordered: bool) -> (Vec<i64>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let remote = Remote::default();
+        let peak = remote.peak.clone();
+        let mut stage = Stage::new_async("remote", remote).concurrency(3);
+        if !ordered {
+            stage = stage.unordered();
+        }
+        let summary = Pipeline::builder("async")
+            .source(Generate::new(3000).batch_size(100))
+            .then(stage)
+            .sink(FileSink::new(JsonLines, out.to_str().unwrap()).target_file_bytes(u64::MAX))
+            .checkpoint_every(Duration::from_secs(60))
+            .checkpoint_location(dir.path().join("ckpt").to_str().unwrap())
+            .build()
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(summary.rows_committed, 3000);
+        let ids = read_jsonl(&out).iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        (ids, peak.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ordered_output_keeps_input_order_within_the_concurrency_limit() {
+        let (ids, peak) = run(true).await;
+        assert_eq!(ids, (0..3000).collect::<Vec<_>>(), "one file, in input order");
+        assert_eq!(peak, 3, "three calls in flight at most, and the limit is used");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unordered_output_has_every_row_once() {
+        let (mut ids, peak) = run(false).await;
+        assert_ne!(ids, (0..3000).collect::<Vec<_>>(), "completions come back out of order");
+        ids.sort_unstable();
+        assert_eq!(ids, (0..3000).collect::<Vec<_>>());
+        assert_eq!(peak, 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_stop_commits_a_last_checkpoint_and_a_rerun_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let n = 20_000;
+    let build = || {
+        Pipeline::builder("stop")
+            .source(Generate::new(n).batch_size(200).split_rows(2000).rows_per_second(5000.0))
+            .sink(FileSink::new(JsonLines, out.to_str().unwrap()))
+            .parallelism(2)
+            .checkpoint_every(Duration::from_secs(60))
+            .checkpoint_location(dir.path().join("ckpt").to_str().unwrap())
+            .build()
+            .unwrap()
+    };
+    let first = build().run_until(tokio::time::sleep(Duration::from_millis(600))).await.unwrap();
+    assert!(first.stopped);
+    // No periodic checkpoint in 600 ms (interval 60 s): what was read is committed by the stop.
+    assert_eq!(first.checkpoints, 2, "one stop checkpoint per region");
+    assert_eq!(first.rows_committed, first.rows_read);
+    assert!(first.rows_read > 0 && first.rows_read < n, "{first:?}");
+    let second = build().run().await.unwrap();
+    assert!(!second.stopped);
+    assert_eq!(first.rows_committed + second.rows_committed, n);
+    let counts = id_counts(&read_jsonl(&out));
+    assert_eq!(counts.len() as u64, n);
+    assert!(counts.values().all(|c| *c == 1));
 }
