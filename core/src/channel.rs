@@ -133,17 +133,22 @@ impl Sender {
             }
         };
         let envelope = Envelope { message, bytes, _permit: permit };
-        let start = Instant::now();
-        match self.tx.try_send(envelope) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Closed),
-            Err(mpsc::error::TrySendError::Full(envelope)) => {
-                self.tx.send(envelope).await.map_err(|_| Closed)?;
-                waited += start.elapsed();
-            }
-        }
+        // Counted before it is visible to the receiver, which subtracts it.
         self.gauge.add(bytes);
-        Ok(waited)
+        let start = Instant::now();
+        let sent = match self.tx.try_send(envelope) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
+            Err(mpsc::error::TrySendError::Full(envelope)) => {
+                let r = self.tx.send(envelope).await.map_err(|_| Closed);
+                waited += start.elapsed();
+                r
+            }
+        };
+        if sent.is_err() {
+            self.gauge.sub(bytes);
+        }
+        sent.map(|()| waited)
     }
 
     /// Whether a batch of `bytes` could be sent now without waiting.
@@ -166,6 +171,16 @@ impl Receiver {
                 e.message
             })
         })
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        // Messages still queued (a region torn down after a failure) give their bytes back.
+        self.rx.close();
+        while let Ok(e) = self.rx.try_recv() {
+            self.gauge.sub(e.bytes);
+        }
     }
 }
 
