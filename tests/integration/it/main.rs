@@ -1,1 +1,3 @@
+//! Cross-crate tests against real services.
 
+mod s3;

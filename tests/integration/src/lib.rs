@@ -1,1 +1,141 @@
-//! Cross-crate tests live in `it/`.
+//! Real services for tests, one call away, each with a health check, fresh namespaces per test
+//! and locations overridable by environment variables.
+//!
+//! * [`S3Server`]: `s3s-fs` (an S3-compatible server that checks SigV4 and supports multipart,
+//!   ranged GET and conditional PUT) on a free port of 127.0.0.1, with a fresh bucket per call to
+//!   [`S3Server::bucket`]. The binary comes from `ALLUVIUM_S3S_FS`, or
+//!   `~/.cache/alluvium/s3s/bin/s3s-fs` where `.ci/run` installs it.
+//! * [`python`]: a Python with pyarrow and duckdb for cross-reading our output (`ALLUVIUM_PYTHON`,
+//!   set by `.ci/run`).
+//!
+//! When a service is missing, tests are skipped with a visible message — except under CI
+//! (`CI` set), where a missing service fails the test: CI must never pass by skipping.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Returns `None` (after printing why) when a service is missing outside CI; panics under CI.
+fn missing(what: &str) -> Option<std::convert::Infallible> {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} is required under CI; .ci/run installs it");
+    }
+    eprintln!("SKIPPED: {what} is not available (see .ci/run for how to install it)");
+    None
+}
+
+/// A running `s3s-fs` server, stopped on drop.
+pub struct S3Server {
+    child: Child,
+    root: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The access key id it accepts.
+    pub access_key: String,
+    /// The secret key it accepts.
+    pub secret_key: String,
+}
+
+impl S3Server {
+    fn binary() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("ALLUVIUM_S3S_FS") {
+            return Some(PathBuf::from(p));
+        }
+        let home = std::env::var_os("HOME")?;
+        let p = PathBuf::from(home).join(".cache/alluvium/s3s/bin/s3s-fs");
+        p.exists().then_some(p)
+    }
+
+    /// Starts a server, or returns `None` when the binary is missing (outside CI).
+    pub fn start() -> Option<Self> {
+        let Some(bin) = Self::binary() else {
+            missing("the S3 server s3s-fs")?;
+            unreachable!()
+        };
+        let root = tempfile::tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port();
+        let access_key = format!("AK{}", rand::random::<u32>());
+        let secret_key = format!("SK{:x}", rand::random::<u64>());
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", &access_key, "--secret-key", &secret_key])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let server = Self { child, root, endpoint: format!("http://127.0.0.1:{port}"), access_key, secret_key };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "s3s-fs did not start listening on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    /// Creates a fresh, empty bucket and returns its name.
+    pub fn bucket(&self) -> String {
+        let name = format!("test-{:x}", rand::random::<u64>());
+        std::fs::create_dir(self.root.path().join(&name)).expect("bucket dir");
+        name
+    }
+
+    /// Where the server keeps `bucket/key` on disk (to inspect results without a client).
+    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.path().join(bucket).join(key)
+    }
+
+    /// The environment variables that point an AWS client (and `object_store`) at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", self.access_key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.as_str()),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Python with pyarrow and duckdb (`ALLUVIUM_PYTHON`), or `None` outside CI.
+pub fn python() -> Option<String> {
+    match std::env::var("ALLUVIUM_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) => {
+            missing("a Python with pyarrow and duckdb (ALLUVIUM_PYTHON)")?;
+            unreachable!()
+        }
+    }
+}
+
+/// Reads a directory of Parquet files with pyarrow and with DuckDB, and returns, for each, the row
+/// count and the number of distinct values of `column`: `[(rows, distinct) by pyarrow, by duckdb]`.
+pub fn cross_read_parquet(python: &str, dir: &std::path::Path, column: &str) -> [(u64, u64); 2] {
+    let script = r#"
+import sys, pyarrow.dataset as ds, duckdb
+d, col = sys.argv[1], sys.argv[2]
+t = ds.dataset(d, format="parquet").to_table(columns=[col])
+vals = t.column(col).to_pylist()
+print(len(vals), len(set(vals)))
+r = duckdb.sql(f"select count(*), count(distinct {col}) from read_parquet('{d}/*.parquet')").fetchone()
+print(r[0], r[1])
+"#;
+    let out = Command::new(python).args(["-c", script, dir.to_str().unwrap(), column]).output().expect("python runs");
+    assert!(out.status.success(), "cross-read failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().map(|l| {
+        let v: Vec<u64> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1])
+    });
+    [lines.next().unwrap(), lines.next().unwrap()]
+}
