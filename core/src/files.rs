@@ -5,7 +5,7 @@
 //! checkpoint completes:
 //!
 //! ```text
-//!  write ──▶ _staging/region-R/E/part-rR-eE-W-S.ext       (streamed: multipart upload in 8 MiB parts)
+//!  write ──▶ _staging/region-R/E/part-rR-eE-W-S.ext       (streamed: multipart upload, 8 MiB parts on S3)
 //!  prepare(C) ──▶ Committable { files: [staging → final, rows, bytes] }   (stored in region manifest C)
 //!  commit ──▶ rename _staging/…/part-….ext → part-….ext   (idempotent: a file already at its final
 //!                                                         name with no staged copy is committed)
@@ -35,10 +35,11 @@ use crate::store::Location;
 pub trait FileEncoder: Send {
     /// Encodes a batch.
     fn write(&mut self, batch: &RecordBatch) -> Result<()>;
-    /// Takes the bytes encoded so far (they are uploaded while the file is still open).
-    fn drain(&mut self) -> Vec<u8>;
-    /// Finishes the file and returns its remaining bytes (footer included).
-    fn finish(&mut self) -> Result<Vec<u8>>;
+    /// The bytes encoded and not yet uploaded. The caller uploads and clears them while the file is
+    /// still open; the buffer keeps its capacity, so steady-state encoding allocates nothing.
+    fn encoded(&mut self) -> &mut Vec<u8>;
+    /// Finishes the file: its last bytes (a footer) are appended to [`FileEncoder::encoded`].
+    fn finish(&mut self) -> Result<()>;
     /// Bytes encoded but held back by the encoder (an open Parquet row group), counted towards the
     /// file's target size.
     fn buffered_bytes(&self) -> u64 {
@@ -71,11 +72,11 @@ impl FileEncoder for JsonLinesEncoder {
         w.finish()?;
         Ok(())
     }
-    fn drain(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.buf)
+    fn encoded(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
     }
-    fn finish(&mut self) -> Result<Vec<u8>> {
-        Ok(self.drain())
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -113,7 +114,6 @@ pub struct FilesCommittable {
 
 /// The staging folder of all regions (skipped by readers: it starts with `_`).
 pub const STAGING_DIR: &str = "_staging";
-const PART_BYTES: usize = 8 << 20;
 
 /// A transactional sink writing files of format `F` into a directory.
 pub struct FileSink<F> {
@@ -268,6 +268,15 @@ struct OpenFile {
     bytes: u64,
 }
 
+impl OpenFile {
+    fn upload_encoded(&mut self) {
+        let buf = self.encoder.encoded();
+        self.bytes += buf.len() as u64;
+        self.upload.write(buf);
+        buf.clear();
+    }
+}
+
 struct FileWriter<F> {
     format: Arc<F>,
     loc: Location,
@@ -286,14 +295,13 @@ impl<F: FileFormat> FileWriter<F> {
         self.seq += 1;
         let path = self.loc.child(&format!("{}/{}", self.staging_dir, name));
         let upload = self.loc.store.put_multipart(&path).await.map_err(|e| Error::from(e).context(format!("creating {name}")))?;
-        Ok(OpenFile { name, encoder: self.format.encoder(schema)?, upload: WriteMultipart::new_with_chunk_size(upload, PART_BYTES), rows: 0, bytes: 0 })
+        Ok(OpenFile { name, encoder: self.format.encoder(schema)?, upload: WriteMultipart::new_with_chunk_size(upload, self.loc.upload_part_bytes()), rows: 0, bytes: 0 })
     }
 
     async fn close_file(&mut self) -> Result<()> {
         let Some(mut f) = self.open.take() else { return Ok(()) };
-        let tail = f.encoder.finish()?;
-        f.bytes += tail.len() as u64;
-        f.upload.write(&tail);
+        f.encoder.finish()?;
+        f.upload_encoded();
         f.upload.finish().await.map_err(|e| Error::from(e).context(format!("finishing {}", f.name)))?;
         self.closed.push(StagedFile { staging: format!("{}/{}", self.staging_dir, f.name), path: f.name, rows: f.rows, bytes: f.bytes });
         Ok(())
@@ -313,9 +321,7 @@ impl<F: FileFormat> SinkWriter for FileWriter<F> {
         let f = self.open.as_mut().expect("open file");
         f.encoder.write(&batch)?;
         f.rows += batch.num_rows() as u64;
-        let bytes = f.encoder.drain();
-        f.bytes += bytes.len() as u64;
-        f.upload.write(&bytes);
+        f.upload_encoded();
         f.upload.wait_for_capacity(2).await.map_err(|e| Error::from(e).context(format!("uploading {}", f.name)))?;
         if f.bytes + f.encoder.buffered_bytes() >= self.target {
             self.close_file().await?;

@@ -24,6 +24,8 @@ pub struct Location {
     pub prefix: Path,
     /// The location as the user wrote it (redacted), for messages.
     pub display: String,
+    /// A local directory (not a remote object store).
+    pub is_local: bool,
 }
 
 impl std::fmt::Debug for Location {
@@ -57,13 +59,13 @@ impl Location {
                     .build()
                     .map_err(|e| Error::config(format!("cannot use `{display}`")).with_source(e))?;
                 let prefix = Path::from_url_path(url.path()).map_err(|e| Error::config(format!("bad path in `{display}`")).with_source(e))?;
-                Ok(Self { store: Arc::new(store), prefix, display })
+                Ok(Self { store: Arc::new(store), prefix, display, is_local: false })
             }
             _ => {
                 let (store, prefix) = object_store::parse_url(&url).map_err(|e| {
                     Error::config(format!("unsupported location `{display}`; use a local path, file://, or s3://")).with_source(e)
                 })?;
-                Ok(Self { store: Arc::from(store), prefix, display })
+                Ok(Self { store: Arc::from(store), prefix, display, is_local: false })
             }
         }
     }
@@ -75,7 +77,17 @@ impl Location {
             .map_err(|e| Error::config(format!("cannot resolve directory `{display}`: {e}")))?;
         let store = LocalFileSystem::new_with_prefix(&abs)
             .map_err(|e| Error::config(format!("cannot open directory `{display}`")).with_source(e))?;
-        Ok(Self { store: Arc::new(store), prefix: Path::default(), display })
+        Ok(Self { store: Arc::new(store), prefix: Path::default(), display, is_local: true })
+    }
+
+    /// The size of the parts of streamed uploads: S3 needs at least 5 MiB per part; local files
+    /// are written best in small pieces that stay in the CPU cache.
+    pub fn upload_part_bytes(&self) -> usize {
+        if self.is_local {
+            256 << 10
+        } else {
+            8 << 20
+        }
     }
 
     /// A path under this location.

@@ -52,13 +52,13 @@ impl FileEncoder for Encoder {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.writer.write(batch).map_err(parquet_err)
     }
-    fn drain(&mut self) -> Vec<u8> {
-        // ArrowWriter counts bytes itself; taking what it wrote so far is safe.
-        std::mem::take(self.writer.inner_mut())
+    fn encoded(&mut self) -> &mut Vec<u8> {
+        // ArrowWriter counts the bytes it wrote itself; clearing what it wrote so far is safe.
+        self.writer.inner_mut()
     }
-    fn finish(&mut self) -> Result<Vec<u8>> {
+    fn finish(&mut self) -> Result<()> {
         self.writer.finish().map_err(parquet_err)?;
-        Ok(self.drain())
+        Ok(())
     }
     fn buffered_bytes(&self) -> u64 {
         self.writer.in_progress_size() as u64
