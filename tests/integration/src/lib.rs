@@ -127,7 +127,7 @@ d, col = sys.argv[1], sys.argv[2]
 t = ds.dataset(d, format="parquet").to_table(columns=[col])
 vals = t.column(col).to_pylist()
 print(len(vals), len(set(vals)))
-r = duckdb.sql(f"select count(*), count(distinct {col}) from read_parquet('{d}/*.parquet')").fetchone()
+r = duckdb.connect().execute(f"select count(*), count(distinct {col}) from read_parquet('{d}/*.parquet')").fetchone()
 print(r[0], r[1])
 "#;
     let out = Command::new(python).args(["-c", script, dir.to_str().unwrap(), column]).output().expect("python runs");
