@@ -198,7 +198,13 @@ fn sigterm_stops_after_a_last_checkpoint_and_a_rerun_finishes_the_job() {
     let rows = 60_000;
     let job = job(dir.path(), rows, "");
     let child = bin().args(["run", job.to_str().unwrap()]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // Stop once the job is under way (a first checkpoint committed), however loaded the machine is.
+    let out_dir = dir.path().join("out");
+    let start = Instant::now();
+    while !std::fs::read_dir(&out_dir).is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".parquet"))) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the job committed nothing in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
