@@ -12,7 +12,8 @@
 //! Reported: rows/s (wall clock) and CPU seconds (user + system, from /proc/self/stat). The runtime
 //! pipelines stages across cores, so wall-clock throughput can beat the bare loop; CPU seconds
 //! show the runtime's true cost. Targets: runtime CPU ≤ bare CPU + 5 %; checkpoints every second
-//! cost ≤ 5 % of throughput. Environment: `BENCH_ONLY` (one configuration's name), `BENCH_ROWS` (default 20,000,000), `BENCH_RUNS` (5; medians are reported).
+//! cost ≤ 5 % of throughput. Environment: `BENCH_ONLY` (one configuration's name), `BENCH_CHANNEL_BYTES` (the pipeline's
+//! channel budget, 64 MiB), `BENCH_ROWS` (default 20,000,000), `BENCH_RUNS` (5; medians are reported).
 //! Results are printed as a table and written as JSON to `$CARGO_TARGET_DIR/bench/runtime.json`
 //! (or `target/bench/runtime.json`).
 
@@ -84,6 +85,7 @@ async fn pipeline(rows: u64, dir: &std::path::Path, checkpoint: Duration) -> u64
         .then(Stage::new("fnv", Map::new(fnv)))
         .sink(parquet_sink(dir.join("out").to_str().unwrap()).target_file_bytes(1 << 40))
         .checkpoint_every(checkpoint)
+        .channel_bytes(std::env::var("BENCH_CHANNEL_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(64 << 20))
         .checkpoint_location(dir.join("ckpt").to_str().unwrap())
         .build()
         .unwrap()
@@ -98,37 +100,38 @@ fn main() {
     let rows: u64 = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000_000);
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let mut results = Vec::new();
     let configs: [(&str, Option<Duration>); 3] =
         [("bare loop", None), ("runtime", Some(Duration::from_secs(3600))), ("runtime + 1 s checkpoints", Some(Duration::from_secs(1)))];
     let only = std::env::var("BENCH_ONLY").ok();
-    for (name, checkpoint) in configs {
-        if only.as_deref().is_some_and(|o| o != name) {
-            continue;
-        }
-        let mut all: Vec<(Measure, u64)> = Vec::new();
-        for _ in 0..runs {
+    let configs: Vec<_> = configs.into_iter().filter(|(name, _)| only.as_deref().is_none_or(|o| o == *name)).collect();
+    // Rounds interleave the configurations, so slow drift on a shared machine hits all of them alike.
+    let mut all: Vec<Vec<(Measure, u64)>> = configs.iter().map(|_| Vec::new()).collect();
+    for _ in 0..runs {
+        for (i, (_, checkpoint)) in configs.iter().enumerate() {
             let dir = tempfile::tempdir().unwrap();
             let mut checkpoints = 0;
             let m = measure(|| {
                 rt.block_on(async {
                     match checkpoint {
                         None => bare(rows, dir.path()).await,
-                        Some(c) => checkpoints = pipeline(rows, dir.path(), c).await,
+                        Some(c) => checkpoints = pipeline(rows, dir.path(), *c).await,
                     }
                 })
             });
-            all.push((m, checkpoints));
+            all[i].push((m, checkpoints));
         }
-        // Medians of wall time and of CPU time, each on its own: robust to a noisy neighbour.
-        let median = |mut v: Vec<f64>| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            v[v.len() / 2]
-        };
-        let wall = median(all.iter().map(|(m, _)| m.wall.as_secs_f64()).collect());
-        let cpu = median(all.iter().map(|(m, _)| m.cpu).collect());
-        let checkpoints = all.iter().map(|(_, c)| *c).max().unwrap_or(0);
-        results.push((name, Measure { wall: Duration::from_secs_f64(wall), cpu }, checkpoints));
+    }
+    // Medians of wall time and of CPU time, each on its own: robust to a noisy neighbour.
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let mut results = Vec::new();
+    for ((name, _), runs) in configs.iter().zip(all) {
+        let wall = median(runs.iter().map(|(m, _)| m.wall.as_secs_f64()).collect());
+        let cpu = median(runs.iter().map(|(m, _)| m.cpu).collect());
+        let checkpoints = runs.iter().map(|(_, c)| *c).max().unwrap_or(0);
+        results.push((*name, Measure { wall: Duration::from_secs_f64(wall), cpu }, checkpoints));
     }
     if results.len() < 3 {
         for (name, m, cps) in &results {
