@@ -134,6 +134,20 @@ async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration) -> ExitC
             println!("  commits         {}", s.commits);
             println!("  checkpoints     {}  (avg {:.1} ms, max {:.1} ms)", s.checkpoints, s.metrics.checkpoint_avg_ms, s.metrics.checkpoint_max_ms);
             println!("  restarts        {}", s.restarts);
+            println!("  {:<12} {:>12} {:>12} {:>10} {:>10} {:>14} {:>8} {:>12}", "stage", "rows in", "rows out", "busy s", "waited s", "peak buffered", "errors", "dead letters");
+            for st in &s.metrics.stages {
+                println!(
+                    "  {:<12} {:>12} {:>12} {:>10.1} {:>10.1} {:>14} {:>8} {:>12}",
+                    st.name,
+                    st.rows_in,
+                    st.rows_out,
+                    st.busy_ms as f64 / 1e3,
+                    st.backpressure_ms as f64 / 1e3,
+                    st.peak_buffered_bytes,
+                    st.errors,
+                    st.dead_letters
+                );
+            }
             if s.stopped {
                 println!("  (stopped on request after a last checkpoint; rerun the same command to resume)");
             } else if s.rows_read == 0 && s.commits == 0 {

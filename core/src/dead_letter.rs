@@ -105,20 +105,6 @@ fn uri_column(rows: &RecordBatch) -> StringArray {
     })
 }
 
-/// The number of rows in a dead-letter batch, by stage name (for summaries and tests).
-pub fn count_by_stage(batch: &RecordBatch) -> Vec<(String, usize)> {
-    let stages = batch.column(1).as_any().downcast_ref::<StringArray>().expect("stage column");
-    let mut out: Vec<(String, usize)> = Vec::new();
-    for i in 0..stages.len() {
-        let s = stages.value(i);
-        match out.iter_mut().find(|(k, _)| k == s) {
-            Some((_, n)) => *n += 1,
-            None => out.push((s.to_string(), 1)),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +124,5 @@ mod tests {
         assert_eq!(col("message"), "corrupt JPEG");
         assert_eq!(col("ref"), "s3://b/c");
         assert_eq!(col("row"), r#"{"id":12,"uri":"s3://b/c"}"#);
-        assert_eq!(count_by_stage(&dl), vec![("decode".to_string(), 1)]);
     }
 }

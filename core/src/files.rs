@@ -177,6 +177,10 @@ impl<F: FileFormat> Sink for FileSink<F> {
         Ok(())
     }
 
+    fn location(&self) -> Option<String> {
+        Some(self.location.clone())
+    }
+
     async fn writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {
         let loc = self.resolve()?.clone();
         Ok(Box::new(FileWriter {

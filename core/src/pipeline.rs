@@ -303,6 +303,16 @@ impl PipelineBuilder {
             }
         };
         dead_letters.validate().map_err(|e| e.context("dead-letter sink"))?;
+        let norm = |l: Option<String>| l.map(|l| l.trim_end_matches('/').trim_start_matches("file://").to_string());
+        if let (Some(a), Some(b)) = (norm(sink.location()), norm(dead_letters.location())) {
+            if a == b {
+                return Err(Error::config(format!(
+                    "the dead-letter sink writes to `{}`, the same location as the sink; give dead letters their own \
+                     directory, such as `{a}/_dead_letters`",
+                    crate::error::redact(&b)
+                )));
+            }
+        }
         Ok(crate::Pipeline::new(Plan { name, source, stages: self.stages, sink, dead_letters, nodes, settings: self.settings }))
     }
 }

@@ -94,6 +94,11 @@ pub trait Sink: Send + Sync + 'static {
     fn validate(&self) -> Result<()> {
         Ok(())
     }
+    /// The directory or table the sink writes to, when it has one: two sinks of a pipeline must not
+    /// share it (each one's recovery owns its staging area).
+    fn location(&self) -> Option<String> {
+        None
+    }
 }
 
 const _: Option<&dyn Sink> = None;

@@ -86,3 +86,14 @@ fn zero_checkpoint_interval_and_bad_source_settings() {
     let e = err(base(dir.path()).source(Generate::new(1).batch_size(0)).sink(sink()));
     assert!(e.contains("batch_size"), "{e}");
 }
+
+#[test]
+fn dead_letters_may_not_share_the_sink_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o").to_str().unwrap().to_string();
+    let e = err(base(dir.path())
+        .source(Generate::new(1))
+        .sink(FileSink::new(JsonLines, out.clone()))
+        .dead_letters(FileSink::new(JsonLines, format!("{out}/"))));
+    assert!(e.contains("same location") && e.contains("_dead_letters"), "{e}");
+}
