@@ -84,7 +84,7 @@ impl Operator for Fault {
             .iter()
             .enumerate()
             .map(|(row, id)| {
-                let bad = id.is_some_and(|id| (id as u64) % every == 0);
+                let bad = id.is_some_and(|id| (id as u64).is_multiple_of(every));
                 if bad {
                     failures.push(RowFailure::new(row, ErrorKind::Data, format!("injected: id is a multiple of {every}")));
                 }

@@ -41,7 +41,7 @@ pub(crate) struct TaskSnapshot {
 /// Task → region driver.
 #[derive(Debug)]
 pub(crate) enum TaskEvent {
-    Ack { checkpoint: u64, snapshot: TaskSnapshot },
+    Ack { checkpoint: u64, snapshot: Box<TaskSnapshot> },
     ReaderExhausted { reader: usize },
 }
 
@@ -88,7 +88,7 @@ fn downstream_gone() -> Error {
 }
 
 fn ack(events: &Events, checkpoint: u64, snapshot: TaskSnapshot) -> Result<()> {
-    events.send(TaskEvent::Ack { checkpoint, snapshot }).map_err(|_| Error::internal("the region driver is gone"))
+    events.send(TaskEvent::Ack { checkpoint, snapshot: Box::new(snapshot) }).map_err(|_| Error::internal("the region driver is gone"))
 }
 
 // ---------------------------------------------------------------- source
