@@ -385,35 +385,22 @@ async fn spawn_tasks(
                 ctx: run.sink_ctx(region, epoch, format!("{}-{}", stage.name, subtask)),
                 writer: None,
             };
-            let gate = InputGate::new(ins);
-            let outputs = Outputs::new(outs, metrics.clone());
+            let io = StageIo {
+                ctx,
+                gate: InputGate::new(ins),
+                outputs: Outputs::new(outs, metrics.clone()),
+                dead_letters,
+                events: events.clone(),
+                metrics: metrics.clone(),
+            };
             match &stage.kind {
                 StageKind::Sync(factory) => {
-                    let restored_state = restored.and_then(|m| m.operators.get(&format!("{}#{}", stage.name, subtask)).cloned());
-                    let task = OperatorTask {
-                        op: factory(),
-                        ctx,
-                        restored: restored_state,
-                        gate,
-                        outputs,
-                        dead_letters,
-                        events: events.clone(),
-                        metrics: metrics.clone(),
-                    };
+                    let restored = restored.and_then(|m| m.operators.get(&format!("{}#{}", stage.name, subtask)).cloned());
+                    let task = OperatorTask { op: factory(), restored, io };
                     tasks.spawn(async move { (node, task.run().await) });
                 }
                 StageKind::Async { op, concurrency, ordered } => {
-                    let task = AsyncOperatorTask {
-                        op: op.clone(),
-                        concurrency: *concurrency,
-                        ordered: *ordered,
-                        ctx,
-                        gate,
-                        outputs,
-                        dead_letters,
-                        events: events.clone(),
-                        metrics: metrics.clone(),
-                    };
+                    let task = AsyncOperatorTask { op: op.clone(), concurrency: *concurrency, ordered: *ordered, io };
                     tasks.spawn(async move { (node, task.run().await) });
                 }
             }

@@ -211,17 +211,48 @@ impl DeadLetters {
     }
 }
 
-// ---------------------------------------------------------------- sync operator
+// ---------------------------------------------------------------- operators
 
-pub(crate) struct OperatorTask {
-    pub op: Box<dyn Operator>,
+/// What every operator task has: its place, its input and output, its dead letters.
+pub(crate) struct StageIo {
     pub ctx: TaskContext,
-    pub restored: Option<State>,
     pub gate: InputGate,
     pub outputs: Outputs,
     pub dead_letters: DeadLetters,
     pub events: Events,
     pub metrics: Arc<StageMetrics>,
+}
+
+impl StageIo {
+    fn count_in(&self, batch: &RecordBatch) {
+        StageMetrics::add(&self.metrics.rows_in, batch.num_rows() as u64);
+        StageMetrics::add(&self.metrics.bytes_in, batch.get_array_memory_size() as u64);
+    }
+
+    /// Routes the failed rows of `input` to the dead letters and sends the rest on.
+    async fn emit(&mut self, input: &RecordBatch, out: Result<Output>) -> Result<()> {
+        let out = out.map_err(|e| e.context(format!("stage `{}`", self.ctx.stage)))?;
+        self.dead_letters.route(input, &out, &self.metrics).await?;
+        self.outputs.send(out.batch).await
+    }
+
+    /// Acknowledges barrier `b` with the operator's state and forwards it. Returns whether the task stops.
+    async fn barrier(&mut self, b: Barrier, state: Option<State>) -> Result<bool> {
+        let snapshot = TaskSnapshot {
+            operator: state.map(|s| (format!("{}#{}", self.ctx.stage, self.ctx.subtask), s)),
+            dead_letters: self.dead_letters.prepare(b.id).await?,
+            ..Default::default()
+        };
+        ack(&self.events, b.id, snapshot)?;
+        self.outputs.barrier(b).await?;
+        Ok(b.is_last())
+    }
+}
+
+pub(crate) struct OperatorTask {
+    pub op: Box<dyn Operator>,
+    pub restored: Option<State>,
+    pub io: StageIo,
 }
 
 /// Runs `f` on the operator on tokio's blocking pool (CPU work stays off the async reactor).
@@ -253,29 +284,25 @@ pub(crate) fn panic_message(e: tokio::task::JoinError) -> String {
 }
 
 impl OperatorTask {
-    pub(crate) async fn run(mut self) -> Result<()> {
-        let stage = self.ctx.stage.clone();
-        let key = format!("{}#{}", self.ctx.stage, self.ctx.subtask);
-        let ctx = self.ctx.clone();
-        let restored = self.restored.take();
-        let mut op = Some(self.op);
+    pub(crate) async fn run(self) -> Result<()> {
+        let OperatorTask { op, restored, mut io } = self;
+        let stage = io.ctx.stage.clone();
+        let ctx = io.ctx.clone();
+        let mut op = Some(op);
         blocking(&mut op, &stage, move |op| {
             op.open(&ctx)?;
             restored.map_or(Ok(()), |s| op.restore(s))
         })
         .await??;
         loop {
-            match self.gate.next().await? {
+            match io.gate.next().await? {
                 Event::Batch(batch) => {
-                    StageMetrics::add(&self.metrics.rows_in, batch.num_rows() as u64);
-                    StageMetrics::add(&self.metrics.bytes_in, batch.get_array_memory_size() as u64);
+                    io.count_in(&batch);
                     let start = Instant::now();
                     let input = batch.clone();
                     let out = blocking(&mut op, &stage, move |op| op.process(batch)).await?;
-                    StageMetrics::add_time(&self.metrics.busy_ns, start.elapsed());
-                    let out = out.map_err(|e| e.context(format!("stage `{stage}`")))?;
-                    self.dead_letters.route(&input, &out, &self.metrics).await?;
-                    self.outputs.send(out.batch).await?;
+                    StageMetrics::add_time(&io.metrics.busy_ns, start.elapsed());
+                    io.emit(&input, out).await?;
                 }
                 Event::Barrier(b) => {
                     let end_of_input = b.kind == BarrierKind::EndOfInput;
@@ -285,16 +312,9 @@ impl OperatorTask {
                     })
                     .await??;
                     if let Some(rest) = rest {
-                        self.outputs.send(rest).await?;
+                        io.outputs.send(rest).await?;
                     }
-                    let snapshot = TaskSnapshot {
-                        operator: state.map(|s| (key.clone(), s)),
-                        dead_letters: self.dead_letters.prepare(b.id).await?,
-                        ..Default::default()
-                    };
-                    ack(&self.events, b.id, snapshot)?;
-                    self.outputs.barrier(b).await?;
-                    if b.is_last() {
+                    if io.barrier(b, state).await? {
                         return Ok(());
                     }
                 }
@@ -303,8 +323,6 @@ impl OperatorTask {
         }
     }
 }
-
-// ---------------------------------------------------------------- async operator
 
 type Call = futures::future::BoxFuture<'static, (RecordBatch, Result<Output>)>;
 
@@ -338,31 +356,20 @@ pub(crate) struct AsyncOperatorTask {
     pub op: Arc<dyn AsyncOperator>,
     pub concurrency: usize,
     pub ordered: bool,
-    pub ctx: TaskContext,
-    pub gate: InputGate,
-    pub outputs: Outputs,
-    pub dead_letters: DeadLetters,
-    pub events: Events,
-    pub metrics: Arc<StageMetrics>,
+    pub io: StageIo,
 }
 
 impl AsyncOperatorTask {
-    async fn handle(&mut self, input: RecordBatch, out: Result<Output>) -> Result<()> {
-        let out = out.map_err(|e| e.context(format!("stage `{}`", self.ctx.stage)))?;
-        self.dead_letters.route(&input, &out, &self.metrics).await?;
-        self.outputs.send(out.batch).await
-    }
-
-    pub(crate) async fn run(mut self) -> Result<()> {
-        let mut inflight = if self.ordered { InFlight::Ordered(Default::default()) } else { InFlight::Unordered(Default::default()) };
-        let limit = self.concurrency.max(1);
+    pub(crate) async fn run(self) -> Result<()> {
+        let AsyncOperatorTask { op, concurrency, ordered, mut io } = self;
+        let mut inflight = if ordered { InFlight::Ordered(Default::default()) } else { InFlight::Unordered(Default::default()) };
+        let limit = concurrency.max(1);
         loop {
             tokio::select! {
-                ev = self.gate.next(), if inflight.len() < limit => match ev? {
+                ev = io.gate.next(), if inflight.len() < limit => match ev? {
                     Event::Batch(batch) => {
-                        StageMetrics::add(&self.metrics.rows_in, batch.num_rows() as u64);
-                        StageMetrics::add(&self.metrics.bytes_in, batch.get_array_memory_size() as u64);
-                        let (op, ctx, metrics) = (self.op.clone(), self.ctx.clone(), self.metrics.clone());
+                        io.count_in(&batch);
+                        let (op, ctx, metrics) = (op.clone(), io.ctx.clone(), io.metrics.clone());
                         inflight.push(Box::pin(async move {
                             let start = Instant::now();
                             let out = op.process(batch.clone(), &ctx).await;
@@ -373,18 +380,15 @@ impl AsyncOperatorTask {
                     Event::Barrier(b) => {
                         // Aligned checkpoint: drain what is in flight first.
                         while let Some((input, out)) = inflight.next().await {
-                            self.handle(input, out).await?;
+                            io.emit(&input, out).await?;
                         }
-                        let snapshot = TaskSnapshot { dead_letters: self.dead_letters.prepare(b.id).await?, ..Default::default() };
-                        ack(&self.events, b.id, snapshot)?;
-                        self.outputs.barrier(b).await?;
-                        if b.is_last() {
+                        if io.barrier(b, None).await? {
                             return Ok(());
                         }
                     }
                     Event::End => return Ok(()),
                 },
-                Some((input, out)) = inflight.next(), if inflight.len() > 0 => self.handle(input, out).await?,
+                Some((input, out)) = inflight.next(), if inflight.len() > 0 => io.emit(&input, out).await?,
             }
         }
     }
