@@ -111,12 +111,13 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     }
 }
 
-/// Standard readers (pyarrow, DuckDB) must see exactly the committed rows.
+/// Standard readers (pyarrow, DuckDB, Polars) must see exactly the committed rows.
 fn check_with_other_readers(dir: &Path, rows: u64) {
     if let Some(py) = alluvium_integration::python() {
-        let [pa, duck] = alluvium_integration::cross_read_parquet(&py, dir, "id");
+        let [pa, duck, polars] = alluvium_integration::cross_read_parquet(&py, dir, "id");
         assert_eq!(pa, (rows, rows), "pyarrow");
         assert_eq!(duck, (rows, rows), "duckdb");
+        assert_eq!(polars, (rows, rows), "polars");
     }
 }
 
@@ -252,9 +253,10 @@ fn exactly_once_with_checkpoints_and_output_on_s3() {
     assert_eq!(counts.len() as u64, rows);
     assert!(counts.values().all(|c| *c == 1));
     if let Some(py) = alluvium_integration::python() {
-        let [pa, duck] = alluvium_integration::cross_read_parquet(&py, &s3.object_path(&bucket, "out"), "id");
+        let [pa, duck, polars] = alluvium_integration::cross_read_parquet(&py, &s3.object_path(&bucket, "out"), "id");
         assert_eq!(pa, (rows, rows), "pyarrow");
         assert_eq!(duck, (rows, rows), "duckdb");
+        assert_eq!(polars, (rows, rows), "polars");
     }
     // The secret never reaches the output.
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&s3.secret_key));

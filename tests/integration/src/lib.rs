@@ -5,7 +5,7 @@
 //!   ranged GET and conditional PUT) on a free port of 127.0.0.1, with a fresh bucket per call to
 //!   [`S3Server::bucket`]. The binary comes from `ALLUVIUM_S3S_FS`, or
 //!   `~/.cache/alluvium/s3s/bin/s3s-fs` where `.ci/run` installs it.
-//! * [`python`]: a Python with pyarrow and duckdb for cross-reading our output (`ALLUVIUM_PYTHON`,
+//! * [`python`]: a Python with pyarrow, duckdb and polars for cross-reading our output (`ALLUVIUM_PYTHON`,
 //!   set by `.ci/run`).
 //!
 //! When a service is missing, tests are skipped with a visible message — except under CI
@@ -107,28 +107,31 @@ impl Drop for S3Server {
     }
 }
 
-/// A Python with pyarrow and duckdb (`ALLUVIUM_PYTHON`), or `None` outside CI.
+/// A Python with pyarrow, duckdb and polars (`ALLUVIUM_PYTHON`), or `None` outside CI.
 pub fn python() -> Option<String> {
     match std::env::var("ALLUVIUM_PYTHON") {
         Ok(p) => Some(p),
         Err(_) => {
-            missing("a Python with pyarrow and duckdb (ALLUVIUM_PYTHON)")?;
+            missing("a Python with pyarrow, duckdb and polars (ALLUVIUM_PYTHON)")?;
             unreachable!()
         }
     }
 }
 
-/// Reads a directory of Parquet files with pyarrow and with DuckDB, and returns, for each, the row
-/// count and the number of distinct values of `column`: `[(rows, distinct) by pyarrow, by duckdb]`.
-pub fn cross_read_parquet(python: &str, dir: &std::path::Path, column: &str) -> [(u64, u64); 2] {
+/// Reads a directory of Parquet files with pyarrow, DuckDB and Polars, and returns, for each, the
+/// row count and the number of distinct values of `column`: `[(rows, distinct) by pyarrow, by
+/// duckdb, by polars]`.
+pub fn cross_read_parquet(python: &str, dir: &std::path::Path, column: &str) -> [(u64, u64); 3] {
     let script = r#"
-import sys, pyarrow.dataset as ds, duckdb
+import sys, pyarrow.dataset as ds, duckdb, polars as pl
 d, col = sys.argv[1], sys.argv[2]
 t = ds.dataset(d, format="parquet").to_table(columns=[col])
 vals = t.column(col).to_pylist()
 print(len(vals), len(set(vals)))
 r = duckdb.connect().execute(f"select count(*), count(distinct {col}) from read_parquet('{d}/*.parquet')").fetchone()
 print(r[0], r[1])
+p = pl.scan_parquet(f"{d}/*.parquet").select(pl.len(), pl.col(col).n_unique()).collect()
+print(p.item(0, 0), p.item(0, 1))
 "#;
     let out = Command::new(python).args(["-c", script, dir.to_str().unwrap(), column]).output().expect("python runs");
     assert!(out.status.success(), "cross-read failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -137,5 +140,5 @@ print(r[0], r[1])
         let v: Vec<u64> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
         (v[0], v[1])
     });
-    [lines.next().unwrap(), lines.next().unwrap()]
+    [lines.next().unwrap(), lines.next().unwrap(), lines.next().unwrap()]
 }
