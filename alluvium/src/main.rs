@@ -67,6 +67,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("ALLUVIUM_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Validate { job, set } => match load(&job, &set) {
@@ -134,7 +135,7 @@ async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration) -> ExitC
             println!("  commits         {}", s.commits);
             println!("  checkpoints     {}  (avg {:.1} ms, max {:.1} ms)", s.checkpoints, s.metrics.checkpoint_avg_ms, s.metrics.checkpoint_max_ms);
             println!("  restarts        {}", s.restarts);
-            println!("  {:<12} {:>12} {:>12} {:>10} {:>10} {:>14} {:>8} {:>12}", "stage", "rows in", "rows out", "busy s", "waited s", "peak buffered", "errors", "dead letters");
+            println!("  {:<12} {:>12} {:>12} {:>10} {:>10} {:>14} {:>8} {:>12}", "stage", "rows in", "rows out", "busy s", "waited s", "peak buffer", "errors", "dead letters");
             for st in &s.metrics.stages {
                 println!(
                     "  {:<12} {:>12} {:>12} {:>10.1} {:>10.1} {:>14} {:>8} {:>12}",
@@ -143,7 +144,7 @@ async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration) -> ExitC
                     st.rows_out,
                     st.busy_ms as f64 / 1e3,
                     st.backpressure_ms as f64 / 1e3,
-                    st.peak_buffered_bytes,
+                    format!("{:.1} MiB", st.peak_buffered_bytes as f64 / (1 << 20) as f64),
                     st.errors,
                     st.dead_letters
                 );

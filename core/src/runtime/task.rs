@@ -151,14 +151,17 @@ impl SourceTask {
                 biased;
                 Some(b) = self.triggers.recv() => pending.push_back(b),
                 Some(msg) = self.splits_rx.recv() => self.receive(msg),
-                next = async { current.as_mut().expect("guarded").next_batch().await }, if current.is_some() => {
+                (next, took) = async {
                     let start = Instant::now();
+                    let next = current.as_mut().expect("guarded").next_batch().await;
+                    (next, start.elapsed())
+                }, if current.is_some() => {
+                    StageMetrics::add_time(&self.metrics.busy_ns, took);
                     match next? {
                         Some(batch) => {
                             self.state.splits[0].position = Some(current.as_ref().expect("reading").position());
                             StageMetrics::add(&self.metrics.rows_in, batch.num_rows() as u64);
                             StageMetrics::add(&self.metrics.bytes_in, batch.get_array_memory_size() as u64);
-                            StageMetrics::add_time(&self.metrics.busy_ns, start.elapsed());
                             self.outputs.send(batch).await?;
                         }
                         None => {
