@@ -9,7 +9,7 @@
 //! | `kind`     | Utf8        | the error kind (`data`, `external`, …)                         |
 //! | `message`  | Utf8        | what failed and why                                            |
 //! | `attempts` | UInt32      | how many times the stage tried                                 |
-//! | `ref`      | Utf8?       | the row's object URI, when it has a `uri` or `ref.uri` column  |
+//! | `ref`      | Utf8?       | the row's object URI, from its ObjectRef column (or `uri`)     |
 //! | `row`      | Utf8        | the whole input row as JSON, so nothing is lost                |
 //! | `failed_at_ms` | Int64   | when (milliseconds since the Unix epoch)                       |
 //!
@@ -88,9 +88,15 @@ fn rows_as_json(rows: &RecordBatch) -> Result<Vec<String>> {
     Ok(lines)
 }
 
-/// The object URI of each row: a `uri` column, or the `uri` field of a struct column named `ref`.
+/// The object URI of each row: from the first ObjectRef column (`alluvium.object_ref`), else a
+/// `uri` column, else the `uri` field of a struct column named `ref`.
 fn uri_column(rows: &RecordBatch) -> StringArray {
     let find = || -> Option<StringArray> {
+        let schema = rows.schema();
+        if let Some(i) = schema.fields().iter().position(|f| f.extension_type_name() == Some("alluvium.object_ref")) {
+            let refs = crate::types::ObjectRefArray::try_new(rows.column(i)).ok()?;
+            return Some((0..refs.len()).map(|r| refs.get(r).map(|o| o.uri)).collect());
+        }
         if let Some(c) = rows.column_by_name("uri") {
             return c.as_any().downcast_ref::<StringArray>().cloned();
         }
@@ -124,5 +130,16 @@ mod tests {
         assert_eq!(col("message"), "corrupt JPEG");
         assert_eq!(col("ref"), "s3://b/c");
         assert_eq!(col("row"), r#"{"id":12,"uri":"s3://b/c"}"#);
+    }
+
+    #[test]
+    fn the_ref_comes_from_an_object_ref_column_whatever_its_name() {
+        use crate::types::{ObjectRef, ObjectRefType};
+        let refs: arrow::array::StructArray = vec![ObjectRef::new("s3://b/x.jpg"), ObjectRef::new("s3://b/y.jpg")].into_iter().collect();
+        let schema = Arc::new(Schema::new(vec![ObjectRefType::field("photo", false)]));
+        let input = RecordBatch::try_new(schema, vec![Arc::new(refs)]).unwrap();
+        let dl = build("p", "decode", &input, &[RowFailure::new(1, ErrorKind::Data, "corrupt")]).unwrap();
+        let r = dl.column_by_name("ref").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(r.value(0), "s3://b/y.jpg");
     }
 }

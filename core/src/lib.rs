@@ -20,6 +20,8 @@
 //!   ([`checkpoint`]).
 //! * Channels between stages are bounded in **bytes** ([`channel`]); every stage reports the same
 //!   [`metrics`].
+//! * Large assets travel as references: [`types::ObjectRef`] and the other multimodal extension
+//!   types (images, embeddings, tensors, video/audio refs, frames) over plain Arrow layouts ([`types`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -53,6 +55,7 @@ pub mod sink;
 pub mod source;
 pub mod sources;
 pub mod store;
+pub mod types;
 
 pub use checkpoint::CheckpointStore;
 pub use error::{Error, ErrorKind, Result};

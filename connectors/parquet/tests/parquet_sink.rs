@@ -60,3 +60,35 @@ fn config_errors_name_the_key() {
     let e = toml::from_str::<ParquetSinkConfig>("path = '/tmp/x'\ncompresion = 'zstd'").unwrap_err().to_string();
     assert!(e.contains("compresion"), "{e}");
 }
+
+#[test]
+fn multimodal_types_survive_parquet_and_other_readers_see_ordinary_columns() {
+    use alluvium_core::files::FileFormat;
+    use alluvium_core::types::{assert_sample_batch, sample_batch};
+    use alluvium_parquet::ParquetFormat;
+
+    let batch = sample_batch();
+    let mut enc = ParquetFormat::default().encoder(batch.schema()).unwrap();
+    enc.write(&batch).unwrap();
+    enc.finish().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("types.parquet");
+    std::fs::write(&path, enc.encoded()).unwrap();
+
+    let mut reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap().build().unwrap();
+    let back = reader.next().unwrap().unwrap();
+    assert_sample_batch(&back);
+
+    if let Some(py) = alluvium_integration::python() {
+        let script = "import sys, pyarrow.parquet as pq\n\
+                      t = pq.read_table(sys.argv[1])\n\
+                      print(t.schema.field('ref').type.field('uri').type, t.schema.field('embedding').type)\n\
+                      print(t.column('ref')[1]['uri'], t.column('embedding')[1].values.to_pylist())";
+        let out = std::process::Command::new(py).args(["-c", script, path.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "string fixed_size_list<item: float not null>[3]", "{text}");
+        assert!(lines[1].starts_with("file:///data/b.mp4 [0.4"), "{text}");
+    }
+}
