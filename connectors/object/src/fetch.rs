@@ -1,0 +1,194 @@
+//! `Fetch`: ObjectRef → bytes, streamed, hashed, pinned and bounded.
+//!
+//! For every row of the ObjectRef column (default `ref`), `Fetch` resolves the reference through the
+//! [`ObjectStoreRegistry`] (which applies the access policy), reads the object — or its byte range
+//! — as a stream, hashes it with blake3 while reading, and appends three columns: `bytes` (Binary),
+//! `content_hash` (blake3, hex) and `fetched_bytes` (UInt64).
+//!
+//! * **Pins**: a reference with an `etag` (or `version`) reads only that object: the request carries
+//!   `If-Match` (or the version id), and the ETag the store returns is compared too, so a changed
+//!   object becomes a dead letter instead of a silent read of new bytes.
+//! * **Bounds**: an object larger than `max_object_bytes` is refused before its body is read; the
+//!   bytes of objects being fetched at once never exceed `memory_budget` (objects wait for room).
+//! * **Failures** are per row: not found, access denied, refused by the access policy, changed,
+//!   too large, and errors that outlasted the store's retries become dead letters with the reason;
+//!   the batch goes on.
+//!
+//! Objects of one batch are fetched concurrently (`concurrency`, default 16); output keeps input order.
+
+use std::sync::Arc;
+
+use alluvium_core::arrow::array::{ArrayRef, BinaryBuilder, BooleanArray, StringBuilder, UInt64Builder};
+use alluvium_core::arrow::compute::filter_record_batch;
+use alluvium_core::arrow::datatypes::{DataType, Field, Schema};
+use alluvium_core::arrow::record_batch::RecordBatch;
+use alluvium_core::error::redact;
+use alluvium_core::types::{ObjectRef, ObjectRefArray};
+use alluvium_core::{AsyncOperator, Error, ErrorKind, Output, Result, RowFailure, Stage, TaskContext};
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{GetOptions, GetRange};
+use tokio::sync::Semaphore;
+
+use crate::registry::ObjectStoreRegistry;
+
+/// The Fetch stage. See the module docs.
+#[derive(Clone)]
+pub struct Fetch {
+    registry: Arc<ObjectStoreRegistry>,
+    column: String,
+    max_object_bytes: u64,
+    memory: Arc<Semaphore>,
+    memory_budget: u64,
+    concurrency: usize,
+}
+
+struct Fetched {
+    bytes: bytes::Bytes,
+    hash: String,
+}
+
+impl Fetch {
+    /// Fetches the `ref` column: objects up to 64 MiB, 256 MiB in flight, 16 at a time.
+    pub fn new(registry: Arc<ObjectStoreRegistry>) -> Self {
+        let budget = 256u64 << 20;
+        Self {
+            registry,
+            column: "ref".into(),
+            max_object_bytes: 64 << 20,
+            memory: Arc::new(Semaphore::new(budget as usize)),
+            memory_budget: budget,
+            concurrency: 16,
+        }
+    }
+    /// The ObjectRef column to fetch.
+    pub fn column(mut self, name: impl Into<String>) -> Self {
+        self.column = name.into();
+        self
+    }
+    /// Larger objects (or ranges) become dead letters.
+    pub fn max_object_bytes(mut self, bytes: u64) -> Self {
+        self.max_object_bytes = bytes;
+        self
+    }
+    /// Bytes being fetched at once, across all subtasks of this stage.
+    pub fn memory_budget(mut self, bytes: u64) -> Self {
+        let bytes = bytes.clamp(1, u32::MAX as u64);
+        self.memory = Arc::new(Semaphore::new(bytes as usize));
+        self.memory_budget = bytes;
+        self
+    }
+    /// Objects fetched at once per batch.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    async fn fetch_one(&self, r: Option<ObjectRef>) -> std::result::Result<Fetched, (ErrorKind, String)> {
+        let data = |m: String| (ErrorKind::Data, m);
+        let r = r.ok_or_else(|| data("the reference is null".into()))?;
+        let (store, path) = match self.registry.resolve(&r.uri).await {
+            Ok(Ok(sp)) => sp,
+            Ok(Err(refused)) => return Err(data(format!("refused: {}", refused.0))),
+            Err(e) => return Err((ErrorKind::Config, e.to_string())),
+        };
+        let range = match (r.offset, r.length) {
+            (Some(o), Some(l)) => Some(GetRange::Bounded(o..o + l)),
+            (Some(o), None) => Some(GetRange::Offset(o)),
+            (None, Some(l)) => Some(GetRange::Bounded(0..l)),
+            (None, None) => None,
+        };
+        let opts = GetOptions { if_match: r.etag.clone(), version: r.version.clone(), range, ..Default::default() };
+        let result = store.get_opts(&path, opts).await.map_err(|e| classify(&e))?;
+        if let (Some(pinned), Some(now)) = (&r.etag, &result.meta.e_tag) {
+            if pinned.trim_matches('"') != now.trim_matches('"') {
+                return Err(data(format!("the object changed since its reference was made (ETag {now}, pinned {pinned})")));
+            }
+        }
+        let len = result.range.end - result.range.start;
+        if len > self.max_object_bytes {
+            return Err(data(format!("the object is {len} bytes, over max_object_bytes = {}", self.max_object_bytes)));
+        }
+        let _permit = self
+            .memory
+            .acquire_many(len.clamp(1, self.memory_budget) as u32)
+            .await
+            .map_err(|_| (ErrorKind::Internal, "the memory budget was closed".to_string()))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = bytes::BytesMut::with_capacity(len as usize);
+        let mut stream = result.into_stream();
+        while let Some(chunk) = stream.try_next().await.map_err(|e| classify(&e))? {
+            if (buf.len() + chunk.len()) as u64 > self.max_object_bytes {
+                return Err(data(format!("the object grew past max_object_bytes = {} while it was read", self.max_object_bytes)));
+            }
+            hasher.update(&chunk);
+            buf.extend_from_slice(&chunk);
+        }
+        if buf.len() as u64 != len {
+            return Err((ErrorKind::External, format!("the store sent {} bytes of {len}: the response was truncated", buf.len())));
+        }
+        Ok(Fetched { bytes: buf.freeze(), hash: hasher.finalize().to_hex().to_string() })
+    }
+}
+
+/// A per-row reason for an `object_store` error (retries, where they apply, are already spent).
+fn classify(e: &object_store::Error) -> (ErrorKind, String) {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => (ErrorKind::Data, "object not found".into()),
+        E::Precondition { .. } => (ErrorKind::Data, "the object changed since its reference was made (ETag/version pin)".into()),
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => (ErrorKind::External, format!("access denied: {}", redact(&e.to_string()))),
+        _ => (ErrorKind::External, format!("read failed after retries: {}", redact(&e.to_string()))),
+    }
+}
+
+#[async_trait]
+impl AsyncOperator for Fetch {
+    async fn process(&self, batch: RecordBatch, _ctx: &TaskContext) -> Result<Output> {
+        let column = batch.column_by_name(&self.column).ok_or_else(|| {
+            Error::config(format!("fetch: the input has no column `{}`; set `column` to the ObjectRef column", self.column))
+        })?;
+        let refs = ObjectRefArray::try_new(column).map_err(|e| e.context(format!("fetch: column `{}`", self.column)))?;
+        let results: Vec<_> = futures::stream::iter((0..refs.len()).map(|i| self.fetch_one(refs.get(i))))
+            .buffered(self.concurrency)
+            .collect()
+            .await;
+        let mut keep = Vec::with_capacity(results.len());
+        let mut failures = Vec::new();
+        let total: usize = results.iter().filter_map(|r| r.as_ref().ok()).map(|f| f.bytes.len()).sum();
+        let mut bytes = BinaryBuilder::with_capacity(results.len(), total);
+        let mut hashes = StringBuilder::new();
+        let mut sizes = UInt64Builder::new();
+        for (row, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(f) => {
+                    keep.push(true);
+                    bytes.append_value(&f.bytes);
+                    hashes.append_value(&f.hash);
+                    sizes.append_value(f.bytes.len() as u64);
+                }
+                Err((kind, message)) => {
+                    keep.push(false);
+                    failures.push(RowFailure::new(row, kind, message));
+                }
+            }
+        }
+        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        let mut fields: Vec<Field> = kept.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("bytes", DataType::Binary, false));
+        fields.push(Field::new("content_hash", DataType::Utf8, false));
+        fields.push(Field::new("fetched_bytes", DataType::UInt64, false));
+        let mut columns: Vec<ArrayRef> = kept.columns().to_vec();
+        columns.push(Arc::new(bytes.finish()));
+        columns.push(Arc::new(hashes.finish()));
+        columns.push(Arc::new(sizes.finish()));
+        let out = RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, kept.schema().metadata().clone())), columns)?;
+        Ok(Output::with_failures(out, failures))
+    }
+}
+
+impl From<Fetch> for Stage {
+    fn from(f: Fetch) -> Stage {
+        Stage::new_async("fetch", f)
+    }
+}

@@ -1,0 +1,28 @@
+//! # alluvium-object
+//!
+//! Object IO: where the bytes behind [`ObjectRef`](alluvium_core::types::ObjectRef)s come from.
+//!
+//! * [`ObjectStoreRegistry`] — an explicit value (no global registration) that turns a URI into a
+//!   store and a path: `s3://`, `gs://`, `az://`/`abfs://`, `http(s)://`, `file://`. Credentials and
+//!   endpoints come from [`StoreConfig`] and the usual environment variables; stores are built once
+//!   per bucket/host and shared, wrapped in a per-store concurrency limit, with `object_store`'s
+//!   retries (exponential backoff with jitter on throttling, 5xx and timeouts).
+//! * [`AccessPolicy`] — references from untrusted manifests cannot read local secrets or reach
+//!   internal services: `file://` refs are confined to configured roots (no `..` or symlink escapes),
+//!   `http(s)://` refs to an allow-list of hosts, and never to loopback, link-local or private
+//!   addresses unless allowed.
+//! * [`Fetch`] — the stage that turns an ObjectRef column into bytes: streamed, hashed with blake3
+//!   while reading, bounded by a maximum object size and a memory budget in bytes, pinned to the
+//!   reference's ETag/version. Every failure is a dead letter with a precise reason.
+//!
+//! Layout: [`config`] (typed settings, validated without IO), [`access`], [`registry`], [`fetch`].
+
+pub mod access;
+pub mod config;
+pub mod fetch;
+pub mod registry;
+
+pub use access::AccessPolicy;
+pub use config::StoreConfig;
+pub use fetch::Fetch;
+pub use registry::ObjectStoreRegistry;

@@ -1,0 +1,79 @@
+//! Fetch from a real S3 server (s3s-fs, SigV4): whole objects, ranges, hashes, pins, limits,
+//! missing objects and wrong credentials.
+
+use std::sync::Arc;
+
+use alluvium_core::types::ObjectRef;
+use alluvium_integration::S3Server;
+use alluvium_object::{Fetch, ObjectStoreRegistry, StoreConfig};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+
+use crate::common::*;
+
+fn registry(s3: &S3Server, secret: &str) -> Arc<ObjectStoreRegistry> {
+    let cfg: StoreConfig = toml::from_str(&format!(
+        "max_retries = 1\nretry_timeout = \"5s\"\n[s3]\nendpoint = '{}'\naccess_key_id = '{}'\nsecret_access_key = '{}'\nregion = 'us-east-1'\nallow_http = 'true'\n",
+        s3.endpoint, s3.access_key, secret
+    ))
+    .unwrap();
+    Arc::new(ObjectStoreRegistry::new(cfg))
+}
+
+#[tokio::test]
+async fn fetches_hashes_pins_and_dead_letters_per_row() {
+    let Some(s3) = S3Server::start() else { return };
+    let bucket = s3.bucket();
+    let reg = registry(&s3, &s3.secret_key);
+    let (store, _) = reg.resolve(&format!("s3://{bucket}/x")).await.unwrap().unwrap();
+    let a: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let put = store.put(&Path::from("a.bin"), PutPayload::from(a.clone())).await.unwrap();
+    store.put(&Path::from("big.bin"), PutPayload::from(vec![7u8; 5000])).await.unwrap();
+    store.put(&Path::from("changing.bin"), PutPayload::from_static(b"old")).await.unwrap();
+    let old_etag = store.head(&Path::from("changing.bin")).await.unwrap().e_tag.unwrap();
+    store.put(&Path::from("changing.bin"), PutPayload::from_static(b"new!")).await.unwrap();
+
+    let uri = |k: &str| format!("s3://{bucket}/{k}");
+    let big_enough = Fetch::new(reg.clone()).max_object_bytes(200_000);
+    let out = fetch(
+        &big_enough,
+        vec![
+            ObjectRef::new(uri("a.bin")).etag(put.e_tag.clone().unwrap()),
+            ObjectRef::new(uri("a.bin")).range(1000, 10),
+            ObjectRef::new(uri("missing.bin")),
+            ObjectRef::new(uri("changing.bin")).etag(old_etag),
+        ],
+    )
+    .await;
+    assert_eq!(out.batch.num_rows(), 2);
+    assert_eq!(bytes_of(&out), vec![a.clone(), a[1000..1010].to_vec()]);
+    assert_eq!(hashes_of(&out)[0], blake3::hash(&a).to_hex().to_string());
+    assert_eq!(failure(&out, 2), "object not found");
+    assert!(failure(&out, 3).contains("changed since its reference was made"), "{}", failure(&out, 3));
+
+    let small = Fetch::new(reg).max_object_bytes(1000);
+    let out = fetch(&small, vec![ObjectRef::new(uri("big.bin")), ObjectRef::new(uri("big.bin")).range(0, 100)]).await;
+    assert!(failure(&out, 0).contains("5000 bytes, over max_object_bytes = 1000"), "{}", failure(&out, 0));
+    assert_eq!(out.batch.num_rows(), 1, "the 100-byte range of a big object is fine");
+
+    let wrong = Fetch::new(registry(&s3, "not-the-secret-xyz"));
+    let out = fetch(&wrong, vec![ObjectRef::new(uri("a.bin"))]).await;
+    let msg = failure(&out, 0);
+    assert!(msg.contains("access denied") || msg.contains("403"), "{msg}");
+    assert!(!msg.contains("not-the-secret-xyz"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_memory_budget_smaller_than_an_object_still_lets_it_through_alone() {
+    let Some(s3) = S3Server::start() else { return };
+    let bucket = s3.bucket();
+    let reg = registry(&s3, &s3.secret_key);
+    let (store, _) = reg.resolve(&format!("s3://{bucket}/x")).await.unwrap().unwrap();
+    for i in 0..6 {
+        store.put(&Path::from(format!("o{i}")), PutPayload::from(vec![i as u8; 3000])).await.unwrap();
+    }
+    let f = Fetch::new(reg).memory_budget(1000).concurrency(6);
+    let out = fetch(&f, (0..6).map(|i| ObjectRef::new(format!("s3://{bucket}/o{i}"))).collect()).await;
+    assert!(out.failures.is_empty(), "{:?}", out.failures);
+    assert_eq!(bytes_of(&out).iter().map(|b| b[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5], "input order is kept");
+}
