@@ -72,11 +72,10 @@ impl ExtensionType for EmbeddingType {
         &self.metadata
     }
     fn serialize_metadata(&self) -> Option<String> {
-        Some(serde_json::to_string(&self.metadata).expect("serializable"))
+        super::json_metadata(&self.metadata)
     }
     fn deserialize_metadata(metadata: Option<&str>) -> Result<EmbeddingMetadata, ArrowError> {
-        let m = metadata.ok_or_else(|| ArrowError::InvalidArgumentError(format!("{} needs metadata {{\"model\", \"metric\"}}", Self::NAME)))?;
-        serde_json::from_str(m).map_err(|e| ArrowError::InvalidArgumentError(format!("{} metadata `{m}`: {e}", Self::NAME)))
+        super::parse_json_metadata(Self::NAME, metadata, "{\"model\", \"metric\"}")
     }
     fn supports_data_type(&self, data_type: &DataType) -> Result<(), ArrowError> {
         match data_type {

@@ -91,6 +91,21 @@ macro_rules! struct_extension {
 }
 pub(crate) use struct_extension;
 
+/// Extension metadata as JSON.
+pub(crate) fn json_metadata<T: serde::Serialize>(metadata: &T) -> Option<String> {
+    Some(serde_json::to_string(metadata).expect("serializable"))
+}
+
+/// Parses JSON extension metadata of extension `name`; `expected` describes it for the error.
+pub(crate) fn parse_json_metadata<T: serde::de::DeserializeOwned>(
+    name: &str,
+    metadata: Option<&str>,
+    expected: &str,
+) -> Result<T, arrow::error::ArrowError> {
+    let m = metadata.ok_or_else(|| arrow::error::ArrowError::InvalidArgumentError(format!("{name} needs metadata {expected}")))?;
+    serde_json::from_str(m).map_err(|e| arrow::error::ArrowError::InvalidArgumentError(format!("{name} metadata `{m}`: {e}")))
+}
+
 /// Checks that `data_type` is a struct with exactly `fields` (names, types and nullability).
 pub(crate) fn check_struct(name: &str, data_type: &DataType, fields: &arrow::datatypes::Fields) -> Result<(), arrow::error::ArrowError> {
     match data_type {
