@@ -12,8 +12,12 @@
 //!
 //! Every codec turns bad input into a dead letter with a reason, never a crash.
 //!
-//! Status: this crate is the home of those stages; they land with the ObjectRef/IO/images and
-//! video/audio work. It depends only on `alluvium-core` so that connectors can use it without
+//! Landed: the image stages ([`image`]: [`DecodeImage`], [`Resize`], [`EncodeImage`]). Video, audio
+//! and manifests follow. The crate depends only on `alluvium-core`, so connectors can use it without
 //! pulling in lake formats.
 
 #![forbid(unsafe_code)]
+
+pub mod image;
+
+pub use image::{DecodeImage, EncodeImage, Fit, ImageFormat, Resize};

@@ -1,0 +1,411 @@
+//! Image stages: [`DecodeImage`], [`Resize`], [`EncodeImage`].
+//!
+//! ```text
+//!  bytes (Binary) ──DecodeImage──▶ image: alluvium.image.decoded (RGB, HWC u8) + width, height
+//!                 ──Resize──────▶ image resized (exact, fit, fill; SIMD convolution)
+//!                 ──EncodeImage─▶ <output>: alluvium.image (JPEG/PNG/WebP bytes, format, size)
+//! ```
+//!
+//! * Decoding supports JPEG, PNG, WebP, GIF (first frame), TIFF and BMP, applies the EXIF
+//!   orientation, and refuses images over `max_pixels` **before** allocating their pixels
+//!   (decompression bombs).
+//! * With [`DecodeImage::target`] set, JPEGs are decoded at a reduced DCT scale (1/2, 1/4 or 1/8,
+//!   as libjpeg-turbo does) when the target is much smaller than the source — the biggest single
+//!   speed lever for thumbnails; the result is at least as large as the target, so `Resize` still
+//!   only ever shrinks.
+//! * Every bad image (corrupt, truncated, unsupported, too large) becomes a dead letter with the
+//!   reason; the batch goes on.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use alluvium_core::arrow::array::{Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, StringArray, StructArray, UInt32Array};
+use alluvium_core::arrow::compute::filter_record_batch;
+use alluvium_core::arrow::datatypes::{DataType, Field, Schema};
+use alluvium_core::arrow::record_batch::RecordBatch;
+use alluvium_core::types::{DecodedImageType, EncodedImageType};
+use alluvium_core::{Error, ErrorKind, Operator, Output, Result, RowFailure, Stage};
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+/// An RGB image in memory.
+struct Rgb {
+    pixels: Vec<u8>,
+    width: u32,
+    height: u32,
+}
+
+/// Decodes encoded images into RGB pixels. See the module docs.
+#[derive(Debug, Clone)]
+pub struct DecodeImage {
+    column: String,
+    output: String,
+    max_pixels: u64,
+    target: Option<(u32, u32)>,
+    keep_encoded: bool,
+}
+
+impl DecodeImage {
+    /// Decodes the `bytes` column into an RGB `image` column; at most 80 megapixels.
+    pub fn rgb() -> Self {
+        Self { column: "bytes".into(), output: "image".into(), max_pixels: 80_000_000, target: None, keep_encoded: false }
+    }
+    /// The Binary column holding encoded images.
+    pub fn column(mut self, name: impl Into<String>) -> Self {
+        self.column = name.into();
+        self
+    }
+    /// The decoded image column's name.
+    pub fn output(mut self, name: impl Into<String>) -> Self {
+        self.output = name.into();
+        self
+    }
+    /// Images with more pixels become dead letters (decompression bombs).
+    pub fn max_pixels(mut self, n: u64) -> Self {
+        self.max_pixels = n;
+        self
+    }
+    /// The size the images will be resized to: JPEGs are decoded at a reduced DCT scale when that
+    /// still covers it.
+    pub fn target(mut self, width: u32, height: u32) -> Self {
+        self.target = Some((width, height));
+        self
+    }
+    /// Keeps the encoded bytes column in the output (dropped by default to save memory).
+    pub fn keep_encoded(mut self, keep: bool) -> Self {
+        self.keep_encoded = keep;
+        self
+    }
+
+    fn decode(&self, data: &[u8]) -> std::result::Result<(Rgb, u32, u32), String> {
+        let reader = ImageReader::new(Cursor::new(data)).with_guessed_format().map_err(|e| format!("cannot read the image: {e}"))?;
+        let format = reader.format().ok_or("unsupported image format (not JPEG, PNG, WebP, GIF, TIFF or BMP)")?;
+        let mut decoder = reader.into_decoder().map_err(|e| format!("corrupt or truncated {format:?} image: {e}"))?;
+        let (w, h) = decoder.dimensions();
+        let pixels = w as u64 * h as u64;
+        if pixels > self.max_pixels {
+            return Err(format!("the image is {w}×{h} = {pixels} pixels, over max_pixels = {}", self.max_pixels));
+        }
+        let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+        if format == image::ImageFormat::Jpeg {
+            if let Some((tw, th)) = self.target {
+                if let Some(img) = scaled_jpeg(data, w, h, tw, th)? {
+                    let mut img = DynamicImage::ImageRgb8(img);
+                    img.apply_orientation(orientation);
+                    return Ok((to_rgb(img), w, h));
+                }
+            }
+        }
+        let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("corrupt or truncated {format:?} image: {e}"))?;
+        img.apply_orientation(orientation);
+        Ok((to_rgb(img), w, h))
+    }
+}
+
+fn to_rgb(img: DynamicImage) -> Rgb {
+    let rgb = img.into_rgb8();
+    let (width, height) = rgb.dimensions();
+    Rgb { pixels: rgb.into_raw(), width, height }
+}
+
+/// Decodes a JPEG at the smallest DCT scale (1/8, 1/4, 1/2) that still covers the target, or
+/// `None` when full size is needed.
+fn scaled_jpeg(data: &[u8], w: u32, h: u32, tw: u32, th: u32) -> std::result::Result<Option<RgbImage>, String> {
+    if tw.saturating_mul(2) > w || th.saturating_mul(2) > h || w > u16::MAX as u32 || h > u16::MAX as u32 {
+        return Ok(None);
+    }
+    let mut d = jpeg_decoder::Decoder::new(Cursor::new(data));
+    d.read_info().map_err(|e| format!("corrupt or truncated JPEG: {e}"))?;
+    let (sw, sh) = d.scale(tw.max(1) as u16, th.max(1) as u16).map_err(|e| format!("corrupt JPEG: {e}"))?;
+    let pixels = d.decode().map_err(|e| format!("corrupt or truncated JPEG: {e}"))?;
+    let info = d.info().ok_or("corrupt JPEG: no frame header")?;
+    let rgb = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => pixels,
+        jpeg_decoder::PixelFormat::L8 => pixels.iter().flat_map(|v| [*v, *v, *v]).collect(),
+        // CMYK and 16-bit JPEGs are rare: the full decoder handles them.
+        _ => return Ok(None),
+    };
+    Ok(RgbImage::from_raw(sw as u32, sh as u32, rgb))
+}
+
+fn binary_column<'a>(batch: &'a RecordBatch, name: &str, stage: &str) -> Result<&'a BinaryArray> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
+        .ok_or_else(|| Error::config(format!("{stage}: the input has no Binary column `{name}`; set `column`")))
+}
+
+/// Replaces or appends columns: `drop` is removed, `add` appended (replacing same-named ones).
+fn with_columns(batch: &RecordBatch, drop: Option<&str>, add: Vec<(Field, ArrayRef)>) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut fields = Vec::new();
+    let mut cols = Vec::new();
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if Some(f.name().as_str()) == drop || add.iter().any(|(a, _)| a.name() == f.name()) {
+            continue;
+        }
+        fields.push(f.as_ref().clone());
+        cols.push(c.clone());
+    }
+    for (f, c) in add {
+        fields.push(f);
+        cols.push(c);
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), cols)?)
+}
+
+fn decoded_array(images: &[Rgb]) -> Result<StructArray> {
+    let mut px = BinaryBuilder::with_capacity(images.len(), images.iter().map(|i| i.pixels.len()).sum());
+    images.iter().for_each(|i| px.append_value(&i.pixels));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(px.finish()),
+        Arc::new(UInt32Array::from_iter_values(images.iter().map(|i| i.width))),
+        Arc::new(UInt32Array::from_iter_values(images.iter().map(|i| i.height))),
+    ];
+    Ok(StructArray::try_new(DecodedImageType::fields(), cols, None)?)
+}
+
+fn read_decoded(batch: &RecordBatch, name: &str, stage: &str) -> Result<Vec<(Vec<u8>, u32, u32)>> {
+    let fail = || Error::config(format!("{stage}: the input has no decoded image column `{name}` (from DecodeImage); set `column`"));
+    let s = batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StructArray>()).ok_or_else(fail)?;
+    let px = s.column_by_name("pixels").and_then(|c| c.as_any().downcast_ref::<BinaryArray>()).ok_or_else(fail)?;
+    let w = s.column_by_name("width").and_then(|c| c.as_any().downcast_ref::<UInt32Array>()).ok_or_else(fail)?;
+    let h = s.column_by_name("height").and_then(|c| c.as_any().downcast_ref::<UInt32Array>()).ok_or_else(fail)?;
+    Ok((0..s.len()).map(|i| (px.value(i).to_vec(), w.value(i), h.value(i))).collect())
+}
+
+impl Operator for DecodeImage {
+    fn process(&mut self, batch: RecordBatch) -> Result<Output> {
+        let data = binary_column(&batch, &self.column, "decode_image")?;
+        let mut keep = Vec::with_capacity(data.len());
+        let mut images = Vec::new();
+        let (mut widths, mut heights) = (Vec::new(), Vec::new());
+        let mut failures = Vec::new();
+        for row in 0..data.len() {
+            let decoded = if data.is_null(row) { Err("no image bytes (null)".to_string()) } else { self.decode(data.value(row)) };
+            match decoded {
+                Ok((img, w, h)) => {
+                    keep.push(true);
+                    images.push(img);
+                    widths.push(w);
+                    heights.push(h);
+                }
+                Err(message) => {
+                    keep.push(false);
+                    failures.push(RowFailure::new(row, ErrorKind::Data, message));
+                }
+            }
+        }
+        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        let decoded = DecodedImageType::new(3)?;
+        let out = with_columns(
+            &kept,
+            (!self.keep_encoded).then_some(self.column.as_str()),
+            vec![
+                (decoded.field(&self.output, false), Arc::new(decoded_array(&images)?) as ArrayRef),
+                (Field::new("width", DataType::UInt32, false), Arc::new(UInt32Array::from(widths))),
+                (Field::new("height", DataType::UInt32, false), Arc::new(UInt32Array::from(heights))),
+            ],
+        )?;
+        Ok(Output::with_failures(out, failures))
+    }
+}
+
+impl From<DecodeImage> for Stage {
+    fn from(d: DecodeImage) -> Stage {
+        Stage::new("decode_image", d)
+    }
+}
+
+/// How [`Resize`] maps an image onto the target size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// Exactly the target size; the aspect ratio may change.
+    Exact,
+    /// Within the target size, keeping the aspect ratio (one side may be smaller).
+    Fit,
+    /// Exactly the target size, keeping the aspect ratio by cropping the centre.
+    Fill,
+}
+
+/// Resizes decoded images with a SIMD convolution (Lanczos3). See the module docs.
+#[derive(Debug, Clone)]
+pub struct Resize {
+    column: String,
+    width: u32,
+    height: u32,
+    fit: Fit,
+}
+
+impl Resize {
+    /// Resizes the `image` column to `width`×`height` exactly (see [`Resize::fit`]).
+    pub fn to(width: u32, height: u32) -> Self {
+        Self { column: "image".into(), width, height, fit: Fit::Exact }
+    }
+    /// How to keep (or not) the aspect ratio.
+    pub fn fit(mut self, fit: Fit) -> Self {
+        self.fit = fit;
+        self
+    }
+    /// The decoded image column.
+    pub fn column(mut self, name: impl Into<String>) -> Self {
+        self.column = name.into();
+        self
+    }
+
+    fn resize(&self, pixels: Vec<u8>, w: u32, h: u32) -> std::result::Result<Rgb, String> {
+        use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+        let (tw, th) = match self.fit {
+            Fit::Exact | Fit::Fill => (self.width, self.height),
+            Fit::Fit => {
+                let scale = (self.width as f64 / w as f64).min(self.height as f64 / h as f64);
+                (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1))
+            }
+        };
+        if (tw, th) == (w, h) {
+            return Ok(Rgb { pixels, width: w, height: h });
+        }
+        let src = Image::from_vec_u8(w, h, pixels, PixelType::U8x3).map_err(|e| format!("bad pixel buffer: {e}"))?;
+        let mut dst = Image::new(tw, th, PixelType::U8x3);
+        let mut opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+        if self.fit == Fit::Fill {
+            opts = opts.fit_into_destination(Some((0.5, 0.5)));
+        }
+        Resizer::new().resize(&src, &mut dst, &opts).map_err(|e| format!("resize failed: {e}"))?;
+        Ok(Rgb { pixels: dst.into_vec(), width: tw, height: th })
+    }
+}
+
+impl Operator for Resize {
+    fn process(&mut self, batch: RecordBatch) -> Result<Output> {
+        let images = read_decoded(&batch, &self.column, "resize")?;
+        let mut keep = Vec::new();
+        let mut out = Vec::new();
+        let mut failures = Vec::new();
+        for (row, (px, w, h)) in images.into_iter().enumerate() {
+            match self.resize(px, w, h) {
+                Ok(img) => {
+                    keep.push(true);
+                    out.push(img);
+                }
+                Err(m) => {
+                    keep.push(false);
+                    failures.push(RowFailure::new(row, ErrorKind::Data, m));
+                }
+            }
+        }
+        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        let field = kept.schema().field_with_name(&self.column)?.clone();
+        let batch = with_columns(&kept, None, vec![(field, Arc::new(decoded_array(&out)?) as ArrayRef)])?;
+        Ok(Output::with_failures(batch, failures))
+    }
+}
+
+impl From<Resize> for Stage {
+    fn from(r: Resize) -> Stage {
+        Stage::new("resize", r)
+    }
+}
+
+/// Output formats of [`EncodeImage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// JPEG with a quality from 1 to 100.
+    Jpeg {
+        /// Quality, 1–100.
+        quality: u8,
+    },
+    /// PNG (lossless).
+    Png,
+    /// WebP (lossless).
+    WebP,
+}
+
+/// Encodes decoded images (JPEG, PNG, WebP) into an `alluvium.image` column.
+#[derive(Debug, Clone)]
+pub struct EncodeImage {
+    column: String,
+    output: String,
+    format: ImageFormat,
+    drop_decoded: bool,
+}
+
+impl EncodeImage {
+    /// JPEG at `quality` into a `thumbnail` column; the decoded `image` column is dropped.
+    pub fn jpeg(quality: u8) -> Self {
+        Self { column: "image".into(), output: "thumbnail".into(), format: ImageFormat::Jpeg { quality: quality.clamp(1, 100) }, drop_decoded: true }
+    }
+    /// Another format.
+    pub fn format(mut self, format: ImageFormat) -> Self {
+        self.format = format;
+        self
+    }
+    /// The encoded column's name.
+    pub fn output(mut self, name: impl Into<String>) -> Self {
+        self.output = name.into();
+        self
+    }
+    /// The decoded image column.
+    pub fn column(mut self, name: impl Into<String>) -> Self {
+        self.column = name.into();
+        self
+    }
+
+    fn encode(&self, px: Vec<u8>, w: u32, h: u32) -> std::result::Result<Vec<u8>, String> {
+        let img = RgbImage::from_raw(w, h, px).ok_or("the pixel buffer does not match its width and height")?;
+        let mut out = Vec::new();
+        let r = match self.format {
+            ImageFormat::Jpeg { quality } => img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)),
+            ImageFormat::Png => img.write_with_encoder(image::codecs::png::PngEncoder::new(&mut out)),
+            ImageFormat::WebP => img.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut out)),
+        };
+        r.map_err(|e| format!("encoding failed: {e}"))?;
+        Ok(out)
+    }
+
+    fn format_name(&self) -> &'static str {
+        match self.format {
+            ImageFormat::Jpeg { .. } => "jpeg",
+            ImageFormat::Png => "png",
+            ImageFormat::WebP => "webp",
+        }
+    }
+}
+
+impl Operator for EncodeImage {
+    fn process(&mut self, batch: RecordBatch) -> Result<Output> {
+        let images = read_decoded(&batch, &self.column, "encode_image")?;
+        let mut keep = Vec::new();
+        let mut data = BinaryBuilder::new();
+        let (mut ws, mut hs) = (Vec::new(), Vec::new());
+        let mut failures = Vec::new();
+        for (row, (px, w, h)) in images.into_iter().enumerate() {
+            match self.encode(px, w, h) {
+                Ok(bytes) => {
+                    keep.push(true);
+                    data.append_value(bytes);
+                    ws.push(Some(w));
+                    hs.push(Some(h));
+                }
+                Err(m) => {
+                    keep.push(false);
+                    failures.push(RowFailure::new(row, ErrorKind::Data, m));
+                }
+            }
+        }
+        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        let n = ws.len();
+        let encoded = EncodedImageType::array(data.finish(), StringArray::from(vec![self.format_name(); n]), UInt32Array::from(ws), UInt32Array::from(hs))?;
+        let batch = with_columns(
+            &kept,
+            self.drop_decoded.then_some(self.column.as_str()),
+            vec![(EncodedImageType::field(&self.output, false), Arc::new(encoded) as ArrayRef)],
+        )?;
+        Ok(Output::with_failures(batch, failures))
+    }
+}
+
+impl From<EncodeImage> for Stage {
+    fn from(e: EncodeImage) -> Stage {
+        Stage::new("encode_image", e)
+    }
+}

@@ -1,0 +1,3 @@
+//! Format stages on real media generated at test time.
+
+mod images;
