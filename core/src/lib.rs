@@ -59,7 +59,7 @@ pub mod types;
 
 pub use checkpoint::CheckpointStore;
 pub use error::{Error, ErrorKind, Result};
-pub use operator::{AsyncOperator, Map, Operator, Output, RowFailure, TaskContext};
+pub use operator::{AsyncOperator, Map, Operator, Output, RowFailure, RowResults, TaskContext};
 pub use pipeline::{Edge, PipelineBuilder, Stage};
 pub use runtime::{Pipeline, Summary};
 pub use sink::{Committable, Sink, SinkContext, SinkWriter};

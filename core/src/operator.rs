@@ -67,6 +67,44 @@ impl RowFailure {
     }
 }
 
+/// Per-row outcomes of a fallible step, split the way an [`Output`] needs them.
+#[derive(Debug)]
+pub struct RowResults<T> {
+    /// The successes, in row order.
+    pub ok: Vec<T>,
+    /// For every input row: whether it succeeded (a filter mask for the input batch).
+    pub keep: arrow::array::BooleanArray,
+    /// The failed rows, with their reasons.
+    pub failures: Vec<RowFailure>,
+}
+
+impl<T> RowResults<T> {
+    /// Collects one result per input row, in row order.
+    pub fn collect(results: impl IntoIterator<Item = std::result::Result<T, (ErrorKind, String)>>) -> Self {
+        let mut ok = Vec::new();
+        let mut keep = Vec::new();
+        let mut failures = Vec::new();
+        for (row, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(v) => {
+                    ok.push(v);
+                    keep.push(true);
+                }
+                Err((kind, message)) => {
+                    failures.push(RowFailure::new(row, kind, message));
+                    keep.push(false);
+                }
+            }
+        }
+        Self { ok, keep: keep.into(), failures }
+    }
+
+    /// The input rows that succeeded.
+    pub fn kept(&self, input: &RecordBatch) -> Result<RecordBatch> {
+        Ok(arrow::compute::filter_record_batch(input, &self.keep)?)
+    }
+}
+
 /// The result of processing one batch.
 #[derive(Debug, Clone)]
 pub struct Output {

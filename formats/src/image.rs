@@ -19,12 +19,11 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use alluvium_core::arrow::array::{Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, StringArray, StructArray, UInt32Array};
-use alluvium_core::arrow::compute::filter_record_batch;
+use alluvium_core::arrow::array::{Array, ArrayRef, BinaryArray, BinaryBuilder, StringArray, StructArray, UInt32Array};
 use alluvium_core::arrow::datatypes::{DataType, Field, Schema};
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::types::{DecodedImageType, EncodedImageType};
-use alluvium_core::{Error, ErrorKind, Operator, Output, Result, RowFailure, Stage};
+use alluvium_core::{Error, ErrorKind, Operator, Output, Result, RowResults, Stage};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
 /// An RGB image in memory.
@@ -176,26 +175,14 @@ fn read_decoded(batch: &RecordBatch, name: &str, stage: &str) -> Result<Vec<(Vec
 impl Operator for DecodeImage {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
         let data = binary_column(&batch, &self.column, "decode_image")?;
-        let mut keep = Vec::with_capacity(data.len());
-        let mut images = Vec::new();
-        let (mut widths, mut heights) = (Vec::new(), Vec::new());
-        let mut failures = Vec::new();
-        for row in 0..data.len() {
-            let decoded = if data.is_null(row) { Err("no image bytes (null)".to_string()) } else { self.decode(data.value(row)) };
-            match decoded {
-                Ok((img, w, h)) => {
-                    keep.push(true);
-                    images.push(img);
-                    widths.push(w);
-                    heights.push(h);
-                }
-                Err(message) => {
-                    keep.push(false);
-                    failures.push(RowFailure::new(row, ErrorKind::Data, message));
-                }
-            }
-        }
-        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        let rows = RowResults::collect((0..data.len()).map(|row| {
+            let r = if data.is_null(row) { Err("no image bytes (null)".to_string()) } else { self.decode(data.value(row)) };
+            r.map_err(|m| (ErrorKind::Data, m))
+        }));
+        let kept = rows.kept(&batch)?;
+        let widths: Vec<u32> = rows.ok.iter().map(|(_, w, _)| *w).collect();
+        let heights: Vec<u32> = rows.ok.iter().map(|(_, _, h)| *h).collect();
+        let images: Vec<Rgb> = rows.ok.into_iter().map(|(img, _, _)| img).collect();
         let decoded = DecodedImageType::new(3)?;
         let out = with_columns(
             &kept,
@@ -206,7 +193,7 @@ impl Operator for DecodeImage {
                 (Field::new("height", DataType::UInt32, false), Arc::new(UInt32Array::from(heights))),
             ],
         )?;
-        Ok(Output::with_failures(out, failures))
+        Ok(Output::with_failures(out, rows.failures))
     }
 }
 
@@ -278,25 +265,11 @@ impl Resize {
 impl Operator for Resize {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
         let images = read_decoded(&batch, &self.column, "resize")?;
-        let mut keep = Vec::new();
-        let mut out = Vec::new();
-        let mut failures = Vec::new();
-        for (row, (px, w, h)) in images.into_iter().enumerate() {
-            match self.resize(px, w, h) {
-                Ok(img) => {
-                    keep.push(true);
-                    out.push(img);
-                }
-                Err(m) => {
-                    keep.push(false);
-                    failures.push(RowFailure::new(row, ErrorKind::Data, m));
-                }
-            }
-        }
-        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        let rows = RowResults::collect(images.into_iter().map(|(px, w, h)| self.resize(px, w, h).map_err(|m| (ErrorKind::Data, m))));
+        let kept = rows.kept(&batch)?;
         let field = kept.schema().field_with_name(&self.column)?.clone();
-        let batch = with_columns(&kept, None, vec![(field, Arc::new(decoded_array(&out)?) as ArrayRef)])?;
-        Ok(Output::with_failures(batch, failures))
+        let batch = with_columns(&kept, None, vec![(field, Arc::new(decoded_array(&rows.ok)?) as ArrayRef)])?;
+        Ok(Output::with_failures(batch, rows.failures))
     }
 }
 
@@ -374,25 +347,14 @@ impl EncodeImage {
 impl Operator for EncodeImage {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
         let images = read_decoded(&batch, &self.column, "encode_image")?;
-        let mut keep = Vec::new();
+        let rows = RowResults::collect(
+            images.into_iter().map(|(px, w, h)| self.encode(px, w, h).map(|bytes| (bytes, w, h)).map_err(|m| (ErrorKind::Data, m))),
+        );
+        let kept = rows.kept(&batch)?;
         let mut data = BinaryBuilder::new();
-        let (mut ws, mut hs) = (Vec::new(), Vec::new());
-        let mut failures = Vec::new();
-        for (row, (px, w, h)) in images.into_iter().enumerate() {
-            match self.encode(px, w, h) {
-                Ok(bytes) => {
-                    keep.push(true);
-                    data.append_value(bytes);
-                    ws.push(Some(w));
-                    hs.push(Some(h));
-                }
-                Err(m) => {
-                    keep.push(false);
-                    failures.push(RowFailure::new(row, ErrorKind::Data, m));
-                }
-            }
-        }
-        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        rows.ok.iter().for_each(|(bytes, _, _)| data.append_value(bytes));
+        let ws: Vec<Option<u32>> = rows.ok.iter().map(|(_, w, _)| Some(*w)).collect();
+        let hs: Vec<Option<u32>> = rows.ok.iter().map(|(_, _, h)| Some(*h)).collect();
         let n = ws.len();
         let encoded = EncodedImageType::array(data.finish(), StringArray::from(vec![self.format_name(); n]), UInt32Array::from(ws), UInt32Array::from(hs))?;
         let batch = with_columns(
@@ -400,7 +362,7 @@ impl Operator for EncodeImage {
             self.drop_decoded.then_some(self.column.as_str()),
             vec![(EncodedImageType::field(&self.output, false), Arc::new(encoded) as ArrayRef)],
         )?;
-        Ok(Output::with_failures(batch, failures))
+        Ok(Output::with_failures(batch, rows.failures))
     }
 }
 

@@ -18,13 +18,12 @@
 
 use std::sync::Arc;
 
-use alluvium_core::arrow::array::{ArrayRef, BinaryBuilder, BooleanArray, StringBuilder, UInt64Builder};
-use alluvium_core::arrow::compute::filter_record_batch;
+use alluvium_core::arrow::array::{ArrayRef, BinaryBuilder, StringBuilder, UInt64Builder};
 use alluvium_core::arrow::datatypes::{DataType, Field, Schema};
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::error::redact;
 use alluvium_core::types::{ObjectRef, ObjectRefArray};
-use alluvium_core::{AsyncOperator, Error, ErrorKind, Output, Result, RowFailure, Stage, TaskContext};
+use alluvium_core::{AsyncOperator, Error, ErrorKind, Output, Result, RowResults, Stage, TaskContext};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{GetOptions, GetRange};
@@ -153,27 +152,17 @@ impl AsyncOperator for Fetch {
             .buffered(self.concurrency)
             .collect()
             .await;
-        let mut keep = Vec::with_capacity(results.len());
-        let mut failures = Vec::new();
-        let total: usize = results.iter().filter_map(|r| r.as_ref().ok()).map(|f| f.bytes.len()).sum();
-        let mut bytes = BinaryBuilder::with_capacity(results.len(), total);
+        let rows = RowResults::collect(results);
+        let kept = rows.kept(&batch)?;
+        let total: usize = rows.ok.iter().map(|f| f.bytes.len()).sum();
+        let mut bytes = BinaryBuilder::with_capacity(rows.ok.len(), total);
         let mut hashes = StringBuilder::new();
         let mut sizes = UInt64Builder::new();
-        for (row, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(f) => {
-                    keep.push(true);
-                    bytes.append_value(&f.bytes);
-                    hashes.append_value(&f.hash);
-                    sizes.append_value(f.bytes.len() as u64);
-                }
-                Err((kind, message)) => {
-                    keep.push(false);
-                    failures.push(RowFailure::new(row, kind, message));
-                }
-            }
+        for f in &rows.ok {
+            bytes.append_value(&f.bytes);
+            hashes.append_value(&f.hash);
+            sizes.append_value(f.bytes.len() as u64);
         }
-        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
         let mut fields: Vec<Field> = kept.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new("bytes", DataType::Binary, false));
         fields.push(Field::new("content_hash", DataType::Utf8, false));
@@ -183,7 +172,7 @@ impl AsyncOperator for Fetch {
         columns.push(Arc::new(hashes.finish()));
         columns.push(Arc::new(sizes.finish()));
         let out = RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, kept.schema().metadata().clone())), columns)?;
-        Ok(Output::with_failures(out, failures))
+        Ok(Output::with_failures(out, rows.failures))
     }
 }
 
