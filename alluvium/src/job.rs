@@ -42,7 +42,7 @@ use alluvium_core::files::{FileSink, JsonLines};
 use alluvium_core::ops::Fault;
 use alluvium_core::sink::Sink;
 use alluvium_core::sources::Generate;
-use alluvium_core::{Edge, Error, Pipeline, Result, Stage};
+use alluvium_core::{Edge, Error, Pipeline, PipelineBuilder, Result, Stage};
 
 /// A whole job file.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +63,10 @@ pub struct JobFile {
     /// `[dead_letters]`.
     #[serde(default)]
     pub dead_letters: Option<SinkConfig>,
+    /// `[io]`: object stores and the access policy for references.
+    #[cfg(feature = "object")]
+    #[serde(default)]
+    pub io: Option<alluvium_object::StoreConfig>,
 }
 
 /// `[pipeline]`.
@@ -124,6 +128,24 @@ pub enum SourceConfig {
         #[serde(default)]
         parallelism: Option<usize>,
     },
+    /// Every object under a prefix, as ObjectRef rows (`ref`).
+    #[cfg(feature = "object")]
+    Objects {
+        /// A directory, or a URL such as `s3://bucket/prefix/`.
+        uri: String,
+        /// Keep only these extensions (`["jpg", "png"]`).
+        #[serde(default)]
+        extensions: Option<Vec<String>>,
+        /// Objects per split (1000).
+        #[serde(default)]
+        split_objects: Option<usize>,
+        /// Rows per batch (64).
+        #[serde(default)]
+        batch_size: Option<usize>,
+        /// Readers (the pipeline's parallelism).
+        #[serde(default)]
+        parallelism: Option<usize>,
+    },
 }
 
 /// Settings every stage has.
@@ -176,6 +198,95 @@ pub enum StageConfig {
         #[serde(default, with = "opt_duration")]
         delay_per_batch: Option<Duration>,
     },
+    /// ObjectRef → bytes (`bytes`, `content_hash`, `fetched_bytes`).
+    #[cfg(feature = "object")]
+    Fetch {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// The ObjectRef column (`ref`).
+        #[serde(default)]
+        column: Option<String>,
+        /// Larger objects become dead letters (64 MiB).
+        #[serde(default)]
+        max_object_bytes: Option<u64>,
+        /// Bytes being fetched at once (256 MiB).
+        #[serde(default)]
+        memory_budget: Option<u64>,
+        /// Objects fetched at once per batch (16).
+        #[serde(default)]
+        concurrency: Option<usize>,
+    },
+    /// Encoded image bytes → RGB pixels (`image`) and the original `width`/`height`.
+    #[cfg(feature = "formats")]
+    DecodeImage {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// The Binary column (`bytes`).
+        #[serde(default)]
+        column: Option<String>,
+        /// Larger images become dead letters (80,000,000).
+        #[serde(default)]
+        max_pixels: Option<u64>,
+        /// `[width, height]` the images will be resized to: JPEGs decode at a reduced DCT scale.
+        #[serde(default)]
+        target: Option<[u32; 2]>,
+    },
+    /// Resizes the decoded `image`.
+    #[cfg(feature = "formats")]
+    Resize {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// Target width.
+        width: u32,
+        /// Target height.
+        height: u32,
+        /// `exact` (default), `fit` (keep aspect, within) or `fill` (keep aspect, crop).
+        #[serde(default)]
+        fit: Option<FitConfig>,
+    },
+    /// Encodes the decoded `image` into an `alluvium.image` column.
+    #[cfg(feature = "formats")]
+    EncodeImage {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// `jpeg` (default), `png` or `webp`.
+        #[serde(default)]
+        format: Option<EncodeFormat>,
+        /// JPEG quality 1–100 (85).
+        #[serde(default)]
+        quality: Option<u8>,
+        /// The output column (`thumbnail`).
+        #[serde(default)]
+        output: Option<String>,
+    },
+}
+
+/// `fit` of a resize stage.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum FitConfig {
+    /// Exactly the target size.
+    Exact,
+    /// Within the target size, keeping the aspect ratio.
+    Fit,
+    /// The target size, keeping the aspect ratio by cropping.
+    Fill,
+}
+
+/// `format` of an encode stage.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodeFormat {
+    /// JPEG.
+    Jpeg,
+    /// PNG.
+    Png,
+    /// Lossless WebP.
+    Webp,
 }
 
 /// `[sink]` and `[dead_letters]`, by `type`.
@@ -317,31 +428,14 @@ impl JobFile {
 
     /// Builds the pipeline. Checks the checkpoint directory can be written (local locations).
     pub fn build(&self) -> Result<Pipeline> {
-        let mut b = Pipeline::builder(self.pipeline.name.clone());
-        let SourceConfig::Generate { rows, batch_size, payload_bytes, split_rows, rows_per_second, seed, parallelism } =
-            &self.source;
-        let mut g = Generate::new(*rows);
-        if let Some(v) = batch_size {
-            g = g.batch_size(*v);
-        }
-        if let Some(v) = payload_bytes {
-            g = g.payload_bytes(*v);
-        }
-        if let Some(v) = split_rows {
-            g = g.split_rows(*v);
-        }
-        if let Some(v) = rows_per_second {
-            g = g.rows_per_second(*v);
-        }
-        if let Some(v) = seed {
-            g = g.seed(*v);
-        }
-        b = match parallelism {
-            Some(p) => b.source_with_parallelism(g, *p),
-            None => b.source(g),
-        };
+        let b = Pipeline::builder(self.pipeline.name.clone());
+        #[cfg(feature = "object")]
+        let registry = std::sync::Arc::new(alluvium_object::ObjectStoreRegistry::new(self.io.clone().unwrap_or_default()));
+        #[cfg(not(feature = "object"))]
+        let registry = ();
+        let mut b = self.source(b, &registry)?;
         for (i, s) in self.stages.iter().enumerate() {
-            b = b.then(stage(s).map_err(|e| e.context(format!("[[stages]] entry {}", i + 1)))?);
+            b = b.then(stage(s, &registry).map_err(|e| e.context(format!("[[stages]] entry {}", i + 1)))?);
         }
         b = b.sink_with(self.sink.build().map_err(|e| e.context("[sink]"))?, self.sink.parallelism(), Edge::Forward);
         if let Some(d) = &self.dead_letters {
@@ -370,24 +464,153 @@ impl JobFile {
     }
 }
 
-fn stage(s: &StageConfig) -> Result<Stage> {
-    let StageConfig::Fault { common, dead_letter_every, fail_subtask, fail_after_rows, fail_times, delay_per_batch } = s;
+#[cfg(feature = "object")]
+type Registry = std::sync::Arc<alluvium_object::ObjectStoreRegistry>;
+#[cfg(not(feature = "object"))]
+type Registry = ();
+
+impl JobFile {
+    fn source(&self, b: PipelineBuilder, registry: &Registry) -> Result<PipelineBuilder> {
+        let _ = registry;
+        match &self.source {
+            SourceConfig::Generate { rows, batch_size, payload_bytes, split_rows, rows_per_second, seed, parallelism } => {
+                let mut g = Generate::new(*rows);
+                if let Some(v) = batch_size {
+                    g = g.batch_size(*v);
+                }
+                if let Some(v) = payload_bytes {
+                    g = g.payload_bytes(*v);
+                }
+                if let Some(v) = split_rows {
+                    g = g.split_rows(*v);
+                }
+                if let Some(v) = rows_per_second {
+                    g = g.rows_per_second(*v);
+                }
+                if let Some(v) = seed {
+                    g = g.seed(*v);
+                }
+                Ok(match parallelism {
+                    Some(p) => b.source_with_parallelism(g, *p),
+                    None => b.source(g),
+                })
+            }
+            #[cfg(feature = "object")]
+            SourceConfig::Objects { uri, extensions, split_objects, batch_size, parallelism } => {
+                let mut src = alluvium_object::ObjectStoreSource::prefix(registry.clone(), uri.clone());
+                if let Some(e) = extensions {
+                    src = src.extensions(e.clone());
+                }
+                if let Some(n) = split_objects {
+                    src = src.split_objects(*n);
+                }
+                if let Some(n) = batch_size {
+                    src = src.batch_size(*n);
+                }
+                Ok(match parallelism {
+                    Some(p) => b.source_with_parallelism(src, *p),
+                    None => b.source(src),
+                })
+            }
+        }
+    }
+}
+
+fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
+    let _ = registry;
+    let (common, stage) = match s {
+        StageConfig::Fault { common, dead_letter_every, fail_subtask, fail_after_rows, fail_times, delay_per_batch } => {
+            (common, fault(*dead_letter_every, *fail_subtask, *fail_after_rows, *fail_times, *delay_per_batch)?)
+        }
+        #[cfg(feature = "object")]
+        StageConfig::Fetch { common, column, max_object_bytes, memory_budget, concurrency } => {
+            let mut f = alluvium_object::Fetch::new(registry.clone());
+            if let Some(c) = column {
+                f = f.column(c.clone());
+            }
+            if let Some(n) = max_object_bytes {
+                f = f.max_object_bytes(*n);
+            }
+            if let Some(n) = memory_budget {
+                f = f.memory_budget(*n);
+            }
+            if let Some(n) = concurrency {
+                f = f.concurrency(*n);
+            }
+            (common, Stage::from(f))
+        }
+        #[cfg(feature = "formats")]
+        StageConfig::DecodeImage { common, column, max_pixels, target } => {
+            let mut d = alluvium_formats::DecodeImage::rgb();
+            if let Some(c) = column {
+                d = d.column(c.clone());
+            }
+            if let Some(n) = max_pixels {
+                d = d.max_pixels(*n);
+            }
+            if let Some([w, h]) = target {
+                d = d.target(*w, *h);
+            }
+            (common, Stage::from(d))
+        }
+        #[cfg(feature = "formats")]
+        StageConfig::Resize { common, width, height, fit } => {
+            if *width == 0 || *height == 0 {
+                return Err(Error::config(format!("resize: {width}×{height} has a zero side; set `width` and `height` to 1 or more")));
+            }
+            let fit = match fit.unwrap_or(FitConfig::Exact) {
+                FitConfig::Exact => alluvium_formats::Fit::Exact,
+                FitConfig::Fit => alluvium_formats::Fit::Fit,
+                FitConfig::Fill => alluvium_formats::Fit::Fill,
+            };
+            (common, Stage::from(alluvium_formats::Resize::to(*width, *height).fit(fit)))
+        }
+        #[cfg(feature = "formats")]
+        StageConfig::EncodeImage { common, format, quality, output } => {
+            if quality.is_some_and(|q| q == 0 || q > 100) {
+                return Err(Error::config("encode_image: `quality` must be between 1 and 100"));
+            }
+            let mut e = alluvium_formats::EncodeImage::jpeg(quality.unwrap_or(85));
+            match format.unwrap_or(EncodeFormat::Jpeg) {
+                EncodeFormat::Jpeg => {}
+                EncodeFormat::Png => e = e.format(alluvium_formats::ImageFormat::Png),
+                EncodeFormat::Webp => e = e.format(alluvium_formats::ImageFormat::WebP),
+            }
+            if let Some(o) = output {
+                e = e.output(o.clone());
+            }
+            (common, Stage::from(e))
+        }
+    };
+    Ok(with_common(stage, common))
+}
+
+fn fault(
+    dead_letter_every: Option<u64>,
+    fail_subtask: Option<usize>,
+    fail_after_rows: Option<u64>,
+    fail_times: Option<u32>,
+    delay_per_batch: Option<Duration>,
+) -> Result<Stage> {
     let mut f = Fault::new();
     if let Some(n) = dead_letter_every {
-        f = f.dead_letter_every(*n);
+        f = f.dead_letter_every(n);
     }
     if let Some(sub) = fail_subtask {
-        f = f.fail_subtask(*sub, fail_after_rows.unwrap_or(0), fail_times.unwrap_or(1));
+        f = f.fail_subtask(sub, fail_after_rows.unwrap_or(0), fail_times.unwrap_or(1));
     } else if fail_after_rows.is_some() || fail_times.is_some() {
         return Err(Error::config("`fail_after_rows` and `fail_times` need `fail_subtask`; add fail_subtask = 0"));
     }
     if let Some(d) = delay_per_batch {
-        f = f.delay_per_batch(*d);
+        f = f.delay_per_batch(d);
     }
-    Ok(with_common(Stage::new(common.name.clone().unwrap_or_else(|| "fault".into()), f), common))
+    Ok(Stage::from(f))
 }
 
 fn with_common(mut stage: Stage, common: &StageCommon) -> Stage {
+    if let Some(name) = &common.name {
+        stage = stage.named(name.clone());
+    }
     if let Some(p) = common.parallelism {
         stage = stage.parallelism(p);
     }

@@ -12,6 +12,9 @@
 //!
 //! * [`core`]: types, traits, the runtime ([`Pipeline`]).
 //! * [`parquet`] (feature `parquet`, default): the reference transactional Parquet sink.
+//! * [`object`] (feature `object`, default): object IO — registry, access policy, `objects`
+//!   source, `Fetch`.
+//! * [`formats`] (feature `formats`, default): media stages (images).
 //! * [`job`]: TOML job files — the same vocabulary as the Rust builder.
 //!
 //! ```no_run
@@ -32,6 +35,10 @@
 //! ```
 
 pub use alluvium_core as core;
+#[cfg(feature = "formats")]
+pub use alluvium_formats as formats;
+#[cfg(feature = "object")]
+pub use alluvium_object as object;
 #[cfg(feature = "parquet")]
 pub use alluvium_parquet as parquet;
 

@@ -101,6 +101,12 @@ impl Stage {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Renames the stage (names key checkpoint state and label metrics and dead letters).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
 }
 
 /// Runtime settings with their defaults.

@@ -262,3 +262,79 @@ fn exactly_once_with_checkpoints_and_output_on_s3() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&s3.secret_key));
     assert!(!String::from_utf8_lossy(&out.stderr).contains(&s3.secret_key));
 }
+
+#[test]
+fn the_thumbnails_example_makes_thumbnails_and_dead_letters_bad_images() {
+    use alluvium::core::arrow::array::{Array, BinaryArray, StringArray, StructArray, UInt32Array};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(input.join("nested")).unwrap();
+    for i in 0..6u32 {
+        let img = image::RgbImage::from_fn(320 + 40 * i, 240, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, (i * 40) as u8]));
+        img.save(input.join(format!("nested/photo-{i}.jpg"))).unwrap();
+    }
+    std::fs::copy(repo_root().join("examples/data/images/broken.jpg"), input.join("broken.jpg")).unwrap();
+    std::fs::write(input.join("fake.png"), b"not a png at all").unwrap();
+    std::fs::write(input.join("notes.txt"), b"skipped: not an image extension").unwrap();
+    let output = dir.path().join("out");
+    let out = bin()
+        .args(["run", repo_root().join("examples/thumbnails.toml").to_str().unwrap()])
+        .env("ALLUVIUM_INPUT", &input)
+        .env("ALLUVIUM_OUTPUT", &output)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("rows read       8"), "{stdout}");
+    assert!(stdout.contains("rows committed  6"), "{stdout}");
+    assert!(stdout.contains("dead letters    2"), "{stdout}");
+
+    let mut thumbs = 0;
+    for e in std::fs::read_dir(&output).unwrap().flatten() {
+        if !e.file_name().to_string_lossy().ends_with(".parquet") {
+            continue;
+        }
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(e.path()).unwrap()).unwrap().build().unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let t = b.column_by_name("thumbnail").unwrap().as_any().downcast_ref::<StructArray>().unwrap();
+            let data = t.column(0).as_any().downcast_ref::<BinaryArray>().unwrap();
+            let widths = b.column_by_name("width").unwrap().as_any().downcast_ref::<UInt32Array>().unwrap();
+            let hashes = b.column_by_name("content_hash").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+            for i in 0..b.num_rows() {
+                let img = image::load_from_memory(data.value(i)).unwrap();
+                assert_eq!((img.width(), img.height()), (224, 224));
+                assert!(widths.value(i) >= 320, "the original width is kept");
+                assert_eq!(hashes.value(i).len(), 64, "a blake3 hex digest");
+                thumbs += 1;
+            }
+        }
+    }
+    assert_eq!(thumbs, 6);
+    let dead: Vec<serde_json::Value> = std::fs::read_dir(output.join("_dead_letters"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+        .flat_map(|e| std::fs::read_to_string(e.path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(dead.len(), 2);
+    for d in &dead {
+        assert_eq!(d["stage"], "decode_image");
+        assert!(d["ref"].as_str().unwrap().starts_with("file:///"), "{d}");
+    }
+}
+
+#[test]
+fn the_thumbnails_example_runs_on_its_bundled_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .current_dir(repo_root())
+        .args(["run", "examples/thumbnails.toml"])
+        .env("ALLUVIUM_OUTPUT", dir.path().join("out"))
+        .env_remove("ALLUVIUM_INPUT")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("rows committed  3") && stdout.contains("dead letters    1"), "{stdout}");
+}

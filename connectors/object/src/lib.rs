@@ -15,14 +15,19 @@
 //!   while reading, bounded by a maximum object size and a memory budget in bytes, pinned to the
 //!   reference's ETag/version. Every failure is a dead letter with a precise reason.
 //!
-//! Layout: [`config`] (typed settings, validated without IO), [`access`], [`registry`], [`fetch`].
+//! * [`ObjectStoreSource`] — every object under a prefix as ObjectRef rows (bounded listing).
+//!
+//! Layout: [`config`] (typed settings, validated without IO), [`access`], [`registry`], [`fetch`],
+//! [`source`].
 
 pub mod access;
 pub mod config;
 pub mod fetch;
 pub mod registry;
+pub mod source;
 
 pub use access::AccessPolicy;
 pub use config::StoreConfig;
 pub use fetch::Fetch;
 pub use registry::ObjectStoreRegistry;
+pub use source::ObjectStoreSource;
