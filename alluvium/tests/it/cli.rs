@@ -338,3 +338,26 @@ fn the_thumbnails_example_runs_on_its_bundled_images() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("rows committed  3") && stdout.contains("dead letters    1"), "{stdout}");
 }
+
+#[test]
+fn the_thumbnails_example_reads_an_s3_prefix() {
+    let Some(s3) = alluvium_integration::S3Server::start() else { return };
+    let bucket = s3.bucket();
+    let photos = s3.object_path(&bucket, "photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    for name in ["sunset.jpg", "portrait.jpg", "wide.png", "broken.jpg"] {
+        std::fs::copy(repo_root().join("examples/data/images").join(name), photos.join(name)).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["run", repo_root().join("examples/thumbnails.toml").to_str().unwrap()])
+        .env("ALLUVIUM_INPUT", format!("s3://{bucket}/photos/"))
+        .env("ALLUVIUM_OUTPUT", dir.path().join("out"))
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("rows committed  3") && stdout.contains("dead letters    1"), "{stdout}");
+    assert!(!stdout.contains(&s3.secret_key));
+}
