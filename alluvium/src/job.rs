@@ -217,6 +217,26 @@ pub enum StageConfig {
         #[serde(default)]
         concurrency: Option<usize>,
     },
+    /// ObjectRef → `content_hash` (blake3, streamed in constant memory) and `size`.
+    #[cfg(feature = "object")]
+    Hash {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// The ObjectRef column (`ref`).
+        #[serde(default)]
+        column: Option<String>,
+    },
+    /// ObjectRef → `content_type` (sniffed from the first bytes) and `size`.
+    #[cfg(feature = "object")]
+    Probe {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// The ObjectRef column (`ref`).
+        #[serde(default)]
+        column: Option<String>,
+    },
     /// Encoded image bytes → RGB pixels (`image`) and the original `width`/`height`.
     #[cfg(feature = "formats")]
     DecodeImage {
@@ -430,7 +450,11 @@ impl JobFile {
     pub fn build(&self) -> Result<Pipeline> {
         let b = Pipeline::builder(self.pipeline.name.clone());
         #[cfg(feature = "object")]
-        let registry = std::sync::Arc::new(alluvium_object::ObjectStoreRegistry::new(self.io.clone().unwrap_or_default()));
+        let registry = {
+            let io = self.io.clone().unwrap_or_default();
+            io.validate()?;
+            std::sync::Arc::new(alluvium_object::ObjectStoreRegistry::new(io))
+        };
         #[cfg(not(feature = "object"))]
         let registry = ();
         let mut b = self.source(b, &registry)?;
@@ -538,6 +562,22 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
                 f = f.concurrency(*n);
             }
             (common, Stage::from(f))
+        }
+        #[cfg(feature = "object")]
+        StageConfig::Hash { common, column } => {
+            let h = alluvium_object::Hash::new(registry.clone());
+            (common, Stage::from(match column {
+                Some(c) => h.column(c.clone()),
+                None => h,
+            }))
+        }
+        #[cfg(feature = "object")]
+        StageConfig::Probe { common, column } => {
+            let p = alluvium_object::Probe::new(registry.clone());
+            (common, Stage::from(match column {
+                Some(c) => p.column(c.clone()),
+                None => p,
+            }))
         }
         #[cfg(feature = "formats")]
         StageConfig::DecodeImage { common, column, max_pixels, target } => {
@@ -685,5 +725,58 @@ path = "${OUT}"
         assert!(e.contains("soon") && e.contains("duration"), "{e}");
         let e = JobFile::parse_with_env(&JOB.replace("type = \"jsonl\"", "type = \"csv\""), &[], env).unwrap_err().to_string();
         assert!(e.contains("csv") && e.contains("jsonl"), "{e}");
+    }
+
+    #[test]
+    fn every_stage_type_parses_and_builds() {
+        let dir = std::env::temp_dir().join(format!("alluvium-job-{}", std::process::id()));
+        let env = |k: &str| (k == "OUT").then(|| dir.display().to_string());
+        let job = r#"
+[pipeline]
+name = "media"
+[checkpoint]
+location = "${OUT}/ckpt"
+[io]
+max_concurrency = 8
+s3 = { region = "eu-west-1" }
+[io.access]
+file_roots = ["/data"]
+http_allow_hosts = ["*.example.com"]
+[source]
+type = "objects"
+uri = "s3://bucket/photos/"
+extensions = ["jpg"]
+[[stages]]
+type = "probe"
+[[stages]]
+type = "hash"
+name = "hash-original"
+[[stages]]
+type = "fetch"
+max_object_bytes = 1000000
+[[stages]]
+type = "decode_image"
+target = [64, 64]
+[[stages]]
+type = "resize"
+width = 64
+height = 64
+fit = "fit"
+[[stages]]
+type = "encode_image"
+format = "webp"
+[sink]
+type = "jsonl"
+path = "${OUT}/out"
+"#;
+        let p = JobFile::parse_with_env(job, &[], env).unwrap().build().unwrap();
+        assert_eq!(p.topology(), "objects[1] -> probe[1] -> hash-original[1] -> fetch[1] -> decode_image[1] -> resize[1] -> encode_image[1] -> jsonl[1]");
+        let e = JobFile::parse_with_env(&job.replace("fit = \"fit\"", "fit = \"stretch\""), &[], env).unwrap_err().to_string();
+        assert!(e.contains("stretch") && e.contains("fill"), "{e}");
+        let e = JobFile::parse_with_env(&job.replace("width = 64", "width = 0"), &[], env).unwrap().build().unwrap_err().to_string();
+        assert!(e.contains("zero side"), "{e}");
+        let e = JobFile::parse_with_env(&job.replace("region = ", "regoin = "), &[], env).unwrap().build().unwrap_err().to_string();
+        assert!(e.contains("[io.s3]") && e.contains("`regoin`"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

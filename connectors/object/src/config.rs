@@ -74,6 +74,30 @@ impl Default for StoreConfig {
     }
 }
 
+impl StoreConfig {
+    /// Checks the settings without IO: every store option must be a key `object_store` knows.
+    pub fn validate(&self) -> alluvium_core::Result<()> {
+        use std::str::FromStr;
+        let unknown = |section: &str, key: &str, known: &str| {
+            alluvium_core::Error::config(format!("[io.{section}] has an unknown key `{key}`; valid keys include {known}"))
+        };
+        for k in self.s3.keys() {
+            object_store::aws::AmazonS3ConfigKey::from_str(k)
+                .map_err(|_| unknown("s3", k, "endpoint, region, allow_http, access_key_id, secret_access_key"))?;
+        }
+        for k in self.gcs.keys() {
+            object_store::gcp::GoogleConfigKey::from_str(k).map_err(|_| unknown("gcs", k, "service_account_path, service_account_key"))?;
+        }
+        for k in self.azure.keys() {
+            object_store::azure::AzureConfigKey::from_str(k).map_err(|_| unknown("azure", k, "account_name, access_key, use_emulator"))?;
+        }
+        if self.max_concurrency == 0 {
+            return Err(alluvium_core::Error::config("[io] max_concurrency is 0; set it to 1 or more"));
+        }
+        Ok(())
+    }
+}
+
 mod duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;

@@ -85,25 +85,7 @@ impl Fetch {
 
     async fn fetch_one(&self, r: Option<ObjectRef>) -> std::result::Result<Fetched, (ErrorKind, String)> {
         let data = |m: String| (ErrorKind::Data, m);
-        let r = r.ok_or_else(|| data("the reference is null".into()))?;
-        let (store, path) = match self.registry.resolve(&r.uri).await {
-            Ok(Ok(sp)) => sp,
-            Ok(Err(refused)) => return Err(data(format!("refused: {}", refused.0))),
-            Err(e) => return Err((ErrorKind::Config, e.to_string())),
-        };
-        let range = match (r.offset, r.length) {
-            (Some(o), Some(l)) => Some(GetRange::Bounded(o..o + l)),
-            (Some(o), None) => Some(GetRange::Offset(o)),
-            (None, Some(l)) => Some(GetRange::Bounded(0..l)),
-            (None, None) => None,
-        };
-        let opts = GetOptions { if_match: r.etag.clone(), version: r.version.clone(), range, ..Default::default() };
-        let result = store.get_opts(&path, opts).await.map_err(|e| classify(&e))?;
-        if let (Some(pinned), Some(now)) = (&r.etag, &result.meta.e_tag) {
-            if pinned.trim_matches('"') != now.trim_matches('"') {
-                return Err(data(format!("the object changed since its reference was made (ETag {now}, pinned {pinned})")));
-            }
-        }
+        let result = open(&self.registry, r, None).await?;
         let len = result.range.end - result.range.start;
         if len > self.max_object_bytes {
             return Err(data(format!("the object is {len} bytes, over max_object_bytes = {}", self.max_object_bytes)));
@@ -130,8 +112,47 @@ impl Fetch {
     }
 }
 
+/// A row's failure: its kind and the reason.
+pub(crate) type RowError = (ErrorKind, String);
+
+/// Resolves `r` (applying the access policy) and starts reading it — its byte range, or only the
+/// first `head` bytes of it — pinned to its ETag/version.
+pub(crate) async fn open(
+    registry: &ObjectStoreRegistry,
+    r: Option<ObjectRef>,
+    head: Option<u64>,
+) -> std::result::Result<object_store::GetResult, RowError> {
+    let data = |m: String| (ErrorKind::Data, m);
+    let r = r.ok_or_else(|| data("the reference is null".into()))?;
+    let (store, path) = match registry.resolve(&r.uri).await {
+        Ok(Ok(sp)) => sp,
+        Ok(Err(refused)) => return Err(data(format!("refused: {}", refused.0))),
+        Err(e) => return Err((ErrorKind::Config, e.to_string())),
+    };
+    let start = r.offset.unwrap_or(0);
+    let end = match (r.length, head) {
+        (Some(l), Some(h)) => Some(start + l.min(h)),
+        (Some(l), None) => Some(start + l),
+        (None, Some(h)) => Some(start + h),
+        (None, None) => None,
+    };
+    let range = match end {
+        Some(e) => Some(GetRange::Bounded(start..e)),
+        None if start > 0 => Some(GetRange::Offset(start)),
+        None => None,
+    };
+    let opts = GetOptions { if_match: r.etag.clone(), version: r.version.clone(), range, ..Default::default() };
+    let result = store.get_opts(&path, opts).await.map_err(|e| classify(&e))?;
+    if let (Some(pinned), Some(now)) = (&r.etag, &result.meta.e_tag) {
+        if pinned.trim_matches('"') != now.trim_matches('"') {
+            return Err(data(format!("the object changed since its reference was made (ETag {now}, pinned {pinned})")));
+        }
+    }
+    Ok(result)
+}
+
 /// A per-row reason for an `object_store` error (retries, where they apply, are already spent).
-fn classify(e: &object_store::Error) -> (ErrorKind, String) {
+pub(crate) fn classify(e: &object_store::Error) -> (ErrorKind, String) {
     use object_store::Error as E;
     match e {
         E::NotFound { .. } => (ErrorKind::Data, "object not found".into()),

@@ -15,19 +15,23 @@
 //!   while reading, bounded by a maximum object size and a memory budget in bytes, pinned to the
 //!   reference's ETag/version. Every failure is a dead letter with a precise reason.
 //!
+//! * [`Hash`] and [`Probe`] — the content hash (streamed, constant memory) and the sniffed content
+//!   type and size of each object, without keeping its bytes.
 //! * [`ObjectStoreSource`] — every object under a prefix as ObjectRef rows (bounded listing).
 //!
 //! Layout: [`config`] (typed settings, validated without IO), [`access`], [`registry`], [`fetch`],
-//! [`source`].
+//! [`hash`], [`source`].
 
 pub mod access;
 pub mod config;
 pub mod fetch;
+pub mod hash;
 pub mod registry;
 pub mod source;
 
 pub use access::AccessPolicy;
 pub use config::StoreConfig;
 pub use fetch::Fetch;
+pub use hash::{sniff, Hash, Probe};
 pub use registry::ObjectStoreRegistry;
 pub use source::ObjectStoreSource;

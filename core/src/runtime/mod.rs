@@ -56,6 +56,12 @@ pub struct Summary {
     pub metrics: MetricsSnapshot,
 }
 
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pipeline({}: {})", self.plan.name, self.plan.topology())
+    }
+}
+
 impl Pipeline {
     /// Starts building a pipeline named `name` (the name keys its checkpoints and files).
     pub fn builder(name: impl Into<String>) -> PipelineBuilder {

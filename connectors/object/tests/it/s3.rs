@@ -77,3 +77,45 @@ async fn a_memory_budget_smaller_than_an_object_still_lets_it_through_alone() {
     assert!(out.failures.is_empty(), "{:?}", out.failures);
     assert_eq!(bytes_of(&out).iter().map(|b| b[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5], "input order is kept");
 }
+
+#[tokio::test]
+async fn hash_streams_and_probe_sniffs_without_keeping_bytes() {
+    use alluvium_core::arrow::array::{Array, StringArray, UInt64Array};
+    use alluvium_core::{AsyncOperator, TaskContext};
+    use alluvium_object::{Hash, Probe};
+    let Some(s3) = S3Server::start() else { return };
+    let bucket = s3.bucket();
+    let reg = registry(&s3, &s3.secret_key);
+    let (store, _) = reg.resolve(&format!("s3://{bucket}/x")).await.unwrap().unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    store.put(&Path::from("big.bin"), PutPayload::from(big.clone())).await.unwrap();
+    store.put(&Path::from("photo"), PutPayload::from_static(b"\xFF\xD8\xFF\xE0\x00\x10JFIF\x00rest-of-jpeg")).await.unwrap();
+    store.put(&Path::from("text"), PutPayload::from_static(b"just some text")).await.unwrap();
+    let uri = |k: &str| format!("s3://{bucket}/{k}");
+    let ctx = TaskContext { pipeline: "t".into(), stage: "s".into(), subtask: 0, parallelism: 1, region: 0, epoch: 0 };
+
+    let out = Hash::new(reg.clone())
+        .process(
+            batch(vec![ObjectRef::new(uri("big.bin")), ObjectRef::new(uri("big.bin")).range(10, 1000), ObjectRef::new(uri("gone"))]),
+            &ctx,
+        )
+        .await
+        .unwrap();
+    let h = out.batch.column_by_name("content_hash").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+    let sizes = out.batch.column_by_name("size").unwrap().as_any().downcast_ref::<UInt64Array>().unwrap().clone();
+    assert_eq!(h.value(0), blake3::hash(&big).to_hex().as_str());
+    assert_eq!(h.value(1), blake3::hash(&big[10..1010]).to_hex().as_str());
+    assert_eq!(sizes.values().to_vec(), vec![3_000_000, 1000]);
+    assert_eq!(failure(&out, 2), "object not found");
+    assert!(out.batch.column_by_name("bytes").is_none(), "hash keeps no bytes");
+
+    let out = Probe::new(reg)
+        .process(batch(vec![ObjectRef::new(uri("photo")), ObjectRef::new(uri("text")), ObjectRef::new(uri("big.bin"))]), &ctx)
+        .await
+        .unwrap();
+    let types = out.batch.column_by_name("content_type").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+    let sizes = out.batch.column_by_name("size").unwrap().as_any().downcast_ref::<UInt64Array>().unwrap().clone();
+    assert_eq!(types.value(0), "image/jpeg");
+    assert_eq!(sizes.value(2), 3_000_000, "the full size, though only the head was read");
+    assert_eq!(types.len(), 3);
+}
