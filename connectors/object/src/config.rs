@@ -5,6 +5,7 @@
 //! max_concurrency = 32             # requests in flight per store (bucket or host)
 //! max_retries = 5                  # per request, with exponential backoff and jitter
 //! retry_timeout = "3m"
+//! request_timeout = "30s"          # one request, e.g. a hung connection
 //! s3 = { endpoint = "http://127.0.0.1:9000", allow_http = "true", region = "us-east-1" }
 //!
 //! [io.access]
@@ -36,6 +37,9 @@ pub struct StoreConfig {
     /// Give up retrying a request after this long (default 3 minutes).
     #[serde(default = "default_retry_timeout", with = "duration")]
     pub retry_timeout: Duration,
+    /// Time out one request (a hung connection) after this long (default 30 seconds).
+    #[serde(default = "default_request_timeout", with = "duration")]
+    pub request_timeout: Duration,
     /// `object_store` options for S3 (`endpoint`, `region`, `allow_http`, `access_key_id`, …).
     #[serde(default)]
     pub s3: BTreeMap<String, String>,
@@ -59,6 +63,9 @@ fn default_retries() -> usize {
 fn default_retry_timeout() -> Duration {
     Duration::from_secs(180)
 }
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -66,6 +73,7 @@ impl Default for StoreConfig {
             max_concurrency: default_concurrency(),
             max_retries: default_retries(),
             retry_timeout: default_retry_timeout(),
+            request_timeout: default_request_timeout(),
             s3: BTreeMap::new(),
             gcs: BTreeMap::new(),
             azure: BTreeMap::new(),

@@ -15,7 +15,7 @@ use alluvium_core::error::redact;
 use alluvium_core::{Error, Result};
 use object_store::limit::LimitStore;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::config::StoreConfig;
@@ -58,6 +58,12 @@ impl ObjectStoreRegistry {
         RetryConfig { backoff: BackoffConfig::default(), max_retries: self.config.max_retries, retry_timeout: self.config.retry_timeout }
     }
 
+    /// The request timeout as a client config value (set as a key, so that the client options a
+    /// builder read from the environment, such as `AWS_ALLOW_HTTP`, are kept).
+    fn timeout(&self) -> String {
+        format!("{}ms", self.config.request_timeout.as_millis())
+    }
+
     fn cached(&self, key: &str, build: impl FnOnce() -> Result<Arc<dyn ObjectStore>>) -> Result<Arc<dyn ObjectStore>> {
         let mut stores = self.stores.lock().expect("registry lock");
         if let Some(s) = stores.get(key) {
@@ -91,7 +97,8 @@ impl ObjectStoreRegistry {
             }
             "s3" | "s3a" => {
                 let store = self.cached(&format!("s3://{}", bucket()), || {
-                    let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket()).with_retry(self.retry());
+                    let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket()).with_retry(self.retry())
+                        .with_config(object_store::aws::AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), self.timeout());
                     for (k, v) in &self.config.s3 {
                         let key = object_store::aws::AmazonS3ConfigKey::from_str(k)
                             .map_err(|_| Error::config(format!("[io.s3] has an unknown key `{k}`; see object_store's AmazonS3ConfigKey (endpoint, region, allow_http, access_key_id, …)")))?;
@@ -103,7 +110,8 @@ impl ObjectStoreRegistry {
             }
             "gs" => {
                 let store = self.cached(&format!("gs://{}", bucket()), || {
-                    let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket()).with_retry(self.retry());
+                    let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket()).with_retry(self.retry())
+                        .with_config(object_store::gcp::GoogleConfigKey::Client(ClientConfigKey::Timeout), self.timeout());
                     for (k, v) in &self.config.gcs {
                         let key = object_store::gcp::GoogleConfigKey::from_str(k)
                             .map_err(|_| Error::config(format!("[io.gcs] has an unknown key `{k}`; see object_store's GoogleConfigKey")))?;
@@ -115,7 +123,8 @@ impl ObjectStoreRegistry {
             }
             "az" | "azure" | "abfs" | "abfss" => {
                 let store = self.cached(&format!("az://{}", bucket()), || {
-                    let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(uri).with_retry(self.retry());
+                    let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(uri).with_retry(self.retry())
+                        .with_config(object_store::azure::AzureConfigKey::Client(ClientConfigKey::Timeout), self.timeout());
                     for (k, v) in &self.config.azure {
                         let key = object_store::azure::AzureConfigKey::from_str(k)
                             .map_err(|_| Error::config(format!("[io.azure] has an unknown key `{k}`; see object_store's AzureConfigKey")))?;
@@ -138,7 +147,7 @@ impl ObjectStoreRegistry {
                     let b = object_store::http::HttpBuilder::new()
                         .with_url(base.clone())
                         .with_retry(self.retry())
-                        .with_client_options(ClientOptions::new().with_allow_http(url.scheme() == "http"));
+                        .with_client_options(ClientOptions::new().with_allow_http(url.scheme() == "http").with_timeout(self.config.request_timeout));
                     Ok(Arc::new(b.build().map_err(|e| Error::config(format!("cannot reach `{base}`")).with_source(e))?))
                 })?;
                 Ok(path().map(|p| (store, p)))

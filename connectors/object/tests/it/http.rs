@@ -54,3 +54,56 @@ async fn http_refs_need_an_allowed_public_host() {
     assert!(out.failures.is_empty(), "{:?}", out.failures);
     assert_eq!(bytes_of(&out), vec![b"meow".to_vec()]);
 }
+
+/// A server on 127.0.0.1 that answers every request with 503, or accepts and never answers.
+fn faulty_server(hang: bool) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(20) {
+            let Ok(mut s) = stream else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            if hang {
+                held.push(s); // keep the connection open, say nothing
+            } else {
+                let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        }
+    });
+    (port, hits)
+}
+
+fn fast_giving_up() -> StoreConfig {
+    let mut cfg: StoreConfig = toml::from_str("max_retries = 2\nretry_timeout = \"3s\"\nrequest_timeout = \"300ms\"").unwrap();
+    cfg.access = AccessPolicy::default().allow_http_host("127.0.0.1").allow_private_networks(true);
+    cfg
+}
+
+#[tokio::test]
+async fn server_errors_beyond_the_retry_budget_are_dead_letters() {
+    let (port, hits) = faulty_server(false);
+    let f = Fetch::new(Arc::new(ObjectStoreRegistry::new(fast_giving_up())));
+    let start = Instant::now();
+    let out = fetch(&f, vec![ObjectRef::new(format!("http://127.0.0.1:{port}/x.jpg"))]).await;
+    let msg = failure(&out, 0);
+    assert!(msg.contains("read failed after retries") && msg.contains("503"), "{msg}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3, "one try and two retries");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_hung_server_times_out_into_a_dead_letter() {
+    let (port, _) = faulty_server(true);
+    let f = Fetch::new(Arc::new(ObjectStoreRegistry::new(fast_giving_up())));
+    let start = Instant::now();
+    let out = fetch(&f, vec![ObjectRef::new(format!("http://127.0.0.1:{port}/x.jpg"))]).await;
+    let msg = failure(&out, 0);
+    assert!(msg.contains("read failed after retries"), "{msg}");
+    assert!(start.elapsed() < Duration::from_secs(10), "bounded by the timeouts: {:?}", start.elapsed());
+}
