@@ -26,6 +26,20 @@
 //! path = "${ALLUVIUM_OUTPUT:-./out/generate}/_dead_letters"
 //! ```
 //!
+//! The vocabulary so far:
+//!
+//! | section | `type` | what |
+//! |---|---|---|
+//! | `[source]` | `generate` | deterministic synthetic rows (`rows`, `batch_size`, `payload_bytes`, `split_rows`, `rows_per_second`, `seed`) |
+//! | `[source]` | `objects` | every object under `uri` (a directory or `s3://…/`), `extensions`, `split_objects`, `batch_size` |
+//! | `[[stages]]` | `fetch`, `hash`, `probe` | object bytes; blake3 hash (streamed); sniffed content type and size |
+//! | `[[stages]]` | `decode_image`, `resize`, `encode_image` | images: `max_pixels`, `target`; `width`, `height`, `fit`; `format`, `quality` |
+//! | `[[stages]]` | `fault` | chaos testing: `dead_letter_every`, `fail_subtask`, `fail_after_rows`, `fail_times`, `delay_per_batch` |
+//! | `[sink]`, `[dead_letters]` | `parquet`, `jsonl` | transactional files in a directory or under a URL |
+//! | `[io]`, `[io.access]` | | object stores (`s3`, `gcs`, `azure` options, retries, timeouts, concurrency) and which references may be read |
+//!
+//! Every stage also takes `name`, `parallelism` and `edge = "forward" | "rebalance"`.
+//!
 //! Processing is three pure steps, then one with IO:
 //! 1. [`interpolate`]: `${VAR}` and `${VAR:-default}` from the environment (`$$` is a literal `$`),
 //!    so one file serves many runs and secrets stay out of files. An unset variable without a
