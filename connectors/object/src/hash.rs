@@ -1,6 +1,6 @@
 //! `Hash` and `Probe`: what an object is, without keeping its bytes.
 //!
-//! * [`Hash`] streams each referenced object (or its byte range) through blake3 and appends
+//! * [`Hash`](struct@Hash) streams each referenced object (or its byte range) through blake3 and appends
 //!   `content_hash` (hex) and `size`. Memory per object is one network chunk, so a 2 GB object
 //!   needs no more memory than a 2 KB one.
 //! * [`Probe`] reads only the first bytes of each object and appends `content_type` (sniffed from

@@ -15,7 +15,7 @@
 //!   while reading, bounded by a maximum object size and a memory budget in bytes, pinned to the
 //!   reference's ETag/version. Every failure is a dead letter with a precise reason.
 //!
-//! * [`Hash`] and [`Probe`] — the content hash (streamed, constant memory) and the sniffed content
+//! * [`Hash`](struct@Hash) and [`Probe`] — the content hash (streamed, constant memory) and the sniffed content
 //!   type and size of each object, without keeping its bytes.
 //! * [`ObjectStoreSource`] — every object under a prefix as ObjectRef rows (bounded listing).
 //!

@@ -2,7 +2,7 @@
 //!
 //! `run()` opens the checkpoint store, checks that its checkpoints belong to this pipeline and
 //! topology, starts the split enumerator (assignments are logged durably before readers see them),
-//! then drives every region on its own ([`region`]): each region checkpoints, commits, fails and
+//! then drives every region on its own (the region driver, `runtime/region.rs`): each region checkpoints, commits, fails and
 //! recovers independently. A rerun after the process died resumes every region from its own latest
 //! checkpoint; a rerun after the pipeline finished does nothing and says so.
 
