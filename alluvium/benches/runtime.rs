@@ -100,8 +100,11 @@ fn main() {
     let rows: u64 = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000_000);
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let configs: [(&str, Option<Duration>); 3] =
-        [("bare loop", None), ("runtime", Some(Duration::from_secs(3600))), ("runtime + 1 s checkpoints", Some(Duration::from_secs(1)))];
+    let configs: [(&str, Option<Duration>); 3] = [
+        ("bare loop", None),
+        ("runtime", Some(Duration::from_secs(3600))),
+        ("runtime + 1 s checkpoints", Some(Duration::from_secs(1))),
+    ];
     let only = std::env::var("BENCH_ONLY").ok();
     let configs: Vec<_> = configs.into_iter().filter(|(name, _)| only.as_deref().is_none_or(|o| o == *name)).collect();
     // Rounds interleave the configurations, so slow drift on a shared machine hits all of them alike.
@@ -142,7 +145,10 @@ fn main() {
     let base = &results[0].1;
     let nocp = &results[1].1;
     println!("\nruntime benchmark: {rows} rows (id, 64-byte payload) → FNV hash → Parquet (zstd), median of {runs} runs");
-    println!("{:<28} {:>12} {:>10} {:>9} {:>12} {:>12}", "configuration", "rows/s", "wall s", "CPU s", "CPU vs bare", "checkpoints");
+    println!(
+        "{:<28} {:>12} {:>10} {:>9} {:>12} {:>12}",
+        "configuration", "rows/s", "wall s", "CPU s", "CPU vs bare", "checkpoints"
+    );
     let mut json = Vec::new();
     for (name, m, cps) in &results {
         let rps = rows as f64 / m.wall.as_secs_f64();

@@ -372,8 +372,9 @@ mod opt_duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
         s.map(|s| {
-            humantime::parse_duration(&s)
-                .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"5m\"")))
+            humantime::parse_duration(&s).map_err(|e| {
+                serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"5m\""))
+            })
         })
         .transpose()
     }
@@ -398,16 +399,16 @@ pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<S
                 None => (expr, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(Error::config(format!("line {line}: `${{{expr}}}` is not a variable reference; write ${{NAME}} or ${{NAME:-default}}")));
+                return Err(Error::config(format!(
+                    "line {line}: `${{{expr}}}` is not a variable reference; write ${{NAME}} or ${{NAME:-default}}"
+                )));
             }
             match (env(name).filter(|v| !v.is_empty()), default) {
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    return Err(Error::config(format!(
-                        "line {line}: environment variable `{name}` is not set; set it, or give a default with ${{{name}:-default}}"
-                    )))
-                }
+                (None, None) => return Err(Error::config(format!(
+                    "line {line}: environment variable `{name}` is not set; set it, or give a default with ${{{name}:-default}}"
+                ))),
             }
             rest = &body[end + 1..];
         } else {
@@ -433,9 +434,7 @@ pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
     let mut table = doc;
     for p in &parts[..parts.len() - 1] {
         let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| Error::config(format!("--set `{key}`: `{p}` is not a section")))?;
+        table = entry.as_table_mut().ok_or_else(|| Error::config(format!("--set `{key}`: `{p}` is not a section")))?;
     }
     table.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
@@ -580,18 +579,24 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
         #[cfg(feature = "object")]
         StageConfig::Hash { common, column } => {
             let h = alluvium_object::Hash::new(registry.clone());
-            (common, Stage::from(match column {
-                Some(c) => h.column(c.clone()),
-                None => h,
-            }))
+            (
+                common,
+                Stage::from(match column {
+                    Some(c) => h.column(c.clone()),
+                    None => h,
+                }),
+            )
         }
         #[cfg(feature = "object")]
         StageConfig::Probe { common, column } => {
             let p = alluvium_object::Probe::new(registry.clone());
-            (common, Stage::from(match column {
-                Some(c) => p.column(c.clone()),
-                None => p,
-            }))
+            (
+                common,
+                Stage::from(match column {
+                    Some(c) => p.column(c.clone()),
+                    None => p,
+                }),
+            )
         }
         #[cfg(feature = "formats")]
         StageConfig::DecodeImage { common, column, max_pixels, target } => {
@@ -610,7 +615,9 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
         #[cfg(feature = "formats")]
         StageConfig::Resize { common, width, height, fit } => {
             if *width == 0 || *height == 0 {
-                return Err(Error::config(format!("resize: {width}×{height} has a zero side; set `width` and `height` to 1 or more")));
+                return Err(Error::config(format!(
+                    "resize: {width}×{height} has a zero side; set `width` and `height` to 1 or more"
+                )));
             }
             let fit = match fit.unwrap_or(FitConfig::Exact) {
                 FitConfig::Exact => alluvium_formats::Fit::Exact,
@@ -787,9 +794,11 @@ path = "${OUT}/out"
         assert_eq!(p.topology(), "objects[1] -> probe[1] -> hash-original[1] -> fetch[1] -> decode_image[1] -> resize[1] -> encode_image[1] -> jsonl[1]");
         let e = JobFile::parse_with_env(&job.replace("fit = \"fit\"", "fit = \"stretch\""), &[], env).unwrap_err().to_string();
         assert!(e.contains("stretch") && e.contains("fill"), "{e}");
-        let e = JobFile::parse_with_env(&job.replace("width = 64", "width = 0"), &[], env).unwrap().build().unwrap_err().to_string();
+        let e =
+            JobFile::parse_with_env(&job.replace("width = 64", "width = 0"), &[], env).unwrap().build().unwrap_err().to_string();
         assert!(e.contains("zero side"), "{e}");
-        let e = JobFile::parse_with_env(&job.replace("region = ", "regoin = "), &[], env).unwrap().build().unwrap_err().to_string();
+        let e =
+            JobFile::parse_with_env(&job.replace("region = ", "regoin = "), &[], env).unwrap().build().unwrap_err().to_string();
         assert!(e.contains("[io.s3]") && e.contains("`regoin`"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }

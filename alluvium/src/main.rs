@@ -47,8 +47,8 @@ enum Command {
 }
 
 fn load(path: &PathBuf, set: &[String]) -> alluvium::Result<JobFile> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::config(format!("cannot read job file {}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::config(format!("cannot read job file {}: {e}", path.display())))?;
     JobFile::parse(&text, set).map_err(|e| e.context(format!("job file {}", path.display())))
 }
 
@@ -63,9 +63,7 @@ fn exit_code(e: &Error) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ALLUVIUM_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ALLUVIUM_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -129,13 +127,26 @@ async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration) -> ExitC
             println!("  rows read       {}", s.rows_read);
             println!("  rows committed  {}  (to {})", s.rows_committed, job.sink.path());
             if s.metrics.rows_recommitted > 0 {
-                println!("  rows recovered  {}  (pending commits of the restored checkpoints, re-committed)", s.metrics.rows_recommitted);
+                println!(
+                    "  rows recovered  {}  (pending commits of the restored checkpoints, re-committed)",
+                    s.metrics.rows_recommitted
+                );
             }
-            println!("  dead letters    {}  (to {})", s.dead_letters, job.dead_letters.as_ref().map_or("the checkpoint location's dead-letters/", |d| d.path()));
+            println!(
+                "  dead letters    {}  (to {})",
+                s.dead_letters,
+                job.dead_letters.as_ref().map_or("the checkpoint location's dead-letters/", |d| d.path())
+            );
             println!("  commits         {}", s.commits);
-            println!("  checkpoints     {}  (avg {:.1} ms, max {:.1} ms)", s.checkpoints, s.metrics.checkpoint_avg_ms, s.metrics.checkpoint_max_ms);
+            println!(
+                "  checkpoints     {}  (avg {:.1} ms, max {:.1} ms)",
+                s.checkpoints, s.metrics.checkpoint_avg_ms, s.metrics.checkpoint_max_ms
+            );
             println!("  restarts        {}", s.restarts);
-            println!("  {:<12} {:>12} {:>12} {:>10} {:>10} {:>14} {:>8} {:>12}", "stage", "rows in", "rows out", "busy s", "waited s", "peak buffer", "errors", "dead letters");
+            println!(
+                "  {:<12} {:>12} {:>12} {:>10} {:>10} {:>14} {:>8} {:>12}",
+                "stage", "rows in", "rows out", "busy s", "waited s", "peak buffer", "errors", "dead letters"
+            );
             for st in &s.metrics.stages {
                 println!(
                     "  {:<12} {:>12} {:>12} {:>10.1} {:>10.1} {:>14} {:>8} {:>12}",

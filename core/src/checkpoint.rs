@@ -245,9 +245,10 @@ impl CheckpointStore {
         ids.sort_unstable();
         let Some(id) = ids.last() else { return Ok(None) };
         let rel = manifest_name(region, *id);
-        let m: RegionManifest = self.get_json(&rel).await?.ok_or_else(|| {
-            Error::checkpoint(format!("checkpoint manifest {rel} disappeared while it was being read"))
-        })?;
+        let m: RegionManifest = self
+            .get_json(&rel)
+            .await?
+            .ok_or_else(|| Error::checkpoint(format!("checkpoint manifest {rel} disappeared while it was being read")))?;
         if m.pipeline != pipeline || m.region != region || m.checkpoint != *id {
             return Err(Error::checkpoint(format!(
                 "checkpoint manifest {rel} in {} describes pipeline `{}` region {} checkpoint {}; it does not belong here",
@@ -318,12 +319,8 @@ impl CheckpointStore {
 
     /// The whole assignment log, in order.
     pub async fn assignments(&self) -> Result<Vec<AssignmentRecord>> {
-        let mut seqs: Vec<u64> = self
-            .list_names("assignments")
-            .await?
-            .iter()
-            .filter_map(|n| n.strip_suffix(".json")?.parse().ok())
-            .collect();
+        let mut seqs: Vec<u64> =
+            self.list_names("assignments").await?.iter().filter_map(|n| n.strip_suffix(".json")?.parse().ok()).collect();
         seqs.sort_unstable();
         let mut out = Vec::with_capacity(seqs.len());
         for (i, seq) in seqs.iter().enumerate() {
@@ -388,9 +385,9 @@ mod tests {
             s.write_manifest(&manifest("p", 0, id, 0, false, vec![], BTreeMap::new(), vec![])).await.unwrap();
         }
         assert_eq!(s.latest("p", 0).await.unwrap().unwrap().checkpoint, 5);
-        let files = std::fs::read_dir(dir.path().join("regions/0")).unwrap().filter(|e| {
-            e.as_ref().unwrap().file_name().to_string_lossy().starts_with("chk-")
-        });
+        let files = std::fs::read_dir(dir.path().join("regions/0"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("chk-"));
         assert_eq!(files.count(), KEEP_MANIFESTS);
         let again = s.write_manifest(&manifest("p", 0, 5, 0, false, vec![], BTreeMap::new(), vec![])).await;
         assert!(again.unwrap_err().to_string().contains("another process"));
@@ -426,7 +423,8 @@ mod tests {
     async fn a_different_topology_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let meta = PipelineMeta { format: FORMAT.into(), version: VERSION, pipeline: "p".into(), topology: "a[2]".into(), regions: 2 };
+        let meta =
+            PipelineMeta { format: FORMAT.into(), version: VERSION, pipeline: "p".into(), topology: "a[2]".into(), regions: 2 };
         s.open_pipeline(&meta).await.unwrap();
         s.open_pipeline(&meta).await.unwrap();
         let other = PipelineMeta { topology: "a[3]".into(), ..meta };

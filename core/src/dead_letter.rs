@@ -53,10 +53,7 @@ pub fn build(pipeline: &str, stage: &str, input: &RecordBatch, failures: &[RowFa
     let rows = take_rows(input, &indices)?;
     let json = rows_as_json(&rows)?;
     let refs = uri_column(&rows);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![pipeline; n])),
         Arc::new(StringArray::from(vec![stage; n])),
@@ -124,7 +121,8 @@ mod tests {
         let failures = vec![RowFailure::new(2, ErrorKind::Data, "corrupt JPEG").attempts(3)];
         let dl = build("p", "decode", &input, &failures).unwrap();
         assert_eq!(dl.num_rows(), 1);
-        let col = |name: &str| dl.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
+        let col =
+            |name: &str| dl.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
         assert_eq!(col("stage"), "decode");
         assert_eq!(col("kind"), "data");
         assert_eq!(col("message"), "corrupt JPEG");
@@ -135,7 +133,8 @@ mod tests {
     #[test]
     fn the_ref_comes_from_an_object_ref_column_whatever_its_name() {
         use crate::types::{ObjectRef, ObjectRefType};
-        let refs: arrow::array::StructArray = vec![ObjectRef::new("s3://b/x.jpg"), ObjectRef::new("s3://b/y.jpg")].into_iter().collect();
+        let refs: arrow::array::StructArray =
+            vec![ObjectRef::new("s3://b/x.jpg"), ObjectRef::new("s3://b/y.jpg")].into_iter().collect();
         let schema = Arc::new(Schema::new(vec![ObjectRefType::field("photo", false)]));
         let input = RecordBatch::try_new(schema, vec![Arc::new(refs)]).unwrap();
         let dl = build("p", "decode", &input, &[RowFailure::new(1, ErrorKind::Data, "corrupt")]).unwrap();

@@ -201,9 +201,7 @@ fn redact_word(word: &str) -> String {
 
 fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["sig", "signature", "token", "secret", "password", "key", "credential", "sv"]
-        .iter()
-        .any(|s| k.contains(s))
+    ["sig", "signature", "token", "secret", "password", "key", "credential", "sv"].iter().any(|s| k.contains(s))
 }
 
 #[cfg(test)]

@@ -172,7 +172,10 @@ impl<F: FileFormat> Sink for FileSink<F> {
 
     fn validate(&self) -> Result<()> {
         if self.location.trim().is_empty() {
-            return Err(Error::config(format!("the {} sink has an empty `path`; set it to a directory or URL", self.format.name())));
+            return Err(Error::config(format!(
+                "the {} sink has an empty `path`; set it to a directory or URL",
+                self.format.name()
+            )));
         }
         Ok(())
     }
@@ -299,7 +302,13 @@ impl<F: FileFormat> FileWriter<F> {
         self.seq += 1;
         let path = self.loc.child(&format!("{}/{}", self.staging_dir, name));
         let upload = self.loc.store.put_multipart(&path).await.map_err(|e| Error::from(e).context(format!("creating {name}")))?;
-        Ok(OpenFile { name, encoder: self.format.encoder(schema)?, upload: WriteMultipart::new_with_chunk_size(upload, self.loc.upload_part_bytes()), rows: 0, bytes: 0 })
+        Ok(OpenFile {
+            name,
+            encoder: self.format.encoder(schema)?,
+            upload: WriteMultipart::new_with_chunk_size(upload, self.loc.upload_part_bytes()),
+            rows: 0,
+            bytes: 0,
+        })
     }
 
     async fn close_file(&mut self) -> Result<()> {
@@ -307,7 +316,12 @@ impl<F: FileFormat> FileWriter<F> {
         f.encoder.finish()?;
         f.upload_encoded();
         f.upload.finish().await.map_err(|e| Error::from(e).context(format!("finishing {}", f.name)))?;
-        self.closed.push(StagedFile { staging: format!("{}/{}", self.staging_dir, f.name), path: f.name, rows: f.rows, bytes: f.bytes });
+        self.closed.push(StagedFile {
+            staging: format!("{}/{}", self.staging_dir, f.name),
+            path: f.name,
+            rows: f.rows,
+            bytes: f.bytes,
+        });
         Ok(())
     }
 }

@@ -246,14 +246,12 @@ impl PipelineBuilder {
                 "pipeline name `{name}` is not valid; use letters, digits, `-`, `_` and `.` (it names checkpoints and files)"
             )));
         }
-        let (source, source_par) = self
-            .source
-            .clone()
-            .ok_or_else(|| Error::config(format!("pipeline `{name}` has no source; add one with `.source(...)` ([source] in a job file)")))?;
-        let (sink, sink_par, sink_edge) = self
-            .sink
-            .clone()
-            .ok_or_else(|| Error::config(format!("pipeline `{name}` has no sink; add one with `.sink(...)` ([sink] in a job file)")))?;
+        let (source, source_par) = self.source.clone().ok_or_else(|| {
+            Error::config(format!("pipeline `{name}` has no source; add one with `.source(...)` ([source] in a job file)"))
+        })?;
+        let (sink, sink_par, sink_edge) = self.sink.clone().ok_or_else(|| {
+            Error::config(format!("pipeline `{name}` has no sink; add one with `.sink(...)` ([sink] in a job file)"))
+        })?;
         if self.settings.parallelism == 0 {
             return Err(Error::config("pipeline parallelism is 0; set it to 1 or more"));
         }

@@ -58,7 +58,8 @@ impl Location {
                     .with_url(location)
                     .build()
                     .map_err(|e| Error::config(format!("cannot use `{display}`")).with_source(e))?;
-                let prefix = Path::from_url_path(url.path()).map_err(|e| Error::config(format!("bad path in `{display}`")).with_source(e))?;
+                let prefix = Path::from_url_path(url.path())
+                    .map_err(|e| Error::config(format!("bad path in `{display}`")).with_source(e))?;
                 Ok(Self { store: Arc::new(store), prefix, display, is_local: false })
             }
             _ => {
@@ -73,8 +74,7 @@ impl Location {
     fn local(path: &std::path::Path, display: String) -> Result<Self> {
         std::fs::create_dir_all(path)
             .map_err(|e| Error::config(format!("cannot create directory `{display}`: {e}; choose a writable location")))?;
-        let abs = std::fs::canonicalize(path)
-            .map_err(|e| Error::config(format!("cannot resolve directory `{display}`: {e}")))?;
+        let abs = std::fs::canonicalize(path).map_err(|e| Error::config(format!("cannot resolve directory `{display}`: {e}")))?;
         let store = LocalFileSystem::new_with_prefix(&abs)
             .map_err(|e| Error::config(format!("cannot open directory `{display}`")).with_source(e))?;
         Ok(Self { store: Arc::new(store), prefix: Path::default(), display, is_local: true })

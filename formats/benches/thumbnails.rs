@@ -23,7 +23,9 @@ fn photo(i: u32) -> Vec<u8> {
         image::Rgb([v, ((x ^ y) % 256) as u8, ((x * y / 97 + i) % 256) as u8])
     });
     let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85).write_image(img.as_raw(), 640, 480, image::ExtendedColorType::Rgb8).unwrap();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+        .write_image(img.as_raw(), 640, 480, image::ExtendedColorType::Rgb8)
+        .unwrap();
     out
 }
 

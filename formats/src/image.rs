@@ -76,7 +76,8 @@ impl DecodeImage {
     }
 
     fn decode(&self, data: &[u8]) -> std::result::Result<(Rgb, u32, u32), String> {
-        let reader = ImageReader::new(Cursor::new(data)).with_guessed_format().map_err(|e| format!("cannot read the image: {e}"))?;
+        let reader =
+            ImageReader::new(Cursor::new(data)).with_guessed_format().map_err(|e| format!("cannot read the image: {e}"))?;
         let format = reader.format().ok_or("unsupported image format (not JPEG, PNG, WebP, GIF, TIFF or BMP)")?;
         let mut decoder = reader.into_decoder().map_err(|e| format!("corrupt or truncated {format:?} image: {e}"))?;
         let (w, h) = decoder.dimensions();
@@ -164,7 +165,8 @@ fn decoded_array(images: &[Rgb]) -> Result<StructArray> {
 }
 
 fn read_decoded(batch: &RecordBatch, name: &str, stage: &str) -> Result<Vec<(Vec<u8>, u32, u32)>> {
-    let fail = || Error::config(format!("{stage}: the input has no decoded image column `{name}` (from DecodeImage); set `column`"));
+    let fail =
+        || Error::config(format!("{stage}: the input has no decoded image column `{name}` (from DecodeImage); set `column`"));
     let s = batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StructArray>()).ok_or_else(fail)?;
     let px = s.column_by_name("pixels").and_then(|c| c.as_any().downcast_ref::<BinaryArray>()).ok_or_else(fail)?;
     let w = s.column_by_name("width").and_then(|c| c.as_any().downcast_ref::<UInt32Array>()).ok_or_else(fail)?;
@@ -265,7 +267,8 @@ impl Resize {
 impl Operator for Resize {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
         let images = read_decoded(&batch, &self.column, "resize")?;
-        let rows = RowResults::collect(images.into_iter().map(|(px, w, h)| self.resize(px, w, h).map_err(|m| (ErrorKind::Data, m))));
+        let rows =
+            RowResults::collect(images.into_iter().map(|(px, w, h)| self.resize(px, w, h).map_err(|m| (ErrorKind::Data, m))));
         let kept = rows.kept(&batch)?;
         let field = kept.schema().field_with_name(&self.column)?.clone();
         let batch = with_columns(&kept, None, vec![(field, Arc::new(decoded_array(&rows.ok)?) as ArrayRef)])?;
@@ -305,7 +308,12 @@ pub struct EncodeImage {
 impl EncodeImage {
     /// JPEG at `quality` into a `thumbnail` column; the decoded `image` column is dropped.
     pub fn jpeg(quality: u8) -> Self {
-        Self { column: "image".into(), output: "thumbnail".into(), format: ImageFormat::Jpeg { quality: quality.clamp(1, 100) }, drop_decoded: true }
+        Self {
+            column: "image".into(),
+            output: "thumbnail".into(),
+            format: ImageFormat::Jpeg { quality: quality.clamp(1, 100) },
+            drop_decoded: true,
+        }
     }
     /// Another format.
     pub fn format(mut self, format: ImageFormat) -> Self {
@@ -327,7 +335,9 @@ impl EncodeImage {
         let img = RgbImage::from_raw(w, h, px).ok_or("the pixel buffer does not match its width and height")?;
         let mut out = Vec::new();
         let r = match self.format {
-            ImageFormat::Jpeg { quality } => img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)),
+            ImageFormat::Jpeg { quality } => {
+                img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality))
+            }
             ImageFormat::Png => img.write_with_encoder(image::codecs::png::PngEncoder::new(&mut out)),
             ImageFormat::WebP => img.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut out)),
         };
@@ -348,7 +358,9 @@ impl Operator for EncodeImage {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
         let images = read_decoded(&batch, &self.column, "encode_image")?;
         let rows = RowResults::collect(
-            images.into_iter().map(|(px, w, h)| self.encode(px, w, h).map(|bytes| (bytes, w, h)).map_err(|m| (ErrorKind::Data, m))),
+            images
+                .into_iter()
+                .map(|(px, w, h)| self.encode(px, w, h).map(|bytes| (bytes, w, h)).map_err(|m| (ErrorKind::Data, m))),
         );
         let kept = rows.kept(&batch)?;
         let mut data = BinaryBuilder::new();
@@ -356,7 +368,12 @@ impl Operator for EncodeImage {
         let ws: Vec<Option<u32>> = rows.ok.iter().map(|(_, w, _)| Some(*w)).collect();
         let hs: Vec<Option<u32>> = rows.ok.iter().map(|(_, _, h)| Some(*h)).collect();
         let n = ws.len();
-        let encoded = EncodedImageType::array(data.finish(), StringArray::from(vec![self.format_name(); n]), UInt32Array::from(ws), UInt32Array::from(hs))?;
+        let encoded = EncodedImageType::array(
+            data.finish(),
+            StringArray::from(vec![self.format_name(); n]),
+            UInt32Array::from(ws),
+            UInt32Array::from(hs),
+        )?;
         let batch = with_columns(
             &kept,
             self.drop_decoded.then_some(self.column.as_str()),

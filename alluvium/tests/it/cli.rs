@@ -155,7 +155,8 @@ fn validate_and_run_report_config_errors_with_exit_code_2() {
     let ok = bin().args(["validate", job.to_str().unwrap()]).output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 
-    std::fs::write(dir.path().join("bad.toml"), std::fs::read_to_string(&job).unwrap().replace("batch_size", "batchsize")).unwrap();
+    std::fs::write(dir.path().join("bad.toml"), std::fs::read_to_string(&job).unwrap().replace("batch_size", "batchsize"))
+        .unwrap();
     let bad = bin().args(["validate", dir.path().join("bad.toml").to_str().unwrap()]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
@@ -242,7 +243,8 @@ fn exactly_once_with_checkpoints_and_output_on_s3() {
         c
     };
     // One SIGKILL mid-run, then a run to the end.
-    let mut child = with_env(bin()).args(["run", job.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        with_env(bin()).args(["run", job.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(600));
     let _ = child.kill();
     let _ = child.wait();
@@ -270,7 +272,8 @@ fn the_thumbnails_example_makes_thumbnails_and_dead_letters_bad_images() {
     let input = dir.path().join("in");
     std::fs::create_dir_all(input.join("nested")).unwrap();
     for i in 0..6u32 {
-        let img = image::RgbImage::from_fn(320 + 40 * i, 240, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, (i * 40) as u8]));
+        let img =
+            image::RgbImage::from_fn(320 + 40 * i, 240, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, (i * 40) as u8]));
         img.save(input.join(format!("nested/photo-{i}.jpg"))).unwrap();
     }
     std::fs::copy(repo_root().join("examples/data/images/broken.jpg"), input.join("broken.jpg")).unwrap();
@@ -315,7 +318,9 @@ fn the_thumbnails_example_makes_thumbnails_and_dead_letters_bad_images() {
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
-        .flat_map(|e| std::fs::read_to_string(e.path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>())
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
+        })
         .collect();
     assert_eq!(dead.len(), 2);
     for d in &dead {

@@ -62,21 +62,30 @@ fn main() {
     let ctx = TaskContext { pipeline: "bench".into(), stage: "hash".into(), subtask: 0, parallelism: 1, region: 0, epoch: 0 };
     let mut rows = Vec::new();
 
-    let local = Arc::new(ObjectStoreRegistry::new(StoreConfig { access: AccessPolicy::default().allow_file_root(dir.path()), ..Default::default() }));
+    let local = Arc::new(ObjectStoreRegistry::new(StoreConfig {
+        access: AccessPolicy::default().allow_file_root(dir.path()),
+        ..Default::default()
+    }));
     let file_uri = format!("file://{}", path.display());
     let mut targets = vec![("file://", local.clone(), file_uri.clone())];
 
     let s3 = alluvium_integration::S3Server::start();
     if let Some(s3) = &s3 {
         let bucket = s3.bucket();
-        std::fs::hard_link(&path, s3.object_path(&bucket, "large.bin")).or_else(|_| std::fs::copy(&path, s3.object_path(&bucket, "large.bin")).map(|_| ())).unwrap();
+        std::fs::hard_link(&path, s3.object_path(&bucket, "large.bin"))
+            .or_else(|_| std::fs::copy(&path, s3.object_path(&bucket, "large.bin")).map(|_| ()))
+            .unwrap();
         let mut s3cfg = StoreConfig::default();
         s3cfg.s3.insert("endpoint".into(), s3.endpoint.clone());
         s3cfg.s3.insert("access_key_id".into(), s3.access_key.clone());
         s3cfg.s3.insert("secret_access_key".into(), s3.secret_key.clone());
         s3cfg.s3.insert("region".into(), "us-east-1".into());
         s3cfg.s3.insert("allow_http".into(), "true".into());
-        targets.push(("s3:// (s3s-fs on loopback)", Arc::new(ObjectStoreRegistry::new(s3cfg)), format!("s3://{bucket}/large.bin")));
+        targets.push((
+            "s3:// (s3s-fs on loopback)",
+            Arc::new(ObjectStoreRegistry::new(s3cfg)),
+            format!("s3://{bucket}/large.bin"),
+        ));
     }
 
     for (name, registry, uri) in targets {

@@ -94,7 +94,9 @@ impl AccessPolicy {
                 .collect(),
         };
         if let Some(ip) = addrs.iter().find(|ip| !is_public(ip)) {
-            return Err(format!("host `{host}` resolves to {ip}, a loopback, link-local or private address (allow_private_networks is off)"));
+            return Err(format!(
+                "host `{host}` resolves to {ip}, a loopback, link-local or private address (allow_private_networks is off)"
+            ));
         }
         Ok(())
     }
@@ -123,7 +125,19 @@ mod tests {
 
     #[test]
     fn private_and_special_addresses_are_not_public() {
-        for a in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.4", "169.254.169.254", "0.0.0.0", "100.64.0.1", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1"] {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.4",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(!is_public(&a.parse().unwrap()), "{a}");
         }
         for a in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {

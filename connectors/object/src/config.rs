@@ -94,10 +94,12 @@ impl StoreConfig {
                 .map_err(|_| unknown("s3", k, "endpoint, region, allow_http, access_key_id, secret_access_key"))?;
         }
         for k in self.gcs.keys() {
-            object_store::gcp::GoogleConfigKey::from_str(k).map_err(|_| unknown("gcs", k, "service_account_path, service_account_key"))?;
+            object_store::gcp::GoogleConfigKey::from_str(k)
+                .map_err(|_| unknown("gcs", k, "service_account_path, service_account_key"))?;
         }
         for k in self.azure.keys() {
-            object_store::azure::AzureConfigKey::from_str(k).map_err(|_| unknown("azure", k, "account_name, access_key, use_emulator"))?;
+            object_store::azure::AzureConfigKey::from_str(k)
+                .map_err(|_| unknown("azure", k, "account_name, access_key, use_emulator"))?;
         }
         if self.max_concurrency == 0 {
             return Err(alluvium_core::Error::config("[io] max_concurrency is 0; set it to 1 or more"));
@@ -112,7 +114,8 @@ mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime_like(&s).ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not a duration; write e.g. \"30s\" or \"3m\"")))
+        humantime_like(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not a duration; write e.g. \"30s\" or \"3m\"")))
     }
 
     fn humantime_like(s: &str) -> Option<Duration> {

@@ -106,7 +106,10 @@ impl Fetch {
             buf.extend_from_slice(&chunk);
         }
         if buf.len() as u64 != len {
-            return Err((ErrorKind::External, format!("the store sent {} bytes of {len}: the response was truncated", buf.len())));
+            return Err((
+                ErrorKind::External,
+                format!("the store sent {} bytes of {len}: the response was truncated", buf.len()),
+            ));
         }
         Ok(Fetched { bytes: buf.freeze(), hash: hasher.finalize().to_hex().to_string() })
     }
@@ -157,7 +160,9 @@ pub(crate) fn classify(e: &object_store::Error) -> (ErrorKind, String) {
     match e {
         E::NotFound { .. } => (ErrorKind::Data, "object not found".into()),
         E::Precondition { .. } => (ErrorKind::Data, "the object changed since its reference was made (ETag/version pin)".into()),
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => (ErrorKind::External, format!("access denied: {}", redact(&e.to_string()))),
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+            (ErrorKind::External, format!("access denied: {}", redact(&e.to_string())))
+        }
         _ => (ErrorKind::External, format!("read failed after retries: {}", redact(&e.to_string()))),
     }
 }

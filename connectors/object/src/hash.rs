@@ -24,9 +24,9 @@ use crate::fetch::{classify, open, RowError};
 use crate::registry::ObjectStoreRegistry;
 
 fn refs(batch: &RecordBatch, column: &str, stage: &str) -> Result<ObjectRefArray> {
-    let c = batch
-        .column_by_name(column)
-        .ok_or_else(|| Error::config(format!("{stage}: the input has no column `{column}`; set `column` to the ObjectRef column")))?;
+    let c = batch.column_by_name(column).ok_or_else(|| {
+        Error::config(format!("{stage}: the input has no column `{column}`; set `column` to the ObjectRef column"))
+    })?;
     ObjectRefArray::try_new(c).map_err(|e| e.context(format!("{stage}: column `{column}`")))
 }
 
@@ -86,13 +86,20 @@ impl Hash {
 impl AsyncOperator for Hash {
     async fn process(&self, batch: RecordBatch, _ctx: &TaskContext) -> Result<Output> {
         let refs = refs(&batch, &self.column, "hash")?;
-        let results: Vec<_> = futures::stream::iter((0..refs.len()).map(|i| self.hash_one(refs.get(i)))).buffered(self.concurrency).collect().await;
+        let results: Vec<_> =
+            futures::stream::iter((0..refs.len()).map(|i| self.hash_one(refs.get(i)))).buffered(self.concurrency).collect().await;
         let rows = RowResults::collect(results);
         let out = append(
             rows.kept(&batch)?,
             vec![
-                (Field::new("content_hash", DataType::Utf8, false), Arc::new(StringArray::from_iter_values(rows.ok.iter().map(|(h, _)| h))) as ArrayRef),
-                (Field::new("size", DataType::UInt64, false), Arc::new(UInt64Array::from_iter_values(rows.ok.iter().map(|(_, s)| *s)))),
+                (
+                    Field::new("content_hash", DataType::Utf8, false),
+                    Arc::new(StringArray::from_iter_values(rows.ok.iter().map(|(h, _)| h))) as ArrayRef,
+                ),
+                (
+                    Field::new("size", DataType::UInt64, false),
+                    Arc::new(UInt64Array::from_iter_values(rows.ok.iter().map(|(_, s)| *s))),
+                ),
             ],
         )?;
         Ok(Output::with_failures(out, rows.failures))
@@ -133,7 +140,8 @@ impl Probe {
         let size = result.meta.size;
         let store_type = result.attributes.get(&object_store::Attribute::ContentType).map(|v| v.to_string());
         let head = result.bytes().await.map_err(|e| classify(&e))?;
-        let ty = sniff(&head).map(str::to_string).or(store_type).or(declared).unwrap_or_else(|| "application/octet-stream".into());
+        let ty =
+            sniff(&head).map(str::to_string).or(store_type).or(declared).unwrap_or_else(|| "application/octet-stream".into());
         Ok((ty, size))
     }
 }
@@ -169,13 +177,22 @@ pub fn sniff(head: &[u8]) -> Option<&'static str> {
 impl AsyncOperator for Probe {
     async fn process(&self, batch: RecordBatch, _ctx: &TaskContext) -> Result<Output> {
         let refs = refs(&batch, &self.column, "probe")?;
-        let results: Vec<_> = futures::stream::iter((0..refs.len()).map(|i| self.probe_one(refs.get(i)))).buffered(self.concurrency).collect().await;
+        let results: Vec<_> = futures::stream::iter((0..refs.len()).map(|i| self.probe_one(refs.get(i))))
+            .buffered(self.concurrency)
+            .collect()
+            .await;
         let rows = RowResults::collect(results);
         let out = append(
             rows.kept(&batch)?,
             vec![
-                (Field::new("content_type", DataType::Utf8, false), Arc::new(StringArray::from_iter_values(rows.ok.iter().map(|(t, _)| t))) as ArrayRef),
-                (Field::new("size", DataType::UInt64, false), Arc::new(UInt64Array::from_iter_values(rows.ok.iter().map(|(_, s)| *s)))),
+                (
+                    Field::new("content_type", DataType::Utf8, false),
+                    Arc::new(StringArray::from_iter_values(rows.ok.iter().map(|(t, _)| t))) as ArrayRef,
+                ),
+                (
+                    Field::new("size", DataType::UInt64, false),
+                    Arc::new(UInt64Array::from_iter_values(rows.ok.iter().map(|(_, s)| *s))),
+                ),
             ],
         )?;
         Ok(Output::with_failures(out, rows.failures))

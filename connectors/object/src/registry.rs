@@ -55,7 +55,11 @@ impl ObjectStoreRegistry {
     }
 
     fn retry(&self) -> RetryConfig {
-        RetryConfig { backoff: BackoffConfig::default(), max_retries: self.config.max_retries, retry_timeout: self.config.retry_timeout }
+        RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: self.config.max_retries,
+            retry_timeout: self.config.retry_timeout,
+        }
     }
 
     /// The request timeout as a client config value (set as a key, so that the client options a
@@ -109,25 +113,34 @@ impl ObjectStoreRegistry {
                 Ok(path().map(|p| (store, p)))
             }
             "gs" => {
-                let store = self.cached(&format!("gs://{}", bucket()), || {
-                    let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket()).with_retry(self.retry())
-                        .with_config(object_store::gcp::GoogleConfigKey::Client(ClientConfigKey::Timeout), self.timeout());
-                    for (k, v) in &self.config.gcs {
-                        let key = object_store::gcp::GoogleConfigKey::from_str(k)
-                            .map_err(|_| Error::config(format!("[io.gcs] has an unknown key `{k}`; see object_store's GoogleConfigKey")))?;
-                        b = b.with_config(key, v);
-                    }
-                    Ok(Arc::new(b.build().map_err(|e| Error::config(format!("cannot configure GCS for bucket `{}`", bucket())).with_source(e))?))
-                })?;
+                let store =
+                    self.cached(&format!("gs://{}", bucket()), || {
+                        let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                            .with_bucket_name(bucket())
+                            .with_retry(self.retry())
+                            .with_config(object_store::gcp::GoogleConfigKey::Client(ClientConfigKey::Timeout), self.timeout());
+                        for (k, v) in &self.config.gcs {
+                            let key = object_store::gcp::GoogleConfigKey::from_str(k).map_err(|_| {
+                                Error::config(format!("[io.gcs] has an unknown key `{k}`; see object_store's GoogleConfigKey"))
+                            })?;
+                            b = b.with_config(key, v);
+                        }
+                        Ok(Arc::new(b.build().map_err(|e| {
+                            Error::config(format!("cannot configure GCS for bucket `{}`", bucket())).with_source(e)
+                        })?))
+                    })?;
                 Ok(path().map(|p| (store, p)))
             }
             "az" | "azure" | "abfs" | "abfss" => {
                 let store = self.cached(&format!("az://{}", bucket()), || {
-                    let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(uri).with_retry(self.retry())
+                    let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                        .with_url(uri)
+                        .with_retry(self.retry())
                         .with_config(object_store::azure::AzureConfigKey::Client(ClientConfigKey::Timeout), self.timeout());
                     for (k, v) in &self.config.azure {
-                        let key = object_store::azure::AzureConfigKey::from_str(k)
-                            .map_err(|_| Error::config(format!("[io.azure] has an unknown key `{k}`; see object_store's AzureConfigKey")))?;
+                        let key = object_store::azure::AzureConfigKey::from_str(k).map_err(|_| {
+                            Error::config(format!("[io.azure] has an unknown key `{k}`; see object_store's AzureConfigKey"))
+                        })?;
                         b = b.with_config(key, v);
                     }
                     Ok(Arc::new(b.build().map_err(|e| Error::config("cannot configure Azure").with_source(e))?))
@@ -147,7 +160,11 @@ impl ObjectStoreRegistry {
                     let b = object_store::http::HttpBuilder::new()
                         .with_url(base.clone())
                         .with_retry(self.retry())
-                        .with_client_options(ClientOptions::new().with_allow_http(url.scheme() == "http").with_timeout(self.config.request_timeout));
+                        .with_client_options(
+                            ClientOptions::new()
+                                .with_allow_http(url.scheme() == "http")
+                                .with_timeout(self.config.request_timeout),
+                        );
                     Ok(Arc::new(b.build().map_err(|e| Error::config(format!("cannot reach `{base}`")).with_source(e))?))
                 })?;
                 Ok(path().map(|p| (store, p)))

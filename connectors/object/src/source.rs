@@ -61,7 +61,8 @@ impl ObjectStoreSource {
             _ => {
                 let abs = std::fs::canonicalize(&self.uri)
                     .map_err(|e| Error::config(format!("objects source: cannot open directory `{}`: {e}", self.uri)))?;
-                Url::from_directory_path(&abs).map_err(|_| Error::config(format!("objects source: `{}` is not a directory", self.uri)))
+                Url::from_directory_path(&abs)
+                    .map_err(|_| Error::config(format!("objects source: `{}` is not a directory", self.uri)))
             }
         }
     }
@@ -136,7 +137,11 @@ impl SplitEnumerator for Enumerator {
                 .try_filter_map(|m| {
                     let name = m.location.as_ref().to_ascii_lowercase();
                     let wanted = src.extensions.is_empty() || src.extensions.iter().any(|e| name.ends_with(&format!(".{e}")));
-                    futures::future::ready(Ok(wanted.then(|| Entry { uri: format!("{base}{}", m.location), size: m.size, etag: m.e_tag })))
+                    futures::future::ready(Ok(wanted.then(|| Entry {
+                        uri: format!("{base}{}", m.location),
+                        size: m.size,
+                        etag: m.e_tag,
+                    })))
                 })
                 .try_collect()
                 .await?;

@@ -13,11 +13,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 async fn committed_files_hold_every_row_once() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let cfg: ParquetSinkConfig = toml::from_str(&format!(
-        "path = '{}'\ncompression = 'snappy'\ntarget_file_bytes = 200000",
-        out.display()
-    ))
-    .unwrap();
+    let cfg: ParquetSinkConfig =
+        toml::from_str(&format!("path = '{}'\ncompression = 'snappy'\ntarget_file_bytes = 200000", out.display())).unwrap();
     let n = 50_000u64;
     let summary = Pipeline::builder("pq")
         .source(Generate::new(n).batch_size(1000).split_rows(10_000).payload_bytes(64))

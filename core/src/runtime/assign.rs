@@ -109,7 +109,8 @@ impl Assigner {
                 st.assigned[reader] += 1;
                 pairs.push((reader, split));
             }
-            let record = AssignmentRecord { seq: st.log.len() as u64, splits: pairs, enumerator: enumerator.snapshot(), exhausted };
+            let record =
+                AssignmentRecord { seq: st.log.len() as u64, splits: pairs, enumerator: enumerator.snapshot(), exhausted };
             self.store.append_assignment(&record).await?;
             for (reader, tx) in st.readers.iter().enumerate() {
                 let Some(tx) = tx else { continue };

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use crate::checkpoint::{CheckpointStore, PipelineMeta, FORMAT, VERSION};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, MetricsSnapshot, StageMetrics};
-use crate::pipeline::{Plan, PipelineBuilder};
+use crate::pipeline::{PipelineBuilder, Plan};
 use crate::store::Location;
 
 /// A validated pipeline, ready to run.
@@ -123,7 +123,13 @@ impl Pipeline {
             .await?;
         let assigner = assign::Assigner::open(store.clone(), plan.nodes[0].parallelism).await?;
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let run = Arc::new(region::RunContext { plan: plan.clone(), store, assigner: assigner.clone(), metrics: self.metrics.clone(), stop });
+        let run = Arc::new(region::RunContext {
+            plan: plan.clone(),
+            store,
+            assigner: assigner.clone(),
+            metrics: self.metrics.clone(),
+            stop,
+        });
         tokio::pin!(shutdown);
         let mut stopped = false;
 

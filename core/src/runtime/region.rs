@@ -64,7 +64,9 @@ pub(crate) async fn drive(run: Arc<RunContext>, region: usize) -> Result<()> {
                 run.metrics.pipeline.restarts.fetch_add(1, Ordering::Relaxed);
                 let max = run.plan.settings.max_restarts;
                 if failures > max || e.kind() == crate::ErrorKind::Checkpoint || e.kind() == crate::ErrorKind::Config {
-                    return Err(e.context(format!("region {region} failed ({failures} consecutive failures, at most {max} allowed)")));
+                    return Err(
+                        e.context(format!("region {region} failed ({failures} consecutive failures, at most {max} allowed)"))
+                    );
                 }
                 let delay = run.plan.settings.restart_delay * 2u32.saturating_pow(failures - 1).min(64);
                 tracing::warn!(region, error = %e, retry_in = ?delay, "region failed; restarting it from its last checkpoint");
@@ -110,7 +112,10 @@ async fn attempt(run: &Arc<RunContext>, region: usize, progressed: &mut bool) ->
         p.iter().flat_map(|c| if dl { c.dead_letters.clone() } else { c.sink.clone() }).collect()
     };
     plan.sink.recover(&commit_ctx, &flatten(&pending, false)).await.map_err(|e| e.context("recovering the sink"))?;
-    plan.dead_letters.recover(&commit_ctx, &flatten(&pending, true)).await.map_err(|e| e.context("recovering the dead-letter sink"))?;
+    plan.dead_letters
+        .recover(&commit_ctx, &flatten(&pending, true))
+        .await
+        .map_err(|e| e.context("recovering the dead-letter sink"))?;
     commit_pending(run, &commit_ctx, &mut pending, true).await?;
     if restored.as_ref().is_some_and(|m| m.is_final) {
         tracing::debug!(region, "region finished in an earlier run");
@@ -341,9 +346,12 @@ async fn spawn_tasks(
     let source_outputs = outputs.next().expect("source outputs");
     for (k, outs) in source_outputs.into_iter().enumerate() {
         let reader = plan.subtasks(0, region)[k];
-        let state = restored
-            .and_then(|m| m.readers.iter().find(|r| r.reader == reader).cloned())
-            .unwrap_or(ReaderState { reader, received_through: None, splits: Vec::new(), no_more_splits: false });
+        let state = restored.and_then(|m| m.readers.iter().find(|r| r.reader == reader).cloned()).unwrap_or(ReaderState {
+            reader,
+            received_through: None,
+            splits: Vec::new(),
+            no_more_splits: false,
+        });
         let (tx, splits_rx) = mpsc::unbounded_channel();
         let replay = run.assigner.attach(reader, state.received_through, tx).await;
         let (ttx, trx) = mpsc::unbounded_channel();

@@ -88,7 +88,9 @@ fn downstream_gone() -> Error {
 }
 
 fn ack(events: &Events, checkpoint: u64, snapshot: TaskSnapshot) -> Result<()> {
-    events.send(TaskEvent::Ack { checkpoint, snapshot: Box::new(snapshot) }).map_err(|_| Error::internal("the region driver is gone"))
+    events
+        .send(TaskEvent::Ack { checkpoint, snapshot: Box::new(snapshot) })
+        .map_err(|_| Error::internal("the region driver is gone"))
 }
 
 // ---------------------------------------------------------------- source
@@ -420,7 +422,11 @@ impl SinkTask {
                     StageMetrics::add(&self.metrics.rows_out, rows);
                 }
                 Event::Barrier(b) => {
-                    let sink = self.writer.prepare(b.id).await.map_err(|e| e.context(format!("sink `{}` prepare", self.metrics.name)))?;
+                    let sink = self
+                        .writer
+                        .prepare(b.id)
+                        .await
+                        .map_err(|e| e.context(format!("sink `{}` prepare", self.metrics.name)))?;
                     ack(&self.events, b.id, TaskSnapshot { sink, ..Default::default() })?;
                     if b.is_last() {
                         return Ok(());

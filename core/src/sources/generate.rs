@@ -154,7 +154,10 @@ impl SplitEnumerator for GenerateEnumerator {
         let mut splits = Vec::new();
         while self.next < self.rows && splits.len() < 1000 {
             let end = (self.next + self.split_rows).min(self.rows);
-            splits.push(Split { id: format!("ids-{}-{end}", self.next), payload: serde_json::json!({"start": self.next, "end": end}) });
+            splits.push(Split {
+                id: format!("ids-{}-{end}", self.next),
+                payload: serde_json::json!({"start": self.next, "end": end}),
+            });
             self.next = end;
         }
         Ok(Discovery::Splits(splits))
@@ -184,7 +187,8 @@ impl SplitReader for GenerateReader {
         let to = (self.next + self.source.batch_size as u64).min(self.end);
         let batch = self.source.batch(self.next, to);
         if let Some(rate) = self.source.rows_per_second {
-            let base = self.ready_at.unwrap_or_else(tokio::time::Instant::now).max(tokio::time::Instant::now() - Duration::from_secs(1));
+            let base =
+                self.ready_at.unwrap_or_else(tokio::time::Instant::now).max(tokio::time::Instant::now() - Duration::from_secs(1));
             self.ready_at = Some(base + Duration::from_secs_f64((to - self.next) as f64 / rate));
         }
         self.next = to;

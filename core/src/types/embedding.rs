@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use arrow::array::{FixedSizeListArray, Float32Array};
-use arrow_schema::extension::ExtensionType;
 use arrow::datatypes::{DataType, Field};
 use arrow::error::ArrowError;
+use arrow_schema::extension::ExtensionType;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -79,7 +79,9 @@ impl ExtensionType for EmbeddingType {
     }
     fn supports_data_type(&self, data_type: &DataType) -> Result<(), ArrowError> {
         match data_type {
-            DataType::FixedSizeList(item, d) if *item.data_type() == DataType::Float32 && *d as usize == self.dimensions => Ok(()),
+            DataType::FixedSizeList(item, d) if *item.data_type() == DataType::Float32 && *d as usize == self.dimensions => {
+                Ok(())
+            }
             other => Err(ArrowError::InvalidArgumentError(format!(
                 "{} of {} dimensions expects {}, found {other}",
                 Self::NAME,

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BinaryArray, StringArray, StructArray, UInt32Array};
-use arrow_schema::extension::ExtensionType;
 use arrow::datatypes::{DataType, Field, Fields};
 use arrow::error::ArrowError;
+use arrow_schema::extension::ExtensionType;
 use serde::{Deserialize, Serialize};
 
 use super::struct_extension;

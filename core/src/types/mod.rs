@@ -57,7 +57,12 @@ pub fn tensor_field_named(
     // back, so both are always given (the identity permutation is the default order).
     let names = dim_names.unwrap_or_else(|| (0..shape.len()).map(|i| format!("dim{i}")).collect());
     let permutation = (0..shape.len()).collect();
-    let ext = arrow_schema::extension::FixedShapeTensor::try_new(value_type.clone(), shape.iter().copied(), Some(names), Some(permutation))?;
+    let ext = arrow_schema::extension::FixedShapeTensor::try_new(
+        value_type.clone(),
+        shape.iter().copied(),
+        Some(names),
+        Some(permutation),
+    )?;
     let size: usize = shape.iter().product();
     let dt = DataType::FixedSizeList(std::sync::Arc::new(Field::new("item", value_type, false)), size as i32);
     Ok(Field::new(name, dt, nullable).with_extension_type(ext))
@@ -102,12 +107,17 @@ pub(crate) fn parse_json_metadata<T: serde::de::DeserializeOwned>(
     metadata: Option<&str>,
     expected: &str,
 ) -> Result<T, arrow::error::ArrowError> {
-    let m = metadata.ok_or_else(|| arrow::error::ArrowError::InvalidArgumentError(format!("{name} needs metadata {expected}")))?;
+    let m =
+        metadata.ok_or_else(|| arrow::error::ArrowError::InvalidArgumentError(format!("{name} needs metadata {expected}")))?;
     serde_json::from_str(m).map_err(|e| arrow::error::ArrowError::InvalidArgumentError(format!("{name} metadata `{m}`: {e}")))
 }
 
 /// Checks that `data_type` is a struct with exactly `fields` (names, types and nullability).
-pub(crate) fn check_struct(name: &str, data_type: &DataType, fields: &arrow::datatypes::Fields) -> Result<(), arrow::error::ArrowError> {
+pub(crate) fn check_struct(
+    name: &str,
+    data_type: &DataType,
+    fields: &arrow::datatypes::Fields,
+) -> Result<(), arrow::error::ArrowError> {
     match data_type {
         DataType::Struct(actual) if same_fields(actual, fields) => Ok(()),
         other => Err(arrow::error::ArrowError::InvalidArgumentError(format!(
@@ -119,7 +129,9 @@ pub(crate) fn check_struct(name: &str, data_type: &DataType, fields: &arrow::dat
 
 fn same_fields(a: &arrow::datatypes::Fields, b: &arrow::datatypes::Fields) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b.iter()).all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type() && x.is_nullable() == y.is_nullable())
+        && a.iter()
+            .zip(b.iter())
+            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type() && x.is_nullable() == y.is_nullable())
 }
 
 #[cfg(test)]

@@ -156,7 +156,13 @@ fn opt<T>(a: &impl Array, i: usize, v: impl FnOnce() -> T) -> Option<T> {
 impl ObjectRefArray {
     /// Wraps a column; fails unless it has the ObjectRef layout.
     pub fn try_new(array: &ArrayRef) -> Result<Self> {
-        let fail = || Error::data(format!("expected an ObjectRef column ({}), found {}", DataType::Struct(ObjectRefType::fields()), array.data_type()));
+        let fail = || {
+            Error::data(format!(
+                "expected an ObjectRef column ({}), found {}",
+                DataType::Struct(ObjectRefType::fields()),
+                array.data_type()
+            ))
+        };
         let s = array.as_any().downcast_ref::<StructArray>().ok_or_else(fail)?;
         super::check_struct("alluvium.object_ref", s.data_type(), &ObjectRefType::fields()).map_err(|_| fail())?;
         let str_col = |i: usize| s.column(i).as_any().downcast_ref::<StringArray>().cloned().ok_or_else(fail);

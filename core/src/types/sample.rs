@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BinaryArray, FixedSizeListArray, Float32Array, StringArray, StructArray, UInt32Array, UInt8Array};
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, FixedSizeListArray, Float32Array, StringArray, StructArray, UInt32Array, UInt8Array,
+};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 
@@ -96,13 +98,9 @@ pub fn assert_sample_batch(batch: &RecordBatch) {
 
     let refs = ObjectRefArray::try_new(batch.column_by_name("ref").unwrap()).unwrap();
     assert_eq!(refs.len(), 2);
-    assert_eq!(
-        refs.get(0).unwrap(),
-        ObjectRef::new("s3://b/a.jpg").etag("\"e1\"").size(1234).content_type("image/jpeg")
-    );
+    assert_eq!(refs.get(0).unwrap(), ObjectRef::new("s3://b/a.jpg").etag("\"e1\"").size(1234).content_type("image/jpeg"));
     assert_eq!(refs.get(1).unwrap(), ObjectRef::new("file:///data/b.mp4").range(100, 50).version("v7"));
     let e = batch.column_by_name("embedding").unwrap().as_any().downcast_ref::<FixedSizeListArray>().unwrap();
     let v = e.value(1);
     assert_eq!(v.as_any().downcast_ref::<Float32Array>().unwrap().values(), &[0.4, 0.5, 0.6]);
 }
-

@@ -41,7 +41,11 @@ fn zero_parallelism_names_the_stage() {
 fn forward_edge_between_different_parallelisms_suggests_rebalance() {
     let dir = tempfile::tempdir().unwrap();
     let sink = FileSink::new(JsonLines, dir.path().join("o").to_str().unwrap().to_string());
-    let e = err(base(dir.path()).source(Generate::new(1)).then(Stage::new("wide", Fault::new()).parallelism(3)).sink(sink).parallelism(2));
+    let e = err(base(dir.path())
+        .source(Generate::new(1))
+        .then(Stage::new("wide", Fault::new()).parallelism(3))
+        .sink(sink)
+        .parallelism(2));
     assert!(e.contains("`wide`") && e.contains("rebalance"), "{e}");
     // With a rebalance edge the same shape builds, as a single region.
     let sink = FileSink::new(JsonLines, dir.path().join("o").to_str().unwrap().to_string());
@@ -70,10 +74,8 @@ fn unwritable_checkpoint_location() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let sink = FileSink::new(JsonLines, dir.path().join("o").to_str().unwrap().to_string());
-    let e = err(Pipeline::builder("p")
-        .source(Generate::new(1))
-        .sink(sink)
-        .checkpoint_location(file.join("sub").to_str().unwrap()));
+    let e =
+        err(Pipeline::builder("p").source(Generate::new(1)).sink(sink).checkpoint_location(file.join("sub").to_str().unwrap()));
     assert!(e.contains("checkpoint location") && e.contains("writable"), "{e}");
 }
 

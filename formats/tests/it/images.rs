@@ -132,7 +132,11 @@ fn resize_modes_and_encoding() {
     assert_eq!(size(Fit::Fill), (224, 224));
 
     let resized = Resize::to(224, 224).fit(Fit::Fill).process(input()).unwrap().batch;
-    for (enc, name) in [(EncodeImage::jpeg(85), "jpeg"), (EncodeImage::jpeg(85).format(ImageFormat::Png), "png"), (EncodeImage::jpeg(85).format(ImageFormat::WebP), "webp")] {
+    for (enc, name) in [
+        (EncodeImage::jpeg(85), "jpeg"),
+        (EncodeImage::jpeg(85).format(ImageFormat::Png), "png"),
+        (EncodeImage::jpeg(85).format(ImageFormat::WebP), "webp"),
+    ] {
         let mut enc = enc;
         let out = enc.process(resized.clone()).unwrap();
         assert!(out.failures.is_empty());

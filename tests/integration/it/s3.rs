@@ -20,7 +20,10 @@ async fn conditional_put_rename_and_listing_work_as_the_checkpoint_store_needs()
     let create = PutOptions { mode: PutMode::Create, ..Default::default() };
     loc.store.put_opts(&p, PutPayload::from_static(b"1"), create.clone()).await.unwrap();
     let again = loc.store.put_opts(&p, PutPayload::from_static(b"2"), create).await;
-    assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. })), "{again:?}");
+    assert!(
+        matches!(again, Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. })),
+        "{again:?}"
+    );
     assert_eq!(&loc.store.get(&p).await.unwrap().bytes().await.unwrap()[..], b"1");
     loc.store.rename(&p, &loc.child("b/two.json")).await.unwrap();
     let listed: Vec<_> = loc.store.list(Some(&loc.child("b"))).try_collect().await.unwrap();

@@ -29,5 +29,9 @@ pub fn hashes_of(out: &Output) -> Vec<String> {
 
 /// The message of the failure of input row `row`.
 pub fn failure(out: &Output, row: usize) -> String {
-    out.failures.iter().find(|f| f.row == row).map(|f| f.message.clone()).unwrap_or_else(|| panic!("row {row} did not fail: {:?}", out.failures))
+    out.failures
+        .iter()
+        .find(|f| f.row == row)
+        .map(|f| f.message.clone())
+        .unwrap_or_else(|| panic!("row {row} did not fail: {:?}", out.failures))
 }

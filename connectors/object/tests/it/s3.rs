@@ -96,7 +96,11 @@ async fn hash_streams_and_probe_sniffs_without_keeping_bytes() {
 
     let out = Hash::new(reg.clone())
         .process(
-            batch(vec![ObjectRef::new(uri("big.bin")), ObjectRef::new(uri("big.bin")).range(10, 1000), ObjectRef::new(uri("gone"))]),
+            batch(vec![
+                ObjectRef::new(uri("big.bin")),
+                ObjectRef::new(uri("big.bin")).range(10, 1000),
+                ObjectRef::new(uri("gone")),
+            ]),
             &ctx,
         )
         .await
