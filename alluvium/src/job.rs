@@ -406,9 +406,11 @@ pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<S
             match (env(name).filter(|v| !v.is_empty()), default) {
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(d)) => out.push_str(d),
-                (None, None) => return Err(Error::config(format!(
+                (None, None) => {
+                    return Err(Error::config(format!(
                     "line {line}: environment variable `{name}` is not set; set it, or give a default with ${{{name}:-default}}"
-                ))),
+                )))
+                }
             }
             rest = &body[end + 1..];
         } else {
