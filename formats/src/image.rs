@@ -9,6 +9,7 @@
 //! * Decoding supports JPEG, PNG, WebP, GIF (first frame), TIFF and BMP, applies the EXIF
 //!   orientation, and refuses images over `max_pixels` **before** allocating their pixels
 //!   (decompression bombs).
+//! * JPEGs go through libjpeg-turbo (feature `turbojpeg`, default), else through pure-Rust codecs.
 //! * With [`DecodeImage::target`] set, JPEGs are decoded at a reduced DCT scale (1/2, 1/4 or 1/8,
 //!   as libjpeg-turbo does) when the target is much smaller than the source — the biggest single
 //!   speed lever for thumbnails; the result is at least as large as the target, so `Resize` still
@@ -86,6 +87,16 @@ impl DecodeImage {
             return Err(format!("the image is {w}×{h} = {pixels} pixels, over max_pixels = {}", self.max_pixels));
         }
         let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+        #[cfg(feature = "turbojpeg")]
+        if format == image::ImageFormat::Jpeg {
+            // libjpeg-turbo, with DCT scaling when a target is set; the pure-Rust decoders below
+            // handle what it refuses (CMYK, oddities) and produce the precise error.
+            if let Some(img) = turbo::decode(data, self.target) {
+                let mut img = DynamicImage::ImageRgb8(img);
+                img.apply_orientation(orientation);
+                return Ok((to_rgb(img), w, h));
+            }
+        }
         if format == image::ImageFormat::Jpeg {
             if let Some((tw, th)) = self.target {
                 if let Some(img) = scaled_jpeg(data, w, h, tw, th)? {
@@ -332,6 +343,12 @@ impl EncodeImage {
     }
 
     fn encode(&self, px: Vec<u8>, w: u32, h: u32) -> std::result::Result<Vec<u8>, String> {
+        #[cfg(feature = "turbojpeg")]
+        if let ImageFormat::Jpeg { quality } = self.format {
+            if let Some(bytes) = turbo::encode(&px, w, h, quality) {
+                return Ok(bytes);
+            }
+        }
         let img = RgbImage::from_raw(w, h, px).ok_or("the pixel buffer does not match its width and height")?;
         let mut out = Vec::new();
         let r = match self.format {
@@ -386,5 +403,65 @@ impl Operator for EncodeImage {
 impl From<EncodeImage> for Stage {
     fn from(e: EncodeImage) -> Stage {
         Stage::new("encode_image", e)
+    }
+}
+
+/// JPEG through libjpeg-turbo (feature `turbojpeg`), with one decompressor and one compressor per
+/// thread. `None` means "use the pure-Rust path".
+#[cfg(feature = "turbojpeg")]
+mod turbo {
+    use std::cell::RefCell;
+
+    use image::RgbImage;
+    use turbojpeg::{Compressor, Decompressor, Image, PixelFormat, ScalingFactor};
+
+    thread_local! {
+        static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
+        static COMPRESSOR: RefCell<Option<Compressor>> = const { RefCell::new(None) };
+    }
+
+    /// Decodes to RGB at the smallest DCT scale (1/8, 1/4, 1/2, 1) whose size still covers `target`.
+    pub(super) fn decode(data: &[u8], target: Option<(u32, u32)>) -> Option<RgbImage> {
+        DECOMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = Decompressor::new().ok();
+            }
+            let d = cell.as_mut()?;
+            let header = d.read_header(data).ok()?;
+            let factor = target
+                .and_then(|(tw, th)| {
+                    [ScalingFactor::ONE_EIGHTH, ScalingFactor::ONE_QUARTER, ScalingFactor::ONE_HALF]
+                        .into_iter()
+                        .find(|f| f.scale(header.width) >= tw as usize && f.scale(header.height) >= th as usize)
+                })
+                .unwrap_or(ScalingFactor::ONE);
+            d.set_scaling_factor(factor).ok()?;
+            let size = header.scaled(factor);
+            let mut img = Image {
+                pixels: vec![0u8; size.width * size.height * 3],
+                width: size.width,
+                pitch: size.width * 3,
+                height: size.height,
+                format: PixelFormat::RGB,
+            };
+            d.decompress(data, img.as_deref_mut()).ok()?;
+            RgbImage::from_raw(size.width as u32, size.height as u32, img.pixels)
+        })
+    }
+
+    /// Encodes RGB pixels as JPEG at `quality` (4:2:0).
+    pub(super) fn encode(px: &[u8], w: u32, h: u32, quality: u8) -> Option<Vec<u8>> {
+        COMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = Compressor::new().ok();
+            }
+            let c = cell.as_mut()?;
+            c.set_quality(quality as i32).ok()?;
+            let img =
+                Image { pixels: px, width: w as usize, pitch: w as usize * 3, height: h as usize, format: PixelFormat::RGB };
+            c.compress_to_vec(img).ok()
+        })
     }
 }

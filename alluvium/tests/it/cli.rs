@@ -341,7 +341,22 @@ fn the_thumbnails_example_runs_on_its_bundled_images() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("rows committed  3") && stdout.contains("dead letters    1"), "{stdout}");
+    assert!(stdout.contains("rows committed  3") && stdout.contains("dead letters    3"), "{stdout}");
+    let dead: Vec<serde_json::Value> = std::fs::read_dir(dir.path().join("out/_dead_letters"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
+        })
+        .collect();
+    let reason = |file: &str| {
+        let d = dead.iter().find(|d| d["ref"].as_str().unwrap().ends_with(file)).unwrap_or_else(|| panic!("{file}: {dead:?}"));
+        d["message"].as_str().unwrap().to_string()
+    };
+    assert!(reason("broken.jpg").contains("truncated"), "{}", reason("broken.jpg"));
+    assert!(reason("corrupt.jpg").contains("corrupt"), "{}", reason("corrupt.jpg"));
+    assert!(reason("oversized.png").contains("over max_pixels"), "{}", reason("oversized.png"));
 }
 
 #[test]

@@ -85,6 +85,7 @@ fn bad_images_become_dead_letters_with_reasons_and_good_ones_go_on() {
     assert!(msg(2).contains("unsupported image format"), "{}", msg(2));
     assert!(msg(3).contains("5000×5000 = 25000000 pixels, over max_pixels"), "{}", msg(3));
     assert!(msg(4).contains("null"), "{}", msg(4));
+    assert!(msg(5).contains("corrupt"), "{}", msg(5));
     // The id column travels with the good rows; the encoded bytes are dropped.
     let ids = out.batch.column_by_name("id").unwrap().as_any().downcast_ref::<UInt32Array>().unwrap().values().to_vec();
     assert!(ids.contains(&0) && ids.contains(&6), "{ids:?}");
