@@ -5,6 +5,9 @@
 //!   ranged GET and conditional PUT) on a free port of 127.0.0.1, with a fresh bucket per call to
 //!   [`S3Server::bucket`]. The binary comes from `ALLUVIUM_S3S_FS`, or
 //!   `~/.cache/alluvium/s3s/bin/s3s-fs` where `.ci/run` installs it.
+//! * [`AzuriteServer`]: Azurite (Microsoft's Azure Storage emulator, from npm) on a free port, with
+//!   a fresh container per call to [`AzuriteServer::container`]. The binary comes from
+//!   `ALLUVIUM_AZURITE`, or `~/.cache/alluvium/azurite/node_modules/.bin/azurite-blob`.
 //! * [`python`]: a Python with pyarrow, duckdb and polars for cross-reading our output (`ALLUVIUM_PYTHON`,
 //!   set by `.ci/run`).
 //!
@@ -101,6 +104,98 @@ impl S3Server {
 }
 
 impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running Azurite blob service, stopped on drop. Use it through object_store's emulator mode:
+/// the `azure` option `use_emulator = "true"` and the environment of [`AzuriteServer::env`].
+pub struct AzuriteServer {
+    child: Child,
+    _data: tempfile::TempDir,
+    /// The blob endpoint, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    port: u16,
+}
+
+/// Creates a container with a SharedKey-signed request (Azurite refuses unsigned ones), using the
+/// emulator's well-known development account.
+const CREATE_CONTAINER: &str = r#"
+import base64, hashlib, hmac, http.client, sys
+from email.utils import formatdate
+port, container = int(sys.argv[1]), sys.argv[2]
+account = "devstoreaccount1"
+key = base64.b64decode("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==")
+date, version = formatdate(usegmt=True), "2021-08-06"
+path = f"/{account}/{container}"
+to_sign = "PUT\n" + "\n" * 11 + f"x-ms-date:{date}\nx-ms-version:{version}\n" + f"/{account}{path}\nrestype:container"
+sig = base64.b64encode(hmac.new(key, to_sign.encode(), hashlib.sha256).digest()).decode()
+c = http.client.HTTPConnection("127.0.0.1", port)
+c.request("PUT", path + "?restype=container", headers={"x-ms-date": date, "x-ms-version": version, "Authorization": f"SharedKey {account}:{sig}", "Content-Length": "0"})
+r = c.getresponse()
+sys.exit(0 if r.status in (201, 409) else f"creating container {container}: HTTP {r.status} {r.read()[:300]!r}")
+"#;
+
+impl AzuriteServer {
+    fn binary() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("ALLUVIUM_AZURITE") {
+            return Some(PathBuf::from(p));
+        }
+        let p = PathBuf::from(std::env::var_os("HOME")?).join(".cache/alluvium/azurite/node_modules/.bin/azurite-blob");
+        p.exists().then_some(p)
+    }
+
+    /// Starts Azurite, or returns `None` when it is not installed (outside CI).
+    pub fn start() -> Option<Self> {
+        let Some(bin) = Self::binary() else {
+            missing("the Azure emulator Azurite")?;
+            unreachable!()
+        };
+        let data = tempfile::tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port();
+        let child = Command::new(&bin)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--silent",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--location",
+            ])
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let server = Self { child, _data: data, endpoint: format!("http://127.0.0.1:{port}"), port };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "Azurite did not start listening on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(server)
+    }
+
+    /// Creates a fresh, empty container and returns its name.
+    pub fn container(&self) -> String {
+        let name = format!("test{:x}", rand::random::<u64>());
+        let out =
+            Command::new("python3").args(["-c", CREATE_CONTAINER, &self.port.to_string(), &name]).output().expect("python3 runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        name
+    }
+
+    /// The environment that points object_store's emulator mode at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![("AZURITE_BLOB_STORAGE_URL".into(), self.endpoint.clone())]
+    }
+}
+
+impl Drop for AzuriteServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

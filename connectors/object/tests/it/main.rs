@@ -1,5 +1,6 @@
 //! Object IO against real stores: an S3 server, local files, an HTTP server.
 
+mod azure;
 mod common;
 mod files;
 mod http;
