@@ -1,4 +1,4 @@
-//! Object IO against real stores: an S3 server, local files, an HTTP server.
+//! Object IO against real stores: an S3 server, Azurite (Azure), local files, an HTTP server.
 
 mod azure;
 mod common;
