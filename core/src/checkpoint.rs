@@ -234,8 +234,8 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// The latest manifest of `region`, if any.
-    pub async fn latest(&self, pipeline: &str, region: usize) -> Result<Option<RegionManifest>> {
+    /// The checkpoint ids of `region`'s manifests, ascending.
+    async fn manifest_ids(&self, region: usize) -> Result<Vec<u64>> {
         let mut ids: Vec<u64> = self
             .list_names(&format!("regions/{region}"))
             .await?
@@ -243,6 +243,12 @@ impl CheckpointStore {
             .filter_map(|n| n.strip_prefix("chk-")?.strip_suffix(".json")?.parse().ok())
             .collect();
         ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The latest manifest of `region`, if any.
+    pub async fn latest(&self, pipeline: &str, region: usize) -> Result<Option<RegionManifest>> {
+        let ids = self.manifest_ids(region).await?;
         let Some(id) = ids.last() else { return Ok(None) };
         let rel = manifest_name(region, *id);
         let m: RegionManifest = self
@@ -271,13 +277,7 @@ impl CheckpointStore {
                 self.display()
             )));
         }
-        let mut ids: Vec<u64> = self
-            .list_names(&format!("regions/{}", m.region))
-            .await?
-            .iter()
-            .filter_map(|n| n.strip_prefix("chk-")?.strip_suffix(".json")?.parse().ok())
-            .collect();
-        ids.sort_unstable();
+        let ids = self.manifest_ids(m.region).await?;
         if ids.len() > KEEP_MANIFESTS {
             for id in &ids[..ids.len() - KEEP_MANIFESTS] {
                 let path = self.location.child(&manifest_name(m.region, *id));

@@ -105,6 +105,31 @@ impl<T> RowResults<T> {
     }
 }
 
+/// `batch` without column `drop`, with the `add` columns appended; an added column replaces an
+/// existing one of the same name. Schema metadata is kept.
+pub fn with_columns(
+    batch: &RecordBatch,
+    drop: Option<&str>,
+    add: Vec<(arrow::datatypes::Field, arrow::array::ArrayRef)>,
+) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut fields = Vec::new();
+    let mut cols = Vec::new();
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if Some(f.name().as_str()) == drop || add.iter().any(|(a, _)| a.name() == f.name()) {
+            continue;
+        }
+        fields.push(f.as_ref().clone());
+        cols.push(c.clone());
+    }
+    for (f, c) in add {
+        fields.push(f);
+        cols.push(c);
+    }
+    let schema = arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone());
+    Ok(RecordBatch::try_new(std::sync::Arc::new(schema), cols)?)
+}
+
 /// The result of processing one batch.
 #[derive(Debug, Clone)]
 pub struct Output {

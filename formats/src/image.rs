@@ -21,8 +21,9 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use alluvium_core::arrow::array::{Array, ArrayRef, BinaryArray, BinaryBuilder, StringArray, StructArray, UInt32Array};
-use alluvium_core::arrow::datatypes::{DataType, Field, Schema};
+use alluvium_core::arrow::datatypes::{DataType, Field};
 use alluvium_core::arrow::record_batch::RecordBatch;
+use alluvium_core::operator::with_columns;
 use alluvium_core::types::{DecodedImageType, EncodedImageType};
 use alluvium_core::{Error, ErrorKind, Operator, Output, Result, RowResults, Stage};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
@@ -143,25 +144,6 @@ fn binary_column<'a>(batch: &'a RecordBatch, name: &str, stage: &str) -> Result<
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
         .ok_or_else(|| Error::config(format!("{stage}: the input has no Binary column `{name}`; set `column`")))
-}
-
-/// Replaces or appends columns: `drop` is removed, `add` appended (replacing same-named ones).
-fn with_columns(batch: &RecordBatch, drop: Option<&str>, add: Vec<(Field, ArrayRef)>) -> Result<RecordBatch> {
-    let schema = batch.schema();
-    let mut fields = Vec::new();
-    let mut cols = Vec::new();
-    for (f, c) in schema.fields().iter().zip(batch.columns()) {
-        if Some(f.name().as_str()) == drop || add.iter().any(|(a, _)| a.name() == f.name()) {
-            continue;
-        }
-        fields.push(f.as_ref().clone());
-        cols.push(c.clone());
-    }
-    for (f, c) in add {
-        fields.push(f);
-        cols.push(c);
-    }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), cols)?)
 }
 
 fn decoded_array(images: &[Rgb]) -> Result<StructArray> {

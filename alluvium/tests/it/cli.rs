@@ -38,6 +38,18 @@ fn committed_ids(dir: &Path) -> BTreeMap<i64, usize> {
     counts
 }
 
+/// Every dead letter committed as JSON Lines under `dir`.
+fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 mod arrow_ids {
     pub use alluvium::core::arrow::array::Int64Array;
 }
@@ -139,13 +151,7 @@ fn a_failing_lane_and_dead_letters_show_in_the_summary() {
     assert!(stdout.contains("restarts        1"), "{stdout}");
     let counts = committed_ids(&dir.path().join("out"));
     assert_eq!(counts.len(), 19_800);
-    let dead: usize = std::fs::read_dir(dir.path().join("dl"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap().lines().count())
-        .sum();
-    assert_eq!(dead, 200);
+    assert_eq!(dead_letters(&dir.path().join("dl")).len(), 200);
 }
 
 #[test]
@@ -314,14 +320,7 @@ fn the_thumbnails_example_makes_thumbnails_and_dead_letters_bad_images() {
         }
     }
     assert_eq!(thumbs, 6);
-    let dead: Vec<serde_json::Value> = std::fs::read_dir(output.join("_dead_letters"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
-        })
-        .collect();
+    let dead = dead_letters(&output.join("_dead_letters"));
     assert_eq!(dead.len(), 2);
     for d in &dead {
         assert_eq!(d["stage"], "decode_image");
@@ -342,14 +341,7 @@ fn the_thumbnails_example_runs_on_its_bundled_images() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("rows committed  3") && stdout.contains("dead letters    3"), "{stdout}");
-    let dead: Vec<serde_json::Value> = std::fs::read_dir(dir.path().join("out/_dead_letters"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
-        })
-        .collect();
+    let dead = dead_letters(&dir.path().join("out/_dead_letters"));
     let reason = |file: &str| {
         let d = dead.iter().find(|d| d["ref"].as_str().unwrap().ends_with(file)).unwrap_or_else(|| panic!("{file}: {dead:?}"));
         d["message"].as_str().unwrap().to_string()

@@ -19,9 +19,10 @@
 use std::sync::Arc;
 
 use alluvium_core::arrow::array::{ArrayRef, BinaryBuilder, StringBuilder, UInt64Builder};
-use alluvium_core::arrow::datatypes::{DataType, Field, Schema};
+use alluvium_core::arrow::datatypes::{DataType, Field};
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::error::redact;
+use alluvium_core::operator::with_columns;
 use alluvium_core::types::{ObjectRef, ObjectRefArray};
 use alluvium_core::{AsyncOperator, Error, ErrorKind, Output, Result, RowResults, Stage, TaskContext};
 use async_trait::async_trait;
@@ -115,6 +116,14 @@ impl Fetch {
     }
 }
 
+/// The ObjectRef column `column` of `batch`; a missing or mistyped column is a config error of `stage`.
+pub(crate) fn refs(batch: &RecordBatch, column: &str, stage: &str) -> Result<ObjectRefArray> {
+    let c = batch.column_by_name(column).ok_or_else(|| {
+        Error::config(format!("{stage}: the input has no column `{column}`; set `column` to the ObjectRef column"))
+    })?;
+    ObjectRefArray::try_new(c).map_err(|e| e.context(format!("{stage}: column `{column}`")))
+}
+
 /// A row's failure: its kind and the reason.
 pub(crate) type RowError = (ErrorKind, String);
 
@@ -170,10 +179,7 @@ pub(crate) fn classify(e: &object_store::Error) -> (ErrorKind, String) {
 #[async_trait]
 impl AsyncOperator for Fetch {
     async fn process(&self, batch: RecordBatch, _ctx: &TaskContext) -> Result<Output> {
-        let column = batch.column_by_name(&self.column).ok_or_else(|| {
-            Error::config(format!("fetch: the input has no column `{}`; set `column` to the ObjectRef column", self.column))
-        })?;
-        let refs = ObjectRefArray::try_new(column).map_err(|e| e.context(format!("fetch: column `{}`", self.column)))?;
+        let refs = refs(&batch, &self.column, "fetch")?;
         let results: Vec<_> = futures::stream::iter((0..refs.len()).map(|i| self.fetch_one(refs.get(i))))
             .buffered(self.concurrency)
             .collect()
@@ -189,15 +195,15 @@ impl AsyncOperator for Fetch {
             hashes.append_value(&f.hash);
             sizes.append_value(f.bytes.len() as u64);
         }
-        let mut fields: Vec<Field> = kept.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.push(Field::new("bytes", DataType::Binary, false));
-        fields.push(Field::new("content_hash", DataType::Utf8, false));
-        fields.push(Field::new("fetched_bytes", DataType::UInt64, false));
-        let mut columns: Vec<ArrayRef> = kept.columns().to_vec();
-        columns.push(Arc::new(bytes.finish()));
-        columns.push(Arc::new(hashes.finish()));
-        columns.push(Arc::new(sizes.finish()));
-        let out = RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, kept.schema().metadata().clone())), columns)?;
+        let out = with_columns(
+            &kept,
+            None,
+            vec![
+                (Field::new("bytes", DataType::Binary, false), Arc::new(bytes.finish()) as ArrayRef),
+                (Field::new("content_hash", DataType::Utf8, false), Arc::new(hashes.finish())),
+                (Field::new("fetched_bytes", DataType::UInt64, false), Arc::new(sizes.finish())),
+            ],
+        )?;
         Ok(Output::with_failures(out, rows.failures))
     }
 }

@@ -13,32 +13,48 @@
 use std::sync::Arc;
 
 use alluvium_core::arrow::array::{ArrayRef, StringArray, UInt64Array};
-use alluvium_core::arrow::datatypes::{DataType, Field, Schema};
+use alluvium_core::arrow::datatypes::{DataType, Field};
 use alluvium_core::arrow::record_batch::RecordBatch;
-use alluvium_core::types::ObjectRefArray;
-use alluvium_core::{AsyncOperator, Error, ErrorKind, Output, Result, RowResults, Stage, TaskContext};
+use alluvium_core::operator::with_columns;
+use alluvium_core::types::ObjectRef;
+use alluvium_core::{AsyncOperator, ErrorKind, Output, Result, RowResults, Stage, TaskContext};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::fetch::{classify, open, RowError};
+use crate::fetch::{classify, open, refs, RowError};
 use crate::registry::ObjectStoreRegistry;
 
-fn refs(batch: &RecordBatch, column: &str, stage: &str) -> Result<ObjectRefArray> {
-    let c = batch.column_by_name(column).ok_or_else(|| {
-        Error::config(format!("{stage}: the input has no column `{column}`; set `column` to the ObjectRef column"))
-    })?;
-    ObjectRefArray::try_new(c).map_err(|e| e.context(format!("{stage}: column `{column}`")))
-}
-
-fn append(kept: RecordBatch, extra: Vec<(Field, ArrayRef)>) -> Result<RecordBatch> {
-    let schema = kept.schema();
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    let mut cols = kept.columns().to_vec();
-    for (f, c) in extra {
-        fields.push(f);
-        cols.push(c);
-    }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), cols)?)
+/// Runs `one` on every reference of `column` (`concurrency` at a time, in order) and appends its
+/// results as a Utf8 column `name` and a UInt64 column `size`; failed rows become dead letters.
+async fn per_object<Fut>(
+    batch: RecordBatch,
+    column: &str,
+    stage: &str,
+    concurrency: usize,
+    name: &str,
+    one: impl Fn(Option<ObjectRef>) -> Fut,
+) -> Result<Output>
+where
+    Fut: std::future::Future<Output = std::result::Result<(String, u64), RowError>>,
+{
+    let refs = refs(&batch, column, stage)?;
+    let results: Vec<_> = futures::stream::iter((0..refs.len()).map(|i| one(refs.get(i)))).buffered(concurrency).collect().await;
+    let rows = RowResults::collect(results);
+    let out = with_columns(
+        &rows.kept(&batch)?,
+        None,
+        vec![
+            (
+                Field::new(name, DataType::Utf8, false),
+                Arc::new(StringArray::from_iter_values(rows.ok.iter().map(|(t, _)| t))) as ArrayRef,
+            ),
+            (
+                Field::new("size", DataType::UInt64, false),
+                Arc::new(UInt64Array::from_iter_values(rows.ok.iter().map(|(_, s)| *s))),
+            ),
+        ],
+    )?;
+    Ok(Output::with_failures(out, rows.failures))
 }
 
 /// Streams objects through blake3. See the module docs.
@@ -65,7 +81,7 @@ impl Hash {
         self
     }
 
-    async fn hash_one(&self, r: Option<alluvium_core::types::ObjectRef>) -> std::result::Result<(String, u64), RowError> {
+    async fn hash_one(&self, r: Option<ObjectRef>) -> std::result::Result<(String, u64), RowError> {
         let result = open(&self.registry, r, None).await?;
         let expected = result.range.end - result.range.start;
         let mut hasher = blake3::Hasher::new();
@@ -85,24 +101,7 @@ impl Hash {
 #[async_trait]
 impl AsyncOperator for Hash {
     async fn process(&self, batch: RecordBatch, _ctx: &TaskContext) -> Result<Output> {
-        let refs = refs(&batch, &self.column, "hash")?;
-        let results: Vec<_> =
-            futures::stream::iter((0..refs.len()).map(|i| self.hash_one(refs.get(i)))).buffered(self.concurrency).collect().await;
-        let rows = RowResults::collect(results);
-        let out = append(
-            rows.kept(&batch)?,
-            vec![
-                (
-                    Field::new("content_hash", DataType::Utf8, false),
-                    Arc::new(StringArray::from_iter_values(rows.ok.iter().map(|(h, _)| h))) as ArrayRef,
-                ),
-                (
-                    Field::new("size", DataType::UInt64, false),
-                    Arc::new(UInt64Array::from_iter_values(rows.ok.iter().map(|(_, s)| *s))),
-                ),
-            ],
-        )?;
-        Ok(Output::with_failures(out, rows.failures))
+        per_object(batch, &self.column, "hash", self.concurrency, "content_hash", |r| self.hash_one(r)).await
     }
 }
 
@@ -134,7 +133,7 @@ impl Probe {
         self
     }
 
-    async fn probe_one(&self, r: Option<alluvium_core::types::ObjectRef>) -> std::result::Result<(String, u64), RowError> {
+    async fn probe_one(&self, r: Option<ObjectRef>) -> std::result::Result<(String, u64), RowError> {
         let declared = r.as_ref().and_then(|r| r.content_type.clone());
         let result = open(&self.registry, r, Some(SNIFF_BYTES)).await?;
         let size = result.meta.size;
@@ -176,26 +175,7 @@ pub fn sniff(head: &[u8]) -> Option<&'static str> {
 #[async_trait]
 impl AsyncOperator for Probe {
     async fn process(&self, batch: RecordBatch, _ctx: &TaskContext) -> Result<Output> {
-        let refs = refs(&batch, &self.column, "probe")?;
-        let results: Vec<_> = futures::stream::iter((0..refs.len()).map(|i| self.probe_one(refs.get(i))))
-            .buffered(self.concurrency)
-            .collect()
-            .await;
-        let rows = RowResults::collect(results);
-        let out = append(
-            rows.kept(&batch)?,
-            vec![
-                (
-                    Field::new("content_type", DataType::Utf8, false),
-                    Arc::new(StringArray::from_iter_values(rows.ok.iter().map(|(t, _)| t))) as ArrayRef,
-                ),
-                (
-                    Field::new("size", DataType::UInt64, false),
-                    Arc::new(UInt64Array::from_iter_values(rows.ok.iter().map(|(_, s)| *s))),
-                ),
-            ],
-        )?;
-        Ok(Output::with_failures(out, rows.failures))
+        per_object(batch, &self.column, "probe", self.concurrency, "content_type", |r| self.probe_one(r)).await
     }
 }
 
