@@ -117,6 +117,11 @@ impl Sender {
             Message::Batch(b) => b.get_array_memory_size() as u64,
             Message::Barrier(_) => 0,
         };
+        self.send_sized(message, bytes).await
+    }
+
+    /// As [`Sender::send`], for a message whose size in bytes the caller has measured already.
+    pub async fn send_sized(&self, message: Message, bytes: u64) -> Result<Duration, Closed> {
         let mut waited = Duration::ZERO;
         let permit = if bytes == 0 {
             None

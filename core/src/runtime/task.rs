@@ -70,7 +70,7 @@ impl Outputs {
         // Rebalance: the next channel with room, else the next in turn.
         let target = (0..n).map(|k| (self.next + k) % n).find(|i| self.senders[*i].has_room(bytes)).unwrap_or(self.next % n);
         self.next = (target + 1) % n;
-        let waited = self.senders[target].send(Message::Batch(batch)).await.map_err(|_| downstream_gone())?;
+        let waited = self.senders[target].send_sized(Message::Batch(batch), bytes).await.map_err(|_| downstream_gone())?;
         StageMetrics::add_time(&self.metrics.backpressure_ns, waited);
         Ok(())
     }
