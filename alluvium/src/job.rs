@@ -36,6 +36,7 @@
 //! | `[[stages]]` | `decode_image`, `resize`, `encode_image` | images: `max_pixels`, `target`; `width`, `height`, `fit`; `format`, `quality` |
 //! | `[[stages]]` | `fault` | chaos testing: `dead_letter_every`, `fail_subtask`, `fail_after_rows`, `fail_times`, `delay_per_batch` |
 //! | `[sink]`, `[dead_letters]` | `parquet`, `jsonl` | transactional files in a directory or under a URL |
+//! | `[sink]` | `delta`, `iceberg`, `lance` | exactly-once lake tables ([`crate::lake`]) |
 //! | `[io]`, `[io.access]` | | object stores (`s3`, `gcs`, `azure` options, retries, timeouts, concurrency) and which references may be read |
 //!
 //! Every stage also takes `name`, `parallelism` and `edge = "forward" | "rebalance"`.
@@ -330,6 +331,15 @@ pub enum SinkConfig {
     /// Parquet files in a directory, made visible at commit.
     #[cfg(feature = "parquet")]
     Parquet(alluvium_parquet::ParquetSinkConfig),
+    /// A Delta table.
+    #[cfg(feature = "delta")]
+    Delta(crate::lake::DeltaConfig),
+    /// An Iceberg table in a catalog.
+    #[cfg(feature = "iceberg")]
+    Iceberg(crate::lake::IcebergConfig),
+    /// A Lance dataset.
+    #[cfg(feature = "lance")]
+    Lance(crate::lake::LanceConfig),
     /// JSON Lines files in a directory, made visible at commit.
     Jsonl {
         /// The directory or URL.
@@ -345,14 +355,21 @@ impl SinkConfig {
         Ok(match self {
             #[cfg(feature = "parquet")]
             SinkConfig::Parquet(c) => std::sync::Arc::new(c.build()?),
+            #[cfg(feature = "delta")]
+            SinkConfig::Delta(c) => c.build()?,
+            #[cfg(feature = "iceberg")]
+            SinkConfig::Iceberg(c) => c.build()?,
+            #[cfg(feature = "lance")]
+            SinkConfig::Lance(c) => c.build()?,
             SinkConfig::Jsonl { path, .. } => std::sync::Arc::new(FileSink::new(JsonLines, path.clone())),
         })
     }
     fn parallelism(&self) -> Option<usize> {
         match self {
             #[cfg(feature = "parquet")]
-            SinkConfig::Parquet(_) => None,
             SinkConfig::Jsonl { parallelism, .. } => *parallelism,
+            #[allow(unreachable_patterns)]
+            _ => None,
         }
     }
     /// Where it writes.
@@ -360,12 +377,18 @@ impl SinkConfig {
         match self {
             #[cfg(feature = "parquet")]
             SinkConfig::Parquet(c) => &c.path,
+            #[cfg(feature = "delta")]
+            SinkConfig::Delta(c) => &c.table,
+            #[cfg(feature = "iceberg")]
+            SinkConfig::Iceberg(c) => &c.table,
+            #[cfg(feature = "lance")]
+            SinkConfig::Lance(c) => &c.table,
             SinkConfig::Jsonl { path, .. } => path,
         }
     }
 }
 
-mod opt_duration {
+pub(crate) mod opt_duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
@@ -380,8 +403,28 @@ mod opt_duration {
     }
 }
 
-/// Replaces `${VAR}` and `${VAR:-default}` with values from `env`; `$$` stands for `$`.
+/// Replaces `${VAR}` and `${VAR:-default}` with values from `env`; `$$` stands for `$`. A default
+/// may itself refer to variables: `${CATALOG:-${OUTPUT:-./out}/catalog.db}`.
 pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<String> {
+    interpolate_dyn(text, &env)
+}
+
+/// The index of the `}` closing a `${` whose body starts `body`, counting nested `${…}`.
+fn closing_brace(body: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let bytes = body.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        match b {
+            b'{' if i > 0 && bytes[i - 1] == b'$' => depth += 1,
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+fn interpolate_dyn(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('$') {
@@ -392,7 +435,7 @@ pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<S
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
             let line = text[..text.len() - rest.len() + i].lines().count().max(1);
-            let end = body.find('}').ok_or_else(|| Error::config(format!("line {line}: `${{` without a closing `}}`")))?;
+            let end = closing_brace(body).ok_or_else(|| Error::config(format!("line {line}: `${{` without a closing `}}`")))?;
             let expr = &body[..end];
             let (name, default) = match expr.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
@@ -405,7 +448,7 @@ pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<S
             }
             match (env(name).filter(|v| !v.is_empty()), default) {
                 (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
+                (None, Some(d)) => out.push_str(&interpolate_dyn(d, env)?),
                 (None, None) => {
                     return Err(Error::config(format!(
                     "line {line}: environment variable `{name}` is not set; set it, or give a default with ${{{name}:-default}}"
@@ -706,6 +749,8 @@ mod tests {
         assert_eq!(interpolate("${MISSING:-1000}", env).unwrap(), "1000");
         assert_eq!(interpolate("${EMPTY:-x}", env).unwrap(), "x");
         assert_eq!(interpolate("cost $$5 and $x", env).unwrap(), "cost $5 and $x");
+        assert_eq!(interpolate("${MISSING:-${OUT:-x}/c.db}", env).unwrap(), "/data/out/c.db");
+        assert_eq!(interpolate("${MISSING:-${NONE:-./o}/c.db}", env).unwrap(), "./o/c.db");
         let e = interpolate("a = 1\nb = \"${NOPE}\"", env).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("NOPE") && e.contains("${NOPE:-default}"), "{e}");
         assert!(interpolate("${BAD NAME}", env).is_err());

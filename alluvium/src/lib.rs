@@ -45,3 +45,5 @@ pub use alluvium_parquet as parquet;
 pub use alluvium_core::{Error, ErrorKind, Pipeline, PipelineBuilder, Result, Stage, Summary};
 
 pub mod job;
+#[cfg(any(feature = "delta", feature = "iceberg", feature = "lance"))]
+pub mod lake;

@@ -109,6 +109,10 @@ pub struct PipelineMeta {
     pub topology: String,
     /// Number of regions.
     pub regions: usize,
+    /// A random id given when the checkpoints were created: sinks put it into their idempotency
+    /// keys and file names, so a fresh checkpoint location is a new job, never mistaken for an old one.
+    #[serde(default)]
+    pub instance: String,
 }
 
 /// One entry of the split-assignment log.
@@ -128,6 +132,19 @@ pub struct AssignmentRecord {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     location: Location,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+}
+
+/// A new random instance id (16 hex digits).
+pub fn new_instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's random source; mix in the time for good measure.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    format!("{:016x}", h.finish())
 }
 
 fn now_ms() -> i64 {
@@ -211,7 +228,8 @@ impl CheckpointStore {
     }
 
     /// Reads `pipeline.json`, or writes `meta` when there is none; an existing one must match.
-    pub async fn open_pipeline(&self, meta: &PipelineMeta) -> Result<()> {
+    /// Returns the stored meta (its `instance` is the one of the first run).
+    pub async fn open_pipeline(&self, meta: &PipelineMeta) -> Result<PipelineMeta> {
         if let Some(existing) = self.get_json::<PipelineMeta>("pipeline.json").await? {
             if existing.pipeline != meta.pipeline || existing.topology != meta.topology {
                 return Err(Error::checkpoint(format!(
@@ -224,14 +242,19 @@ impl CheckpointStore {
                     meta.topology
                 )));
             }
-            return Ok(());
+            let mut existing = existing;
+            if existing.instance.is_empty() {
+                // Written before instance ids existed: derive a stable one.
+                existing.instance = format!("{:016x}", fnv1a(existing.pipeline.as_bytes()));
+            }
+            return Ok(existing);
         }
         let bytes = Bytes::from(serde_json::to_vec_pretty(meta).expect("serializable"));
         if !self.put_new("pipeline.json", bytes).await? {
             // Written concurrently by another process: check it matches.
             return Box::pin(self.open_pipeline(meta)).await;
         }
-        Ok(())
+        Ok(meta.clone())
     }
 
     /// The checkpoint ids of `region`'s manifests, ascending.
@@ -423,8 +446,14 @@ mod tests {
     async fn a_different_topology_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let meta =
-            PipelineMeta { format: FORMAT.into(), version: VERSION, pipeline: "p".into(), topology: "a[2]".into(), regions: 2 };
+        let meta = PipelineMeta {
+            format: FORMAT.into(),
+            version: VERSION,
+            pipeline: "p".into(),
+            topology: "a[2]".into(),
+            regions: 2,
+            instance: new_instance_id(),
+        };
         s.open_pipeline(&meta).await.unwrap();
         s.open_pipeline(&meta).await.unwrap();
         let other = PipelineMeta { topology: "a[3]".into(), ..meta };

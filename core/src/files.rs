@@ -186,17 +186,9 @@ impl<F: FileFormat> Sink for FileSink<F> {
 
     async fn writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {
         let loc = self.resolve()?.clone();
-        Ok(Box::new(FileWriter {
-            format: self.format.clone(),
-            staging_dir: format!("{}/{}", self.region_staging(ctx.region), ctx.epoch),
-            prefix: format!("part-r{}-e{}", ctx.region, ctx.epoch),
-            writer: ctx.writer.clone(),
-            loc,
-            target: self.target_file_bytes,
-            seq: 0,
-            open: None,
-            closed: Vec::new(),
-        }))
+        let dir = format!("{}/{}", self.region_staging(ctx.region), ctx.epoch);
+        let prefix = format!("part-r{}-e{}-{}", ctx.region, ctx.epoch, ctx.writer);
+        Ok(Box::new(FileWriter { files: RollingWriter::new(self.format.clone(), loc, &dir, prefix, self.target_file_bytes) }))
     }
 
     async fn commit(&self, _ctx: &SinkContext, _checkpoint: u64, committables: &[Committable]) -> Result<()> {
@@ -284,23 +276,53 @@ impl OpenFile {
     }
 }
 
-struct FileWriter<F> {
-    format: Arc<F>,
+/// A file closed by a [`RollingWriter`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WrittenFile {
+    /// Path relative to the writer's location.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Streams batches into files of one format in a folder, rolling to a new file at a target size.
+///
+/// The encoded bytes go to storage as they are produced (multipart uploads, at most two parts in
+/// flight), so memory stays bounded by the format's buffer (a Parquet row group) whatever the file
+/// size. Files are named `PREFIX-SEQ.EXT`. Every transactional file-based sink is built on this:
+/// the plain file sink, Delta and Iceberg.
+pub struct RollingWriter {
+    format: Arc<dyn FileFormat>,
     loc: Location,
-    staging_dir: String,
+    dir: String,
     prefix: String,
-    writer: String,
     target: u64,
     seq: u64,
     open: Option<OpenFile>,
-    closed: Vec<StagedFile>,
+    closed: Vec<WrittenFile>,
 }
 
-impl<F: FileFormat> FileWriter<F> {
+impl RollingWriter {
+    /// Writes into `dir` (relative to `loc`; empty for its root), files `PREFIX-SEQ.EXT`, rolling at `target_file_bytes`.
+    pub fn new(format: Arc<dyn FileFormat>, loc: Location, dir: &str, prefix: String, target_file_bytes: u64) -> Self {
+        let dir = dir.trim_matches('/').to_string();
+        Self { format, loc, dir, prefix, target: target_file_bytes.max(1), seq: 0, open: None, closed: Vec::new() }
+    }
+
+    fn relative(&self, name: &str) -> String {
+        if self.dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{}", self.dir, name)
+        }
+    }
+
     async fn open_file(&mut self, schema: SchemaRef) -> Result<OpenFile> {
-        let name = format!("{}-{}-{}.{}", self.prefix, self.writer, self.seq, self.format.extension());
+        let name = format!("{}-{}.{}", self.prefix, self.seq, self.format.extension());
         self.seq += 1;
-        let path = self.loc.child(&format!("{}/{}", self.staging_dir, name));
+        let path = self.loc.child(&self.relative(&name));
         let upload = self.loc.store.put_multipart(&path).await.map_err(|e| Error::from(e).context(format!("creating {name}")))?;
         Ok(OpenFile {
             name,
@@ -316,19 +338,12 @@ impl<F: FileFormat> FileWriter<F> {
         f.encoder.finish()?;
         f.upload_encoded();
         f.upload.finish().await.map_err(|e| Error::from(e).context(format!("finishing {}", f.name)))?;
-        self.closed.push(StagedFile {
-            staging: format!("{}/{}", self.staging_dir, f.name),
-            path: f.name,
-            rows: f.rows,
-            bytes: f.bytes,
-        });
+        self.closed.push(WrittenFile { path: self.relative(&f.name), rows: f.rows, bytes: f.bytes });
         Ok(())
     }
-}
 
-#[async_trait]
-impl<F: FileFormat> SinkWriter for FileWriter<F> {
-    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+    /// Encodes and uploads a batch; waits while two parts are in flight (backpressure).
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -337,7 +352,7 @@ impl<F: FileFormat> SinkWriter for FileWriter<F> {
             self.open = Some(f);
         }
         let f = self.open.as_mut().expect("open file");
-        f.encoder.write(&batch)?;
+        f.encoder.write(batch)?;
         f.rows += batch.num_rows() as u64;
         f.upload_encoded();
         f.upload.wait_for_capacity(2).await.map_err(|e| Error::from(e).context(format!("uploading {}", f.name)))?;
@@ -347,13 +362,43 @@ impl<F: FileFormat> SinkWriter for FileWriter<F> {
         Ok(())
     }
 
-    async fn prepare(&mut self, checkpoint: u64) -> Result<Option<Committable>> {
-        let _ = checkpoint;
+    /// Closes the open file (the next batch starts a new one), e.g. because the schema changes.
+    pub async fn roll(&mut self) -> Result<()> {
+        self.close_file().await
+    }
+
+    /// Closes the open file and returns every file closed since the last call.
+    pub async fn finish(&mut self) -> Result<Vec<WrittenFile>> {
         self.close_file().await?;
-        if self.closed.is_empty() {
+        Ok(std::mem::take(&mut self.closed))
+    }
+}
+
+struct FileWriter {
+    files: RollingWriter,
+}
+
+#[async_trait]
+impl SinkWriter for FileWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.files.write(&batch).await
+    }
+
+    async fn prepare(&mut self, _checkpoint: u64) -> Result<Option<Committable>> {
+        let written = self.files.finish().await?;
+        if written.is_empty() {
             return Ok(None);
         }
-        let files = std::mem::take(&mut self.closed);
+        let staging_dir = format!("{}/", self.files.dir);
+        let files: Vec<StagedFile> = written
+            .into_iter()
+            .map(|f| StagedFile {
+                path: f.path.strip_prefix(&staging_dir).unwrap_or(&f.path).to_string(),
+                staging: f.path,
+                rows: f.rows,
+                bytes: f.bytes,
+            })
+            .collect();
         let rows = files.iter().map(|f| f.rows).sum();
         let bytes = files.iter().map(|f| f.bytes).sum();
         let payload = serde_json::to_value(FilesCommittable { files }).expect("serializable");

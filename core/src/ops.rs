@@ -100,3 +100,22 @@ impl From<Fault> for Stage {
         Stage::new("fault", f)
     }
 }
+
+/// Crash points for kill tests of the commit protocol: with `ALLUVIUM_CRASH_AT=POINT:N` in the
+/// environment, the process aborts (no cleanup, like a SIGKILL) the `N`th time it reaches `POINT`.
+/// Points: `before-commit` (the checkpoint's manifest is durable, the table commit not made) and
+/// `after-commit` (the table commit landed; the runtime has not recorded it).
+pub fn crash_point(point: &str) {
+    use std::sync::atomic::AtomicU64;
+    static REACHED: AtomicU64 = AtomicU64::new(0);
+    let Ok(spec) = std::env::var("ALLUVIUM_CRASH_AT") else { return };
+    let Some((name, n)) = spec.split_once(':') else { return };
+    if name != point {
+        return;
+    }
+    let n: u64 = n.parse().unwrap_or(1);
+    if REACHED.fetch_add(1, Ordering::SeqCst) + 1 == n {
+        eprintln!("ALLUVIUM_CRASH_AT: aborting at {point} #{n}");
+        std::process::abort();
+    }
+}

@@ -23,6 +23,8 @@
 //! 4. **Recover** (`recover`): on a region (re)start, before the first write; the sink may delete
 //!    leftovers of earlier epochs that no pending committable references (proven orphans).
 
+pub mod testing;
+
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
@@ -48,6 +50,9 @@ pub struct Committable {
 pub struct SinkContext {
     /// The pipeline's name.
     pub pipeline: String,
+    /// The id of the pipeline's checkpoints (16 hex digits), the same in every run that resumes
+    /// them: a fresh checkpoint location is a new job.
+    pub instance: String,
     /// The region.
     pub region: usize,
     /// The region's epoch (increments on each restart, so file names never collide).
@@ -57,9 +62,16 @@ pub struct SinkContext {
 }
 
 impl SinkContext {
-    /// `pipeline/region`: the stable identity of a region's commits, used as an idempotency key.
+    /// `alluvium/pipeline/instance/region-R`: the stable identity of a region's commits, stored in
+    /// lake tables as the idempotency key next to the last committed checkpoint id.
     pub fn sink_key(&self) -> String {
-        format!("{}/region-{}", self.pipeline, self.region)
+        format!("alluvium/{}/{}/region-{}", self.pipeline, self.instance, self.region)
+    }
+
+    /// `INSTANCE-rR-eE-WRITER`: a file-name prefix unique to this writer's attempt, even across
+    /// pipelines writing the same table.
+    pub fn file_prefix(&self) -> String {
+        format!("{}-r{}-e{}-{}", &self.instance[..self.instance.len().min(8)], self.region, self.epoch, self.writer)
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Location {
     pub display: String,
     /// A local directory (not a remote object store).
     pub is_local: bool,
+    /// The location as a URL (`file:///abs/dir/`, `s3://bucket/prefix`), for libraries that take one.
+    pub url: Url,
 }
 
 impl std::fmt::Debug for Location {
@@ -60,13 +62,13 @@ impl Location {
                     .map_err(|e| Error::config(format!("cannot use `{display}`")).with_source(e))?;
                 let prefix = Path::from_url_path(url.path())
                     .map_err(|e| Error::config(format!("bad path in `{display}`")).with_source(e))?;
-                Ok(Self { store: Arc::new(store), prefix, display, is_local: false })
+                Ok(Self { store: Arc::new(store), prefix, display, is_local: false, url })
             }
             _ => {
                 let (store, prefix) = object_store::parse_url(&url).map_err(|e| {
                     Error::config(format!("unsupported location `{display}`; use a local path, file://, or s3://")).with_source(e)
                 })?;
-                Ok(Self { store: Arc::from(store), prefix, display, is_local: false })
+                Ok(Self { store: Arc::from(store), prefix, display, is_local: false, url })
             }
         }
     }
@@ -77,7 +79,19 @@ impl Location {
         let abs = std::fs::canonicalize(path).map_err(|e| Error::config(format!("cannot resolve directory `{display}`: {e}")))?;
         let store = LocalFileSystem::new_with_prefix(&abs)
             .map_err(|e| Error::config(format!("cannot open directory `{display}`")).with_source(e))?;
-        Ok(Self { store: Arc::new(store), prefix: Path::default(), display, is_local: true })
+        let url = Url::from_directory_path(&abs)
+            .map_err(|_| Error::config(format!("cannot turn `{display}` into a file:// URL; use an absolute path")))?;
+        Ok(Self { store: Arc::new(store), prefix: Path::default(), display, is_local: true, url })
+    }
+
+    /// The store with its root at the root of the URL's scheme (the filesystem root for local
+    /// directories, the bucket for S3), as libraries that take a store and a URL expect.
+    pub fn root_store(&self) -> Arc<dyn ObjectStore> {
+        if self.is_local {
+            Arc::new(LocalFileSystem::new())
+        } else {
+            self.store.clone()
+        }
     }
 
     /// The size of the parts of streamed uploads: S3 needs at least 5 MiB per part; local files

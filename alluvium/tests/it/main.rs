@@ -1,3 +1,4 @@
 //! Tests of the `alluvium` binary, as a child process.
 
 mod cli;
+mod lake;

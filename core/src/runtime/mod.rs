@@ -112,19 +112,21 @@ impl Pipeline {
         let store = CheckpointStore::new(location);
         store.probe().await?;
         let regions = plan.regions();
-        store
+        let meta = store
             .open_pipeline(&PipelineMeta {
                 format: FORMAT.into(),
                 version: VERSION,
                 pipeline: plan.name.clone(),
                 topology: plan.topology(),
                 regions,
+                instance: crate::checkpoint::new_instance_id(),
             })
             .await?;
         let assigner = assign::Assigner::open(store.clone(), plan.nodes[0].parallelism).await?;
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let run = Arc::new(region::RunContext {
             plan: plan.clone(),
+            instance: meta.instance,
             store,
             assigner: assigner.clone(),
             metrics: self.metrics.clone(),

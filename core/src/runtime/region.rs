@@ -36,6 +36,8 @@ use crate::sink::{Committable, SinkContext};
 /// What every region driver shares.
 pub(crate) struct RunContext {
     pub plan: Arc<Plan>,
+    /// The checkpoints' instance id.
+    pub instance: String,
     pub store: CheckpointStore,
     pub assigner: Arc<Assigner>,
     pub metrics: Arc<Metrics>,
@@ -45,7 +47,7 @@ pub(crate) struct RunContext {
 
 impl RunContext {
     fn sink_ctx(&self, region: usize, epoch: u64, writer: String) -> SinkContext {
-        SinkContext { pipeline: self.plan.name.clone(), region, epoch, writer }
+        SinkContext { pipeline: self.plan.name.clone(), instance: self.instance.clone(), region, epoch, writer }
     }
 }
 
@@ -266,7 +268,9 @@ async fn commit_pending(run: &RunContext, ctx: &SinkContext, pending: &mut Vec<P
         loop {
             let r = async {
                 if !pc.sink.is_empty() {
+                    crate::ops::crash_point("before-commit");
                     run.plan.sink.commit(ctx, pc.checkpoint, &pc.sink).await?;
+                    crate::ops::crash_point("after-commit");
                 }
                 if !pc.dead_letters.is_empty() {
                     run.plan.dead_letters.commit(ctx, pc.checkpoint, &pc.dead_letters).await?;

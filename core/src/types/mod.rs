@@ -23,6 +23,7 @@
 
 mod embedding;
 mod image;
+pub mod lake;
 mod media;
 mod object_ref;
 mod sample;

@@ -8,14 +8,17 @@
 //! * [`AzuriteServer`]: Azurite (Microsoft's Azure Storage emulator, from npm) on a free port, with
 //!   a fresh container per call to [`AzuriteServer::container`]. The binary comes from
 //!   `ALLUVIUM_AZURITE`, or `~/.cache/alluvium/azurite/node_modules/.bin/azurite-blob`.
-//! * [`python`]: a Python with pyarrow, duckdb and polars for cross-reading our output (`ALLUVIUM_PYTHON`,
-//!   set by `.ci/run`).
+//! * [`PostgresServer`]: a real PostgreSQL (Debian's `postgresql`, `initdb` + `postgres` as the
+//!   `postgres` user) in a temp dir on a free port, with a fresh database per call to
+//!   [`PostgresServer::database`]. Binaries from `ALLUVIUM_PG_BIN` or `/usr/lib/postgresql/*/bin`.
+//! * [`python`]: a Python with pyarrow, duckdb, polars, deltalake, pyiceberg and pylance for
+//!   cross-reading our output (`ALLUVIUM_PYTHON`, set by `.ci/run`); [`python_run`] runs a script.
 //!
 //! When a service is missing, tests are skipped with a visible message — except under CI
 //! (`CI` set), where a missing service fails the test: CI must never pass by skipping.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -236,4 +239,132 @@ print(p.item(0, 0), p.item(0, 1))
         (v[0], v[1])
     });
     [lines.next().unwrap(), lines.next().unwrap(), lines.next().unwrap()]
+}
+
+/// Runs `script` with `args` in `python` and returns its standard output; panics with its
+/// standard error when it fails.
+pub fn python_run(python: &str, script: &str, args: &[&str]) -> String {
+    let out = Command::new(python).arg("-c").arg(script).args(args).output().expect("python runs");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A running PostgreSQL server, stopped on drop.
+pub struct PostgresServer {
+    child: Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+    next_db: std::sync::atomic::AtomicU32,
+    bin: PathBuf,
+    data: PathBuf,
+    as_root: bool,
+}
+
+impl PostgresServer {
+    fn bin_dir() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("ALLUVIUM_PG_BIN") {
+            return Some(PathBuf::from(p));
+        }
+        let mut versions: Vec<PathBuf> =
+            std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        versions.pop().filter(|p| p.join("postgres").exists())
+    }
+
+    /// Starts a server, or returns `None` when PostgreSQL is not installed (outside CI).
+    pub fn start() -> Option<Self> {
+        let Some(bin) = Self::bin_dir() else {
+            missing("PostgreSQL (Debian package postgresql)")?;
+            unreachable!()
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        // PostgreSQL refuses to run as root: run it as `postgres` when we are root.
+        let as_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+        let run = |program: &Path, args: &[&str]| -> Command {
+            if as_root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(program).args(args);
+                c
+            } else {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+        };
+        if as_root {
+            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().map(|s| s.success());
+            assert!(ok.unwrap_or(false), "chown of the PostgreSQL data dir failed");
+        }
+        let init = run(&bin.join("initdb"), &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("initdb runs");
+        assert!(init.status.success(), "initdb failed: {}", String::from_utf8_lossy(&init.stderr));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port();
+        let child = run(
+            &bin.join("postgres"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-p",
+                &port.to_string(),
+                "-k",
+                dir.path().to_str().unwrap(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("postgres starts");
+        let server = Self { child, _dir: dir, port, next_db: Default::default(), bin, data, as_root };
+        let start = Instant::now();
+        loop {
+            let ready = Command::new(server.bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "PostgreSQL did not start in 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(server)
+    }
+
+    /// A fresh, empty database; returns its URL (`postgres://postgres@127.0.0.1:PORT/NAME`).
+    pub fn database(&self) -> String {
+        let n = self.next_db.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("test_{}_{n}", std::process::id());
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-c", &format!("CREATE DATABASE {name}")])
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "CREATE DATABASE failed: {}", String::from_utf8_lossy(&out.stderr));
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        // `runuser` does not pass a kill on to the server: stop it with pg_ctl.
+        let pg_ctl = self.bin.join("pg_ctl");
+        let data = self.data.to_string_lossy().to_string();
+        let args = ["-D", data.as_str(), "stop", "-m", "immediate"];
+        let _ = if self.as_root {
+            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&pg_ctl).args(args).output()
+        } else {
+            Command::new(&pg_ctl).args(args).output()
+        };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

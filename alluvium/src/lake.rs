@@ -1,0 +1,156 @@
+//! `[sink]` sections for lake tables: `type = "delta"`, `"iceberg"` and `"lance"`.
+//!
+//! ```toml
+//! [sink]
+//! type = "delta"                        # or "lance": the table is its location
+//! table = "${ALLUVIUM_OUTPUT}/images"   # a directory or an s3:// URL
+//! target_file_bytes = 134217728         # roll data files at this size (128 MiB)
+//! orphan_grace = "1h"                   # files of failed attempts are deleted after this
+//!
+//! [sink]
+//! type = "iceberg"
+//! table = "default.images"              # namespace.table
+//! catalog = "${ALLUVIUM_CATALOG}"       # a SQLite file, postgres://… or http(s):// (REST)
+//! warehouse = "${ALLUVIUM_OUTPUT}"      # where new tables' files go
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alluvium_core::sink::Sink;
+use alluvium_core::{Error, Result};
+use serde::Deserialize;
+
+fn parquet(compression: &Option<String>, row_group_bytes: Option<u64>) -> Result<alluvium_parquet::ParquetFormat> {
+    let mut format = alluvium_parquet::ParquetFormat::default();
+    if let Some(c) = compression {
+        format = format.compression(c).map_err(|e| e.context("key `compression`"))?;
+    }
+    if let Some(b) = row_group_bytes {
+        format = format.row_group_bytes(b as usize);
+    }
+    Ok(format)
+}
+
+fn non_empty(value: &str, key: &str, kind: &str, example: &str) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::config(format!("{kind} sink: `{key}` is empty; set it, for example `{key} = \"{example}\"`")));
+    }
+    Ok(())
+}
+
+/// `type = "delta"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaConfig {
+    /// The table's location.
+    pub table: String,
+    /// Parquet compression (default zstd).
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// Roll data files at this many bytes.
+    #[serde(default)]
+    pub target_file_bytes: Option<u64>,
+    /// Parquet row-group size in bytes.
+    #[serde(default)]
+    pub row_group_bytes: Option<u64>,
+    /// Delete files of failed attempts after this long (default 1h).
+    #[serde(default, with = "crate::job::opt_duration")]
+    pub orphan_grace: Option<Duration>,
+}
+
+impl DeltaConfig {
+    /// Builds the sink.
+    pub fn build(&self) -> Result<Arc<dyn Sink>> {
+        non_empty(&self.table, "table", "delta", "./out/images")?;
+        let mut c = alluvium_delta::DeltaSinkConfig::new(self.table.clone());
+        c.parquet = parquet(&self.compression, self.row_group_bytes)?;
+        if let Some(b) = self.target_file_bytes {
+            c.target_file_bytes = b.max(1);
+        }
+        if let Some(g) = self.orphan_grace {
+            c.orphan_grace = g;
+        }
+        Ok(Arc::new(alluvium_delta::DeltaSink::new(c)))
+    }
+}
+
+/// `type = "iceberg"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcebergConfig {
+    /// `namespace.table`.
+    pub table: String,
+    /// The catalog: a SQLite file, a postgres:// URL or a REST http(s):// URL.
+    pub catalog: String,
+    /// Where new tables' files go.
+    pub warehouse: String,
+    /// The catalog's name (default `alluvium`).
+    #[serde(default)]
+    pub catalog_name: Option<String>,
+    /// Parquet compression (default zstd).
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// Roll data files at this many bytes.
+    #[serde(default)]
+    pub target_file_bytes: Option<u64>,
+    /// Parquet row-group size in bytes.
+    #[serde(default)]
+    pub row_group_bytes: Option<u64>,
+    /// Delete files of failed attempts after this long (default 1h).
+    #[serde(default, with = "crate::job::opt_duration")]
+    pub orphan_grace: Option<Duration>,
+}
+
+impl IcebergConfig {
+    /// Builds the sink (the catalog is connected on first use).
+    pub fn build(&self) -> Result<Arc<dyn Sink>> {
+        non_empty(&self.catalog, "catalog", "iceberg", "./warehouse/catalog.db")?;
+        non_empty(&self.warehouse, "warehouse", "iceberg", "./warehouse")?;
+        let mut catalog = alluvium_catalog::IcebergCatalogConfig::new(self.catalog.clone(), self.warehouse.clone());
+        catalog.kind().map_err(|e| e.context("key `catalog`"))?;
+        if let Some(n) = &self.catalog_name {
+            catalog.name = n.clone();
+        }
+        let mut c = alluvium_iceberg::IcebergSinkConfig::new(self.table.clone());
+        c.parquet = parquet(&self.compression, self.row_group_bytes)?;
+        if let Some(b) = self.target_file_bytes {
+            c.target_file_bytes = b.max(1);
+        }
+        if let Some(g) = self.orphan_grace {
+            c.orphan_grace = g;
+        }
+        let sink = alluvium_iceberg::IcebergSink::new(c, Arc::new(alluvium_catalog::IcebergCatalog::new(catalog)));
+        sink.validate().map_err(|e| e.context("key `table`"))?;
+        Ok(Arc::new(sink))
+    }
+}
+
+/// `type = "lance"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanceConfig {
+    /// The dataset's location.
+    pub table: String,
+    /// Start a new data file after this many rows (Lance's `max_rows_per_file`).
+    #[serde(default)]
+    pub max_rows_per_file: Option<usize>,
+    /// Delete files of failed attempts after this long (default 1h).
+    #[serde(default, with = "crate::job::opt_duration")]
+    pub orphan_grace: Option<Duration>,
+}
+
+impl LanceConfig {
+    /// Builds the sink.
+    pub fn build(&self) -> Result<Arc<dyn Sink>> {
+        non_empty(&self.table, "table", "lance", "./out/images.lance")?;
+        let mut c = alluvium_lance::LanceSinkConfig::new(self.table.clone());
+        if let Some(n) = self.max_rows_per_file {
+            c.max_rows_per_file = n.max(1);
+        }
+        if let Some(g) = self.orphan_grace {
+            c.orphan_grace = g;
+        }
+        Ok(Arc::new(alluvium_lance::LanceSink::new(c)))
+    }
+}

@@ -1,0 +1,382 @@
+//! The exactly-once Delta Lake sink.
+//!
+//! ```text
+//!  write      ──▶ TABLE/part-INSTANCE-rR-eE-WRITER-S.parquet   (streamed; invisible: not in the log yet)
+//!  prepare(C) ──▶ Committable { files: [path, rows, bytes] }     (stored in region manifest C)
+//!  commit(C)  ──▶ one Delta version: Add actions + txn(app_id = sink key, version = C)
+//!  recover    ──▶ files of this region that are neither pending nor in the table, older than the
+//!                 grace period, are deleted
+//! ```
+//!
+//! **Idempotency.** The `txn` action (`appId` = [`SinkContext::sink_key`], `version` = checkpoint id)
+//! is written in the same atomic log entry as the files, so after any crash the sink reads the
+//! region's last committed checkpoint back from the table and skips what is already there. Region
+//! checkpoint ids only grow, across restarts too, so `version` never goes backwards.
+//!
+//! **Unknown outcomes.** When a commit fails without a clear answer (a timeout, a lost response),
+//! the sink reloads the table and reads the `txn` version again: committed means done, absent means
+//! the error is returned and the runtime retries. Delta's log is itself a put-if-absent of
+//! `_delta_log/N.json`, and its conflict checker rejects a second commit carrying our `appId`, so a
+//! zombie commit of an earlier attempt can never land twice.
+//!
+//! **Concurrency.** Regions and pipelines append concurrently; Delta retries version conflicts
+//! (appends never conflict with appends), up to `commit_retries` times.
+//!
+//! **Schema.** The table is created from the first batch's schema when absent, with the
+//! multimodal mapping of [`alluvium_core::types::lake`] (embeddings as `array<float>`, ObjectRef as
+//! a struct, unsigned integers widened). New nullable columns are added to an existing table;
+//! any other difference is an error naming the table and the column.
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use alluvium_core::arrow::datatypes::{Schema, SchemaRef};
+use alluvium_core::arrow::record_batch::RecordBatch;
+use alluvium_core::files::{RollingWriter, WrittenFile};
+use alluvium_core::store::Location;
+use alluvium_core::types::lake::{diff_schema, lake_schema, to_lake, LakeTypes};
+use alluvium_core::{Committable, Error, Result, Sink, SinkContext, SinkWriter};
+use alluvium_parquet::ParquetFormat;
+use async_trait::async_trait;
+use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+
+/// Settings of a [`DeltaSink`].
+#[derive(Debug, Clone)]
+pub struct DeltaSinkConfig {
+    /// The table: a local directory or a URL (`s3://bucket/tables/images`).
+    pub table: String,
+    /// Roll to a new data file at this many bytes (default 128 MiB).
+    pub target_file_bytes: u64,
+    /// The Parquet encoding of data files.
+    pub parquet: ParquetFormat,
+    /// How many times a commit is retried on version conflicts with concurrent writers (default 100).
+    pub commit_retries: usize,
+    /// Files of failed attempts are deleted only when older than this (default 1 hour), so that a
+    /// commit still in flight from a previous process never loses its files.
+    pub orphan_grace: Duration,
+}
+
+impl DeltaSinkConfig {
+    /// Defaults for `table`.
+    pub fn new(table: impl Into<String>) -> Self {
+        Self {
+            table: table.into(),
+            target_file_bytes: 128 << 20,
+            parquet: ParquetFormat::default(),
+            commit_retries: 100,
+            orphan_grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Writes a Delta table exactly once. See the [module docs](self).
+#[derive(Clone)]
+pub struct DeltaSink {
+    config: DeltaSinkConfig,
+    loc: OnceLock<Location>,
+}
+
+impl std::fmt::Debug for DeltaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeltaSink({})", alluvium_core::error::redact(&self.config.table))
+    }
+}
+
+/// A committable's payload: the data files one writer closed at a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeltaFiles {
+    files: Vec<WrittenFile>,
+    /// Milliseconds since the epoch when the files were closed (their modification time).
+    closed_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl DeltaSink {
+    /// A sink for the table in `config`.
+    pub fn new(config: DeltaSinkConfig) -> Self {
+        Self { config, loc: OnceLock::new() }
+    }
+
+    fn what(&self) -> String {
+        format!("Delta table `{}`", alluvium_core::error::redact(&self.config.table))
+    }
+
+    fn err(&self, doing: &str, e: DeltaTableError) -> Error {
+        let retryable = !matches!(e, DeltaTableError::NotATable(_) | DeltaTableError::InvalidTableLocation(_));
+        Error::external(format!("{doing} {}: {}", self.what(), alluvium_core::error::redact(&e.to_string())))
+            .with_retryable(retryable)
+    }
+
+    fn location(&self) -> Result<&Location> {
+        if let Some(l) = self.loc.get() {
+            return Ok(l);
+        }
+        let l = Location::parse(&self.config.table).map_err(|e| e.context("delta sink `table`"))?;
+        Ok(self.loc.get_or_init(|| l))
+    }
+
+    /// The table handle, loaded; `None` when no table exists there yet.
+    async fn load(&self) -> Result<(DeltaTable, bool)> {
+        let loc = self.location()?;
+        let mut table = DeltaTableBuilder::from_url(loc.url.clone())
+            .map_err(|e| self.err("opening", e))?
+            .with_storage_backend(loc.root_store(), loc.url.clone())
+            .build()
+            .map_err(|e| self.err("opening", e))?;
+        match table.load().await {
+            Ok(()) => Ok((table, true)),
+            Err(DeltaTableError::NotATable(_)) => Ok((table, false)),
+            Err(e) => Err(self.err("loading", e)),
+        }
+    }
+
+    /// Loads the table, creating it (or adding nullable columns) to fit `incoming`; returns the
+    /// table's schema as Arrow, which batches are cast to.
+    async fn ensure_table(&self, incoming: &Schema) -> Result<SchemaRef> {
+        let mapped = lake_schema(incoming, LakeTypes::Widened);
+        let (mut table, exists) = self.load().await?;
+        if !exists {
+            let kernel: StructType =
+                mapped.as_ref().try_into_kernel().map_err(|e| Error::config(format!("{}: {e}", self.what())))?;
+            match table.create().with_columns(kernel.fields().cloned()).with_save_mode(SaveMode::ErrorIfExists).await {
+                Ok(t) => {
+                    tracing::info!(table = %self.what(), "created the table");
+                    table = t
+                }
+                // Another region or pipeline created it first.
+                Err(_) => table = self.load().await?.0,
+            }
+        }
+        let current = table_schema(&table).map_err(|e| e.context(self.what()))?;
+        let diff = diff_schema(&current, &mapped, &self.what())?;
+        if diff.added.is_empty() {
+            return Ok(current);
+        }
+        let added: StructType =
+            (&Schema::new(diff.added.clone())).try_into_kernel().map_err(|e| Error::config(format!("{}: {e}", self.what())))?;
+        let names: Vec<&str> = diff.added.iter().map(|f| f.name().as_str()).collect();
+        match table.add_columns().with_fields(added.fields().cloned().collect::<Vec<_>>()).await {
+            Ok(t) => {
+                tracing::info!(table = %self.what(), columns = ?names, "added nullable columns");
+                table = t;
+            }
+            // Added concurrently by another writer: the reload below tells.
+            Err(_) => table = self.load().await?.0,
+        }
+        let current = table_schema(&table)?;
+        diff_schema(&current, &mapped, &self.what())?;
+        Ok(current)
+    }
+
+    /// The region's last committed checkpoint, read from the table's `txn` actions.
+    async fn committed(&self, table: &DeltaTable, ctx: &SinkContext) -> Result<Option<i64>> {
+        let state = table.snapshot().map_err(|e| self.err("reading", e))?;
+        state.transaction_version(table.log_store().as_ref(), ctx.sink_key()).await.map_err(|e| self.err("reading", e))
+    }
+}
+
+fn table_schema(table: &DeltaTable) -> Result<SchemaRef> {
+    let state = table.snapshot().map_err(|e| Error::external(format!("reading the table's snapshot: {e}")))?;
+    let schema: Schema =
+        state.schema().as_ref().try_into_arrow().map_err(|e| Error::external(format!("the table's schema: {e}")))?;
+    Ok(Arc::new(schema))
+}
+
+fn files_of(c: &Committable) -> Result<DeltaFiles> {
+    serde_json::from_value(c.payload.clone())
+        .map_err(|e| Error::checkpoint(format!("a delta sink committable in the checkpoint is malformed: {e}")))
+}
+
+#[async_trait]
+impl Sink for DeltaSink {
+    fn name(&self) -> String {
+        "delta".into()
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.config.table.trim().is_empty() {
+            return Err(Error::config("the delta sink has an empty `table`; set it to a directory or URL"));
+        }
+        Ok(())
+    }
+
+    fn location(&self) -> Option<String> {
+        Some(self.config.table.clone())
+    }
+
+    async fn writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {
+        let loc = self.location()?.clone();
+        let files = RollingWriter::new(
+            Arc::new(self.config.parquet.clone()),
+            loc,
+            "",
+            format!("part-{}", ctx.file_prefix()),
+            self.config.target_file_bytes,
+        );
+        Ok(Box::new(DeltaWriter { sink: self.clone(), files, schema: None }))
+    }
+
+    async fn commit(&self, ctx: &SinkContext, checkpoint: u64, committables: &[Committable]) -> Result<()> {
+        let mut adds = Vec::new();
+        for c in committables {
+            let f = files_of(c)?;
+            for w in f.files {
+                adds.push(Action::Add(Add {
+                    path: w.path.clone(),
+                    size: w.bytes as i64,
+                    modification_time: f.closed_ms,
+                    data_change: true,
+                    stats: Some(format!("{{\"numRecords\":{}}}", w.rows)),
+                    ..Default::default()
+                }));
+            }
+        }
+        if adds.is_empty() {
+            return Ok(());
+        }
+        let version = checkpoint as i64;
+        // A concurrent metadata change (another writer creating the table or adding a column)
+        // fails Delta's conflict check: reload and try again; appends themselves are retried by
+        // Delta's own commit loop.
+        let mut attempt = 0;
+        loop {
+            let (table, exists) = self.load().await?;
+            if !exists {
+                return Err(Error::checkpoint(format!(
+                    "{} is gone, but checkpoint {checkpoint} of region {} has files to commit to it; it was deleted \
+                     outside Alluvium",
+                    self.what(),
+                    ctx.region
+                )));
+            }
+            if self.committed(&table, ctx).await?.is_some_and(|v| v >= version) {
+                tracing::debug!(region = ctx.region, checkpoint, "committed to the delta table");
+                return Ok(());
+            }
+            let txn = Transaction::new_with_last_update(ctx.sink_key(), version, Some(now_ms()));
+            let props =
+                CommitProperties::default().with_application_transaction(txn).with_max_retries(self.config.commit_retries);
+            let state = table.snapshot().map_err(|e| self.err("reading", e))?;
+            let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+            match CommitBuilder::from(props).with_actions(adds.clone()).build(Some(state), table.log_store(), op).await {
+                Ok(done) => {
+                    tracing::debug!(region = ctx.region, checkpoint, version = done.version(), "committed to the delta table");
+                    return Ok(());
+                }
+                Err(e) => {
+                    // The outcome may be unknown (a lost response): the reload at the top of the
+                    // loop reads the txn version again before anything is retried.
+                    let error = self.err(&format!("committing region {} checkpoint {checkpoint} to", ctx.region), e.into());
+                    attempt += 1;
+                    if attempt >= 10 {
+                        let (table, _) = self.load().await?;
+                        if self.committed(&table, ctx).await?.is_some_and(|v| v >= version) {
+                            return Ok(());
+                        }
+                        return Err(error);
+                    }
+                    tracing::debug!(region = ctx.region, checkpoint, "commit attempt failed, re-reading the table: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                }
+            }
+        }
+    }
+
+    async fn recover(&self, ctx: &SinkContext, pending: &[Committable]) -> Result<()> {
+        let loc = self.location()?;
+        let (table, exists) = self.load().await?;
+        if !exists {
+            return Ok(());
+        }
+        let mut keep = HashSet::new();
+        for c in pending {
+            keep.extend(files_of(c)?.files.into_iter().map(|f| f.path));
+        }
+        let ours = format!("part-{}-r{}-", &ctx.instance[..ctx.instance.len().min(8)], ctx.region);
+        let grace = chrono_ms(self.config.orphan_grace);
+        let now = now_ms();
+        let candidates: Vec<_> = loc
+            .store
+            .list(Some(&loc.prefix))
+            .try_filter(|m| {
+                let name = m.location.filename().unwrap_or_default();
+                let old = now - m.last_modified.timestamp_millis() >= grace;
+                futures::future::ready(name.starts_with(&ours) && old && !keep.contains(name))
+            })
+            .try_collect()
+            .await?;
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let live: HashSet<String> = table
+            .get_file_uris()
+            .map_err(|e| self.err("listing the files of", e))?
+            .filter_map(|u| u.rsplit('/').next().map(str::to_string))
+            .collect();
+        let orphans: Vec<_> =
+            candidates.into_iter().filter(|m| !live.contains(m.location.filename().unwrap_or_default())).collect();
+        if !orphans.is_empty() {
+            tracing::info!(region = ctx.region, files = orphans.len(), table = %self.what(), "deleting data files of failed attempts");
+        }
+        for m in orphans {
+            match loc.store.delete(&m.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn chrono_ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+struct DeltaWriter {
+    sink: DeltaSink,
+    files: RollingWriter,
+    /// The table's schema, once the table is ensured (on the first batch).
+    schema: Option<(SchemaRef, SchemaRef)>,
+}
+
+#[async_trait]
+impl SinkWriter for DeltaWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let target = match &self.schema {
+            Some((incoming, target)) if incoming == &batch.schema() => target.clone(),
+            _ => {
+                let target = self.sink.ensure_table(&batch.schema()).await?;
+                self.files.roll().await?;
+                self.schema = Some((batch.schema(), target.clone()));
+                target
+            }
+        };
+        let batch = to_lake(&batch, &target).map_err(|e| e.context(self.sink.what()))?;
+        self.files.write(&batch).await
+    }
+
+    async fn prepare(&mut self, _checkpoint: u64) -> Result<Option<Committable>> {
+        let files = self.files.finish().await?;
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let rows = files.iter().map(|f| f.rows).sum();
+        let bytes = files.iter().map(|f| f.bytes).sum();
+        let payload = serde_json::to_value(DeltaFiles { files, closed_ms: now_ms() }).expect("serializable");
+        Ok(Some(Committable { rows, bytes, payload }))
+    }
+}

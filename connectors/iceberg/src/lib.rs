@@ -1,0 +1,464 @@
+//! The exactly-once Apache Iceberg sink.
+//!
+//! ```text
+//!  write      ──▶ TABLE/data/part-INSTANCE-rR-eE-WRITER-S.parquet  (streamed; invisible: in no snapshot)
+//!  prepare(C) ──▶ Committable { files: [path, rows, bytes] }        (stored in region manifest C)
+//!  commit(C)  ──▶ one catalog commit: fast-append of the files
+//!                 + table property   alluvium.commit.<sink key> = C
+//!                 + snapshot summary alluvium.sink-key, alluvium.checkpoint
+//!  recover    ──▶ files of this region that are neither pending nor in the table, older than the
+//!                 grace period, are deleted
+//! ```
+//!
+//! **Idempotency.** The table property and the appended files are one `TableCommit`, so the
+//! region's last committed checkpoint is read back from the table after any crash and nothing is
+//! committed twice. The snapshot summaries carry the same key, a second witness if someone removes
+//! the property.
+//!
+//! **Unknown outcomes and zombies.** A failed commit is never retried blind: the table is reloaded
+//! and the property read again. Iceberg's duplicate-file check stays on, so a commit re-applied on
+//! top of our own landed commit (a retried request whose first try succeeded) is rejected instead
+//! of appending the files twice.
+//!
+//! **Concurrency.** Regions and pipelines append concurrently: a catalog conflict reloads the table
+//! and re-applies the append (`commit.retry.num-retries`, set to 50 on tables this sink creates).
+//!
+//! **Catalogs** are reached through [`CatalogConnector`] (implemented in `alluvium-catalog` for the
+//! SQL catalog on SQLite/PostgreSQL and the REST catalog). Data files are written with Alluvium's
+//! own streamed Parquet writer, with Iceberg field ids in the Parquet schema, so any Iceberg reader
+//! maps columns without a name mapping.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alluvium_core::arrow::datatypes::{Schema, SchemaRef};
+use alluvium_core::arrow::record_batch::RecordBatch;
+use alluvium_core::error::redact;
+use alluvium_core::files::{RollingWriter, WrittenFile};
+use alluvium_core::store::Location;
+use alluvium_core::types::lake::{diff_schema, lake_schema, to_lake, LakeTypes};
+use alluvium_core::{Committable, Error, Result, Sink, SinkContext, SinkWriter};
+use alluvium_parquet::ParquetFormat;
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use iceberg::arrow::{arrow_schema_to_schema_auto_assign_ids, schema_to_arrow_schema};
+use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
+use iceberg::table::Table;
+use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, TableCreation, TableIdent};
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+
+/// Opens a catalog. Connecting is lazy (on a region's first write or commit), so an unreachable
+/// catalog fails the region, which retries with backoff, instead of the whole job at start.
+#[async_trait]
+pub trait CatalogConnector: Send + Sync + 'static {
+    /// Connects (or returns a cached connection).
+    async fn connect(&self) -> Result<Arc<dyn Catalog>>;
+    /// What the catalog is, for messages (no secrets).
+    fn describe(&self) -> String;
+}
+
+/// The table property prefix of the per-region watermarks.
+pub const COMMIT_PROPERTY_PREFIX: &str = "alluvium.commit.";
+/// The snapshot-summary key naming the region that committed a snapshot.
+pub const SUMMARY_SINK_KEY: &str = "alluvium.sink-key";
+/// The snapshot-summary key holding the checkpoint a snapshot committed.
+pub const SUMMARY_CHECKPOINT: &str = "alluvium.checkpoint";
+
+/// Settings of an [`IcebergSink`].
+#[derive(Debug, Clone)]
+pub struct IcebergSinkConfig {
+    /// `namespace.table` (nested namespaces: `a.b.table`).
+    pub table: String,
+    /// Roll to a new data file at this many bytes (default 128 MiB).
+    pub target_file_bytes: u64,
+    /// The Parquet encoding of data files.
+    pub parquet: ParquetFormat,
+    /// Files of failed attempts are deleted only when older than this (default 1 hour).
+    pub orphan_grace: Duration,
+    /// Extra properties of tables this sink creates.
+    pub properties: HashMap<String, String>,
+}
+
+impl IcebergSinkConfig {
+    /// Defaults for `table`.
+    pub fn new(table: impl Into<String>) -> Self {
+        Self {
+            table: table.into(),
+            target_file_bytes: 128 << 20,
+            parquet: ParquetFormat::default(),
+            orphan_grace: Duration::from_secs(3600),
+            properties: HashMap::new(),
+        }
+    }
+}
+
+/// Writes an Iceberg table exactly once. See the [module docs](self).
+#[derive(Clone)]
+pub struct IcebergSink {
+    config: Arc<IcebergSinkConfig>,
+    catalog: Arc<dyn CatalogConnector>,
+}
+
+impl std::fmt::Debug for IcebergSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IcebergSink({} in {})", self.config.table, self.catalog.describe())
+    }
+}
+
+/// A committable's payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IcebergFiles {
+    /// The table's data folder (a URL) the paths are relative to.
+    data: String,
+    files: Vec<WrittenFile>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn files_of(c: &Committable) -> Result<IcebergFiles> {
+    serde_json::from_value(c.payload.clone())
+        .map_err(|e| Error::checkpoint(format!("an iceberg sink committable in the checkpoint is malformed: {e}")))
+}
+
+impl IcebergSink {
+    /// A sink writing `config.table` in the catalog `catalog` opens.
+    pub fn new(config: IcebergSinkConfig, catalog: Arc<dyn CatalogConnector>) -> Self {
+        Self { config: Arc::new(config), catalog }
+    }
+
+    fn what(&self) -> String {
+        format!("Iceberg table `{}` in {}", self.config.table, self.catalog.describe())
+    }
+
+    fn err(&self, doing: &str, e: iceberg::Error) -> Error {
+        let retryable = !matches!(e.kind(), iceberg::ErrorKind::FeatureUnsupported);
+        Error::external(format!("{doing} {}: {}", self.what(), redact(&e.to_string()))).with_retryable(retryable)
+    }
+
+    fn ident(&self) -> Result<TableIdent> {
+        let parts: Vec<&str> = self.config.table.split('.').collect();
+        if parts.len() < 2 || parts.iter().any(|p| p.trim().is_empty()) {
+            return Err(Error::config(format!(
+                "iceberg sink `table` is `{}`; write it as `namespace.table` (for example `default.images`)",
+                self.config.table
+            )));
+        }
+        TableIdent::from_strs(parts).map_err(|e| Error::config(format!("iceberg sink `table`: {e}")))
+    }
+
+    async fn load(&self, catalog: &dyn Catalog) -> Result<Option<Table>> {
+        let ident = self.ident()?;
+        match catalog.table_exists(&ident).await {
+            Ok(false) => Ok(None),
+            Ok(true) => catalog.load_table(&ident).await.map(Some).map_err(|e| self.err("loading", e)),
+            Err(e) => Err(self.err("looking up", e)),
+        }
+    }
+
+    /// Loads the table, creating it (or adding nullable columns) to fit `incoming`.
+    async fn ensure_table(&self, incoming: &Schema) -> Result<Table> {
+        let catalog = self.catalog.connect().await?;
+        let mapped = lake_schema(incoming, LakeTypes::Widened);
+        let table = match self.load(catalog.as_ref()).await? {
+            Some(t) => t,
+            None => self.create(catalog.as_ref(), &mapped).await?,
+        };
+        let current = Arc::new(schema_to_arrow_schema(table.metadata().current_schema()).map_err(|e| self.err("reading", e))?);
+        let diff = diff_schema(&current, &mapped, &self.what())?;
+        if diff.added.is_empty() {
+            return Ok(table);
+        }
+        let names: Vec<&str> = diff.added.iter().map(|f| f.name().as_str()).collect();
+        let mut action = Transaction::new(&table).update_schema();
+        for f in &diff.added {
+            let typed = arrow_schema_to_schema_auto_assign_ids(&Schema::new(vec![f.clone()]))
+                .map_err(|e| Error::config(format!("{}: column `{}`: {e}", self.what(), f.name())))?;
+            let field = typed.as_struct().fields()[0].clone();
+            action = action.add_column(AddColumn::optional(f.name(), (*field.field_type).clone()));
+        }
+        let tx = action.apply(Transaction::new(&table)).map_err(|e| self.err("evolving", e))?;
+        match tx.commit(catalog.as_ref()).await {
+            Ok(t) => {
+                tracing::info!(table = %self.what(), columns = ?names, "added nullable columns");
+                Ok(t)
+            }
+            // Added concurrently by another writer: the reloaded table must fit now.
+            Err(_) => {
+                let t = self.load(catalog.as_ref()).await?.ok_or_else(|| Error::external(format!("{} vanished", self.what())))?;
+                let current = schema_to_arrow_schema(t.metadata().current_schema()).map_err(|e| self.err("reading", e))?;
+                if !diff_schema(&current, &mapped, &self.what())?.added.is_empty() {
+                    return Err(Error::external(format!("{}: adding columns {names:?} failed", self.what())).with_retryable(true));
+                }
+                Ok(t)
+            }
+        }
+    }
+
+    async fn create(&self, catalog: &dyn Catalog, schema: &Schema) -> Result<Table> {
+        let ident = self.ident()?;
+        let iceberg_schema = arrow_schema_to_schema_auto_assign_ids(schema)
+            .map_err(|e| Error::config(format!("{}: the pipeline's schema has no Iceberg equivalent: {e}", self.what())))?;
+        let ns = ident.namespace().clone();
+        if !catalog.namespace_exists(&ns).await.map_err(|e| self.err("looking up the namespace of", e))? {
+            // Another writer may create it at the same time.
+            if let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await {
+                if !catalog.namespace_exists(&ns).await.unwrap_or(false) {
+                    return Err(self.err("creating the namespace of", e));
+                }
+            }
+        }
+        let mut properties: HashMap<String, String> = [
+            ("commit.retry.num-retries", "50"),
+            ("commit.retry.min-wait-ms", "20"),
+            ("commit.retry.max-wait-ms", "2000"),
+            ("write.parquet.compression-codec", "zstd"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        properties.extend(self.config.properties.clone());
+        let creation =
+            TableCreation::builder().name(ident.name().to_string()).schema(iceberg_schema).properties(properties).build();
+        match catalog.create_table(&ns, creation).await {
+            Ok(t) => {
+                tracing::info!(table = %self.what(), location = %redact(t.metadata().location()), "created the table");
+                Ok(t)
+            }
+            Err(e) => match self.load(catalog).await? {
+                Some(t) => Ok(t),
+                None => Err(self.err("creating", e)),
+            },
+        }
+    }
+
+    /// The region's last committed checkpoint: the table property, or the newest snapshot summary
+    /// that names the region.
+    fn committed(table: &Table, key: &str) -> Option<u64> {
+        let md = table.metadata();
+        let property = md.properties().get(&format!("{COMMIT_PROPERTY_PREFIX}{key}")).and_then(|v| v.parse().ok());
+        let summaries = md.snapshots().filter_map(|s| {
+            let p = &s.summary().additional_properties;
+            (p.get(SUMMARY_SINK_KEY).map(String::as_str) == Some(key)).then(|| p.get(SUMMARY_CHECKPOINT)?.parse().ok())?
+        });
+        property.into_iter().chain(summaries).max()
+    }
+
+    /// Paths of the data files of the table's current snapshot.
+    async fn live_files(&self, table: &Table) -> Result<HashSet<String>> {
+        let mut live = HashSet::new();
+        let Some(snapshot) = table.metadata().current_snapshot() else { return Ok(live) };
+        let list = table.manifest_list_reader(snapshot).load().await.map_err(|e| self.err("reading", e))?;
+        for m in list.entries() {
+            let manifest = m.load_manifest(table.file_io()).await.map_err(|e| self.err("reading", e))?;
+            for e in manifest.entries() {
+                if e.is_alive() {
+                    live.insert(e.data_file().file_path().to_string());
+                }
+            }
+        }
+        Ok(live)
+    }
+}
+
+fn join(dir: &str, file: &str) -> String {
+    format!("{}/{}", dir.trim_end_matches('/'), file)
+}
+
+#[async_trait]
+impl Sink for IcebergSink {
+    fn name(&self) -> String {
+        "iceberg".into()
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.ident().map(|_| ())
+    }
+
+    fn location(&self) -> Option<String> {
+        Some(format!("iceberg:{}:{}", self.catalog.describe(), self.config.table))
+    }
+
+    async fn writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {
+        Ok(Box::new(IcebergWriter { sink: self.clone(), prefix: format!("part-{}", ctx.file_prefix()), open: None }))
+    }
+
+    async fn commit(&self, ctx: &SinkContext, checkpoint: u64, committables: &[Committable]) -> Result<()> {
+        let mut paths = Vec::new();
+        for c in committables {
+            let f = files_of(c)?;
+            for w in f.files {
+                paths.push((join(&f.data, &w.path), w));
+            }
+        }
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let catalog = self.catalog.connect().await?;
+        let key = ctx.sink_key();
+        let table = self.load(catalog.as_ref()).await?.ok_or_else(|| {
+            Error::checkpoint(format!(
+                "{} is gone, but checkpoint {checkpoint} of region {} has files to commit to it; it was dropped outside \
+                 Alluvium",
+                self.what(),
+                ctx.region
+            ))
+        })?;
+        if Self::committed(&table, &key).is_some_and(|c| c >= checkpoint) {
+            tracing::debug!(region = ctx.region, checkpoint, "already committed to the iceberg table");
+            return Ok(());
+        }
+        let spec = table.metadata().default_partition_spec_id();
+        let mut files = Vec::with_capacity(paths.len());
+        for (path, w) in paths {
+            let file = DataFileBuilder::default()
+                .content(DataContentType::Data)
+                .file_path(path)
+                .file_format(DataFileFormat::Parquet)
+                .record_count(w.rows)
+                .file_size_in_bytes(w.bytes)
+                .partition_spec_id(spec)
+                .build()
+                .map_err(|e| Error::internal(format!("building an iceberg data file: {e}")))?;
+            files.push(file);
+        }
+        let summary: HashMap<String, String> =
+            [(SUMMARY_SINK_KEY.to_string(), key.clone()), (SUMMARY_CHECKPOINT.to_string(), checkpoint.to_string())].into();
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .fast_append()
+            .add_data_files(files)
+            .set_snapshot_properties(summary)
+            .apply(tx)
+            .map_err(|e| self.err("committing to", e))?;
+        let tx = tx
+            .update_table_properties()
+            .set(format!("{COMMIT_PROPERTY_PREFIX}{key}"), checkpoint.to_string())
+            .apply(tx)
+            .map_err(|e| self.err("committing to", e))?;
+        match tx.commit(catalog.as_ref()).await {
+            Ok(_) => {
+                tracing::debug!(region = ctx.region, checkpoint, "committed to the iceberg table");
+                Ok(())
+            }
+            Err(e) => {
+                let error = self.err(&format!("committing region {} checkpoint {checkpoint} to", ctx.region), e);
+                // The outcome may be unknown: the table tells.
+                if let Some(t) = self.load(catalog.as_ref()).await? {
+                    if Self::committed(&t, &key).is_some_and(|c| c >= checkpoint) {
+                        tracing::info!(region = ctx.region, checkpoint, "the commit landed despite an error: {error}");
+                        return Ok(());
+                    }
+                }
+                Err(error.with_retryable(true))
+            }
+        }
+    }
+
+    async fn recover(&self, ctx: &SinkContext, pending: &[Committable]) -> Result<()> {
+        let catalog = self.catalog.connect().await?;
+        let Some(table) = self.load(catalog.as_ref()).await? else { return Ok(()) };
+        let data = join(table.metadata().location(), "data");
+        let loc = Location::parse(&data).map_err(|e| e.context(self.what()))?;
+        let mut keep = HashSet::new();
+        for c in pending {
+            let f = files_of(c)?;
+            keep.extend(f.files.iter().map(|w| join(&f.data, &w.path)));
+        }
+        let ours = format!("part-{}-r{}-", &ctx.instance[..ctx.instance.len().min(8)], ctx.region);
+        let grace = self.config.orphan_grace.as_millis().min(i64::MAX as u128) as i64;
+        let now = now_ms();
+        let candidates: Vec<_> = loc
+            .store
+            .list(Some(&loc.prefix))
+            .try_filter(|m| {
+                let name = m.location.filename().unwrap_or_default();
+                let old = now - m.last_modified.timestamp_millis() >= grace;
+                futures::future::ready(name.starts_with(&ours) && old && !keep.contains(&join(&data, name)))
+            })
+            .try_collect()
+            .await?;
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let live = self.live_files(&table).await?;
+        let orphans: Vec<_> =
+            candidates.into_iter().filter(|m| !live.contains(&join(&data, m.location.filename().unwrap_or_default()))).collect();
+        if !orphans.is_empty() {
+            tracing::info!(region = ctx.region, files = orphans.len(), table = %self.what(), "deleting data files of failed attempts");
+        }
+        for m in orphans {
+            match loc.store.delete(&m.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+struct OpenTable {
+    incoming: SchemaRef,
+    target: SchemaRef,
+    data: String,
+    files: RollingWriter,
+}
+
+struct IcebergWriter {
+    sink: IcebergSink,
+    prefix: String,
+    open: Option<OpenTable>,
+}
+
+#[async_trait]
+impl SinkWriter for IcebergWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.open.as_ref().is_none_or(|o| o.incoming != batch.schema()) {
+            let table = self.sink.ensure_table(&batch.schema()).await?;
+            let target =
+                Arc::new(schema_to_arrow_schema(table.metadata().current_schema()).map_err(|e| self.sink.err("reading", e))?);
+            let data = join(table.metadata().location(), "data");
+            match &mut self.open {
+                // Same table, new columns: keep the files written so far.
+                Some(o) if o.data == data => {
+                    o.files.roll().await?;
+                    o.incoming = batch.schema();
+                    o.target = target;
+                }
+                _ => {
+                    let loc = Location::parse(&data).map_err(|e| e.context(self.sink.what()))?;
+                    let files = RollingWriter::new(
+                        Arc::new(self.sink.config.parquet.clone()),
+                        loc,
+                        "",
+                        self.prefix.clone(),
+                        self.sink.config.target_file_bytes,
+                    );
+                    self.open = Some(OpenTable { incoming: batch.schema(), target, data, files });
+                }
+            }
+        }
+        let open = self.open.as_mut().expect("opened above");
+        let batch = to_lake(&batch, &open.target).map_err(|e| e.context(self.sink.what()))?;
+        open.files.write(&batch).await
+    }
+
+    async fn prepare(&mut self, _checkpoint: u64) -> Result<Option<Committable>> {
+        let Some(open) = self.open.as_mut() else { return Ok(None) };
+        let files = open.files.finish().await?;
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let rows = files.iter().map(|f| f.rows).sum();
+        let bytes = files.iter().map(|f| f.bytes).sum();
+        let payload = serde_json::to_value(IcebergFiles { data: open.data.clone(), files }).expect("serializable");
+        Ok(Some(Committable { rows, bytes, payload }))
+    }
+}
