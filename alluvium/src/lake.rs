@@ -21,6 +21,7 @@ use alluvium_core::sink::Sink;
 use alluvium_core::{Error, Result};
 use serde::Deserialize;
 
+#[cfg(any(feature = "delta", feature = "iceberg"))]
 fn parquet(compression: &Option<String>, row_group_bytes: Option<u64>) -> Result<alluvium_parquet::ParquetFormat> {
     let mut format = alluvium_parquet::ParquetFormat::default();
     if let Some(c) = compression {
@@ -40,6 +41,7 @@ fn non_empty(value: &str, key: &str, kind: &str, example: &str) -> Result<()> {
 }
 
 /// `type = "delta"`.
+#[cfg(feature = "delta")]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeltaConfig {
@@ -59,6 +61,7 @@ pub struct DeltaConfig {
     pub orphan_grace: Option<Duration>,
 }
 
+#[cfg(feature = "delta")]
 impl DeltaConfig {
     /// Builds the sink.
     pub fn build(&self) -> Result<Arc<dyn Sink>> {
@@ -76,6 +79,7 @@ impl DeltaConfig {
 }
 
 /// `type = "iceberg"`.
+#[cfg(feature = "iceberg")]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IcebergConfig {
@@ -102,6 +106,7 @@ pub struct IcebergConfig {
     pub orphan_grace: Option<Duration>,
 }
 
+#[cfg(feature = "iceberg")]
 impl IcebergConfig {
     /// Builds the sink (the catalog is connected on first use).
     pub fn build(&self) -> Result<Arc<dyn Sink>> {
@@ -127,6 +132,7 @@ impl IcebergConfig {
 }
 
 /// `type = "lance"`.
+#[cfg(feature = "lance")]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LanceConfig {
@@ -140,6 +146,7 @@ pub struct LanceConfig {
     pub orphan_grace: Option<Duration>,
 }
 
+#[cfg(feature = "lance")]
 impl LanceConfig {
     /// Builds the sink.
     pub fn build(&self) -> Result<Arc<dyn Sink>> {

@@ -60,10 +60,14 @@ fn exit_code(e: &Error) -> ExitCode {
     }
 }
 
+/// Our own crates log at `info`; libraries (the lake formats' kernels are chatty) only warnings.
+const DEFAULT_LOG: &str = "warn,alluvium=info,alluvium_core=info,alluvium_object=info,alluvium_formats=info,\
+                           alluvium_parquet=info,alluvium_delta=info,alluvium_iceberg=info,alluvium_lance=info,alluvium_catalog=info";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ALLUVIUM_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ALLUVIUM_LOG").unwrap_or_else(|_| DEFAULT_LOG.into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
