@@ -249,14 +249,43 @@ impl<F: FileFormat> Sink for FileSink<F> {
         if !leftovers.is_empty() {
             tracing::info!(region = ctx.region, files = leftovers.len(), "deleting staged files of failed attempts");
         }
-        for p in leftovers {
-            match loc.store.delete(&p).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        delete_files(loc, leftovers).await
     }
+}
+
+/// Deletes `paths` (already gone is fine).
+pub async fn delete_files(loc: &Location, paths: impl IntoIterator<Item = Path>) -> Result<()> {
+    for p in paths {
+        match loc.store.delete(&p).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Files directly in `loc` whose names start with `name_prefix`, are not in `keep` (file names),
+/// and were last modified at least `grace` ago: the candidates for orphan deletion of a region's
+/// failed attempts. The caller removes those its table still references before deleting.
+pub async fn orphan_candidates(
+    loc: &Location,
+    name_prefix: &str,
+    keep: &std::collections::HashSet<String>,
+    grace: std::time::Duration,
+) -> Result<Vec<Path>> {
+    let cutoff = std::time::SystemTime::now() - grace;
+    let cutoff_ms = cutoff.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    Ok(loc
+        .store
+        .list(Some(&loc.prefix))
+        .try_filter(|m| {
+            let name = m.location.filename().unwrap_or_default();
+            let old = m.last_modified.timestamp_millis() <= cutoff_ms;
+            futures::future::ready(name.starts_with(name_prefix) && old && !keep.contains(name))
+        })
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await?)
 }
 
 struct OpenFile {

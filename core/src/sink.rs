@@ -71,7 +71,12 @@ impl SinkContext {
     /// `INSTANCE-rR-eE-WRITER`: a file-name prefix unique to this writer's attempt, even across
     /// pipelines writing the same table.
     pub fn file_prefix(&self) -> String {
-        format!("{}-r{}-e{}-{}", &self.instance[..self.instance.len().min(8)], self.region, self.epoch, self.writer)
+        format!("{}e{}-{}", self.region_file_prefix(), self.epoch, self.writer)
+    }
+
+    /// `INSTANCE-rR-`: the start of the file names of every attempt of this region.
+    pub fn region_file_prefix(&self) -> String {
+        format!("{}-r{}-", &self.instance[..self.instance.len().min(8)], self.region)
     }
 }
 

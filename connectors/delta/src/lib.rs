@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use alluvium_core::arrow::datatypes::{Schema, SchemaRef};
 use alluvium_core::arrow::record_batch::RecordBatch;
-use alluvium_core::files::{RollingWriter, WrittenFile};
+use alluvium_core::files::{delete_files, orphan_candidates, RollingWriter, WrittenFile};
 use alluvium_core::store::Location;
 use alluvium_core::types::lake::{diff_schema, lake_schema, to_lake, LakeTypes};
 use alluvium_core::{Committable, Error, Result, Sink, SinkContext, SinkWriter};
@@ -44,8 +44,6 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
-use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 /// Settings of a [`DeltaSink`].
@@ -303,19 +301,8 @@ impl Sink for DeltaSink {
         for c in pending {
             keep.extend(files_of(c)?.files.into_iter().map(|f| f.path));
         }
-        let ours = format!("part-{}-r{}-", &ctx.instance[..ctx.instance.len().min(8)], ctx.region);
-        let grace = chrono_ms(self.config.orphan_grace);
-        let now = now_ms();
-        let candidates: Vec<_> = loc
-            .store
-            .list(Some(&loc.prefix))
-            .try_filter(|m| {
-                let name = m.location.filename().unwrap_or_default();
-                let old = now - m.last_modified.timestamp_millis() >= grace;
-                futures::future::ready(name.starts_with(&ours) && old && !keep.contains(name))
-            })
-            .try_collect()
-            .await?;
+        let prefix = format!("part-{}", ctx.region_file_prefix());
+        let candidates = orphan_candidates(loc, &prefix, &keep, self.config.orphan_grace).await?;
         if candidates.is_empty() {
             return Ok(());
         }
@@ -324,23 +311,12 @@ impl Sink for DeltaSink {
             .map_err(|e| self.err("listing the files of", e))?
             .filter_map(|u| u.rsplit('/').next().map(str::to_string))
             .collect();
-        let orphans: Vec<_> =
-            candidates.into_iter().filter(|m| !live.contains(m.location.filename().unwrap_or_default())).collect();
+        let orphans: Vec<_> = candidates.into_iter().filter(|p| !live.contains(p.filename().unwrap_or_default())).collect();
         if !orphans.is_empty() {
             tracing::info!(region = ctx.region, files = orphans.len(), table = %self.what(), "deleting data files of failed attempts");
         }
-        for m in orphans {
-            match loc.store.delete(&m.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        delete_files(loc, orphans).await
     }
-}
-
-fn chrono_ms(d: Duration) -> i64 {
-    d.as_millis().min(i64::MAX as u128) as i64
 }
 
 struct DeltaWriter {

@@ -35,19 +35,17 @@ use std::time::Duration;
 use alluvium_core::arrow::datatypes::{Schema, SchemaRef};
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::error::redact;
-use alluvium_core::files::{RollingWriter, WrittenFile};
+use alluvium_core::files::{delete_files, orphan_candidates, RollingWriter, WrittenFile};
 use alluvium_core::store::Location;
 use alluvium_core::types::lake::{diff_schema, lake_schema, to_lake, LakeTypes};
 use alluvium_core::{Committable, Error, Result, Sink, SinkContext, SinkWriter};
 use alluvium_parquet::ParquetFormat;
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use iceberg::arrow::{arrow_schema_to_schema_auto_assign_ids, schema_to_arrow_schema};
 use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableCreation, TableIdent};
-use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 /// Opens a catalog. Connecting is lazy (on a region's first write or commit), so an unreachable
@@ -114,10 +112,6 @@ struct IcebergFiles {
     /// The table's data folder (a URL) the paths are relative to.
     data: String,
     files: Vec<WrittenFile>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn files_of(c: &Committable) -> Result<IcebergFiles> {
@@ -364,40 +358,23 @@ impl Sink for IcebergSink {
         let Some(table) = self.load(catalog.as_ref()).await? else { return Ok(()) };
         let data = join(table.metadata().location(), "data");
         let loc = Location::parse(&data).map_err(|e| e.context(self.what()))?;
+        // Data file names are unique in the table's data folder, so names identify them.
+        let name = |path: &str| path.rsplit('/').next().unwrap_or_default().to_string();
         let mut keep = HashSet::new();
         for c in pending {
-            let f = files_of(c)?;
-            keep.extend(f.files.iter().map(|w| join(&f.data, &w.path)));
+            keep.extend(files_of(c)?.files.iter().map(|w| name(&w.path)));
         }
-        let ours = format!("part-{}-r{}-", &ctx.instance[..ctx.instance.len().min(8)], ctx.region);
-        let grace = self.config.orphan_grace.as_millis().min(i64::MAX as u128) as i64;
-        let now = now_ms();
-        let candidates: Vec<_> = loc
-            .store
-            .list(Some(&loc.prefix))
-            .try_filter(|m| {
-                let name = m.location.filename().unwrap_or_default();
-                let old = now - m.last_modified.timestamp_millis() >= grace;
-                futures::future::ready(name.starts_with(&ours) && old && !keep.contains(&join(&data, name)))
-            })
-            .try_collect()
-            .await?;
+        let prefix = format!("part-{}", ctx.region_file_prefix());
+        let candidates = orphan_candidates(&loc, &prefix, &keep, self.config.orphan_grace).await?;
         if candidates.is_empty() {
             return Ok(());
         }
-        let live = self.live_files(&table).await?;
-        let orphans: Vec<_> =
-            candidates.into_iter().filter(|m| !live.contains(&join(&data, m.location.filename().unwrap_or_default()))).collect();
+        let live: HashSet<String> = self.live_files(&table).await?.iter().map(|p| name(p)).collect();
+        let orphans: Vec<_> = candidates.into_iter().filter(|p| !live.contains(p.filename().unwrap_or_default())).collect();
         if !orphans.is_empty() {
             tracing::info!(region = ctx.region, files = orphans.len(), table = %self.what(), "deleting data files of failed attempts");
         }
-        for m in orphans {
-            match loc.store.delete(&m.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        delete_files(&loc, orphans).await
     }
 }
 
