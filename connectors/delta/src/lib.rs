@@ -127,6 +127,7 @@ impl DeltaSink {
     /// The table handle, loaded; `None` when no table exists there yet.
     async fn load(&self) -> Result<(DeltaTable, bool)> {
         let loc = self.location()?;
+        register_log_stores();
         let mut table = DeltaTableBuilder::from_url(loc.url.clone())
             .map_err(|e| self.err("opening", e))?
             .with_storage_backend(loc.root_store(), loc.url.clone())
@@ -181,6 +182,37 @@ impl DeltaSink {
     async fn committed(&self, table: &DeltaTable, ctx: &SinkContext) -> Result<Option<i64>> {
         let state = table.snapshot().map_err(|e| self.err("reading", e))?;
         state.transaction_version(table.log_store().as_ref(), ctx.sink_key()).await.map_err(|e| self.err("reading", e))
+    }
+}
+
+/// Delta's log on object stores: delta-rs only knows `file://` and `memory://` unless its
+/// per-cloud crates are linked, which bring their own clients and lock services (DynamoDB). Our
+/// stores come from [`Location`] (one client and one set of `AWS_*`/`AZURE_*`/`GOOGLE_*` settings for
+/// all of Alluvium), and every one of them supports the conditional put (`If-None-Match: *`) that
+/// delta-rs's default log store uses to create `_delta_log/N.json`, so that log store serves every
+/// scheme.
+fn register_log_stores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let registry = deltalake::logstore::logstore_factories();
+        for scheme in ["s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "adl"] {
+            let url = url::Url::parse(&format!("{scheme}://")).expect("a scheme URL");
+            registry.entry(url).or_insert_with(|| Arc::new(ConditionalPutLogStores));
+        }
+    });
+}
+
+struct ConditionalPutLogStores;
+
+impl deltalake::logstore::LogStoreFactory for ConditionalPutLogStores {
+    fn with_options(
+        &self,
+        prefixed_store: deltalake::logstore::ObjectStoreRef,
+        root_store: deltalake::logstore::ObjectStoreRef,
+        location: &url::Url,
+        options: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn deltalake::logstore::LogStore>> {
+        Ok(deltalake::logstore::default_logstore(prefixed_store, root_store, location, options))
     }
 }
 
