@@ -103,6 +103,9 @@ impl IcebergCatalogConfig {
         props.insert("warehouse".into(), warehouse);
         match self.kind()? {
             kind @ (CatalogKind::Sqlite | CatalogKind::Postgres) => {
+                if kind == CatalogKind::Postgres {
+                    self.reachable().await?;
+                }
                 let uri = if kind == CatalogKind::Sqlite { sqlite_url(&self.uri)? } else { self.uri.clone() };
                 props.insert("uri".into(), uri);
                 let style = if kind == CatalogKind::Sqlite { SqlBindStyle::QMark } else { SqlBindStyle::DollarNumeric };
@@ -123,6 +126,25 @@ impl IcebergCatalogConfig {
                     .map_err(failed)?;
                 Ok(Arc::new(catalog))
             }
+        }
+    }
+}
+
+impl IcebergCatalogConfig {
+    /// Fails fast, with the OS's reason, when the PostgreSQL server does not accept connections:
+    /// sqlx's pool would otherwise retry quietly for 30 seconds and then say only "timed out".
+    async fn reachable(&self) -> Result<()> {
+        let Ok(url) = url::Url::parse(&self.uri) else { return Ok(()) };
+        // A socket directory in the query (`?host=/run/postgresql`) is left to sqlx.
+        let Some(host) = url.host_str().filter(|h| !h.is_empty()) else { return Ok(()) };
+        let addr = (host.trim_start_matches('[').trim_end_matches(']'), url.port().unwrap_or(5432));
+        let failed = |why: String| {
+            Error::external(format!("cannot reach the iceberg catalog {}: {why}", self.describe())).with_retryable(true)
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Err(_) => Err(failed("no answer within 10 s".into())),
         }
     }
 }
@@ -177,12 +199,13 @@ impl CatalogConnector for IcebergCatalog {
             return Ok(c.clone());
         }
         // Two processes creating the catalog's tables at once race in PostgreSQL's
-        // `CREATE TABLE IF NOT EXISTS`: a short retry settles it.
+        // `CREATE TABLE IF NOT EXISTS` (a unique violation on `pg_type`, reported as "duplicate
+        // key" or as "type … already exists"): a short retry settles it.
         let mut attempt = 0;
         let c = loop {
             match self.config.open().await {
                 Ok(c) => break c,
-                Err(e) if attempt < 3 && e.to_string().contains("duplicate key") => {
+                Err(e) if attempt < 3 && ["duplicate key", "already exists"].iter().any(|m| e.to_string().contains(m)) => {
                     attempt += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
                 }

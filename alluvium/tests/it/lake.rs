@@ -263,3 +263,115 @@ sys.stdout.flush(); os._exit(0)
         assert_eq!(seen.trim(), "3 3", "{example}: three thumbnails, each once");
     }
 }
+
+/// A small tmpfs mounted at `path` (root only; `None` elsewhere), unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", path.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root, as in CI)");
+            return None;
+        }
+        Some(Self(path.to_path_buf()))
+    }
+
+    fn grow(&self, size: &str) {
+        let s = Command::new("mount").args(["-o", &format!("remount,size={size}"), self.0.to_str().unwrap()]).status().unwrap();
+        assert!(s.success(), "remount failed");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn table_name(format: Format) -> &'static str {
+    match format {
+        Format::Delta => "Delta table",
+        Format::Iceberg => "Iceberg table `default.ids`",
+        Format::Lance => "Lance dataset",
+    }
+}
+
+/// The disk that holds the table (and the checkpoints) fills up: the regions fail and retry with
+/// backoff, the job stops with an error naming the table and the cause, and what the table holds
+/// meanwhile is whole commits (every row once). With room again, a rerun finishes exactly once.
+fn a_full_disk_stops_then_resumes(format: Format) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("out"), "1m") else { return };
+    let rows = 60_000;
+    let job = job(dir.path(), format, rows, &Target::Local, 2);
+    // About 1.5 MB of table for these rows: the disk fills some way through.
+    let out = bin().args(["run", job.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{format:?}: the disk was meant to fill up");
+    let last = stderr.lines().rev().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(last.contains(table_name(format)) && last.contains("No space left on device"), "{format:?}: {last}");
+    assert!(stderr.contains("retry_in"), "{format:?}: the regions retry before the job gives up: {stderr}");
+    if let Some((seen, distinct)) = read_ids(format, dir.path(), &Target::Local) {
+        assert!(seen == distinct && seen < rows, "{format:?}: a partial table holds whole commits: {seen} rows, {distinct} ids");
+    }
+    disk.grow("64m");
+    run_to_end(&job, &Target::Local);
+    let Some(seen) = read_ids(format, dir.path(), &Target::Local) else { return };
+    assert_eq!(seen, (rows, rows), "{format:?}: every row once after the rerun");
+}
+
+#[test]
+fn delta_on_a_full_disk_stops_naming_the_table_and_resumes_exactly_once() {
+    a_full_disk_stops_then_resumes(Format::Delta);
+}
+
+#[test]
+fn iceberg_on_a_full_disk_stops_naming_the_table_and_resumes_exactly_once() {
+    a_full_disk_stops_then_resumes(Format::Iceberg);
+}
+
+#[test]
+fn lance_on_a_full_disk_stops_naming_the_table_and_resumes_exactly_once() {
+    a_full_disk_stops_then_resumes(Format::Lance);
+}
+
+/// Credentials the S3 server refuses (a permission error): the job stops with an error that names
+/// the table and the refusal and never shows the secret; with the right credentials a rerun writes
+/// every row once. Checkpoints stay on local disk, so it is the table that is refused.
+#[test]
+fn a_refused_s3_table_stops_each_sink_with_the_table_named_and_no_secret() {
+    let Some(server) = alluvium_integration::S3Server::start() else { return };
+    for format in [Format::Delta, Format::Iceberg, Format::Lance] {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::S3 { server: &server, bucket: server.bucket() };
+        let rows = 6_000;
+        let job = job(dir.path(), format, rows, &target, 2);
+        let local = format!("checkpoint.location={}", dir.path().join("checkpoints").display());
+        let wrong = format!("WRONG{:x}", rand::random::<u64>());
+        let out = target
+            .command()
+            .args(["run", job.to_str().unwrap(), "--set", &local])
+            .env("AWS_SECRET_ACCESS_KEY", &wrong)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{format:?}: the server was meant to refuse the request");
+        let last = stderr.lines().rev().find(|l| l.starts_with("error:")).unwrap_or_default();
+        assert!(last.contains(table_name(format)), "{format:?}: {last}");
+        assert!(
+            last.contains("403") || last.contains("Forbidden") || last.contains("SignatureDoesNotMatch"),
+            "{format:?}: {last}"
+        );
+        assert!(!stderr.contains(&wrong) && !stderr.contains(&server.secret_key), "{format:?}: a secret in the output: {stderr}");
+        let out = target.command().args(["run", job.to_str().unwrap(), "--set", &local]).output().unwrap();
+        assert!(out.status.success(), "{format:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let Some(seen) = read_ids(format, dir.path(), &target) else { return };
+        assert_eq!(seen, (rows, rows), "{format:?}: every row once after the rerun");
+    }
+}

@@ -132,7 +132,7 @@ async fn an_unreachable_catalog_is_a_retryable_error_naming_the_table() {
     let e = prepare(&s, &context("p", 0, 1), 1, vec![id_batch(0..1)]).await.unwrap_err();
     assert!(e.is_retryable(), "{e}");
     let text = e.to_string();
-    assert!(text.contains("PostgreSQL catalog") && text.contains("127.0.0.1:1"), "{text}");
+    assert!(text.contains("PostgreSQL catalog") && text.contains("127.0.0.1:1") && text.contains("refused"), "{text}");
 }
 
 #[tokio::test]

@@ -368,17 +368,17 @@ impl SinkWriter for DeltaWriter {
             Some((incoming, target)) if incoming == &batch.schema() => target.clone(),
             _ => {
                 let target = self.sink.ensure_table(&batch.schema()).await?;
-                self.files.roll().await?;
+                self.files.roll().await.map_err(|e| e.context(self.sink.what()))?;
                 self.schema = Some((batch.schema(), target.clone()));
                 target
             }
         };
         let batch = to_lake(&batch, &target).map_err(|e| e.context(self.sink.what()))?;
-        self.files.write(&batch).await
+        self.files.write(&batch).await.map_err(|e| e.context(self.sink.what()))
     }
 
     async fn prepare(&mut self, _checkpoint: u64) -> Result<Option<Committable>> {
-        let files = self.files.finish().await?;
+        let files = self.files.finish().await.map_err(|e| e.context(self.sink.what()))?;
         if files.is_empty() {
             return Ok(None);
         }

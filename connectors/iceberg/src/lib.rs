@@ -405,7 +405,7 @@ impl SinkWriter for IcebergWriter {
             match &mut self.open {
                 // Same table, new columns: keep the files written so far.
                 Some(o) if o.data == data => {
-                    o.files.roll().await?;
+                    o.files.roll().await.map_err(|e| e.context(self.sink.what()))?;
                     o.incoming = batch.schema();
                     o.target = target;
                 }
@@ -424,12 +424,12 @@ impl SinkWriter for IcebergWriter {
         }
         let open = self.open.as_mut().expect("opened above");
         let batch = to_lake(&batch, &open.target).map_err(|e| e.context(self.sink.what()))?;
-        open.files.write(&batch).await
+        open.files.write(&batch).await.map_err(|e| e.context(self.sink.what()))
     }
 
     async fn prepare(&mut self, _checkpoint: u64) -> Result<Option<Committable>> {
         let Some(open) = self.open.as_mut() else { return Ok(None) };
-        let files = open.files.finish().await?;
+        let files = open.files.finish().await.map_err(|e| e.context(self.sink.what()))?;
         if files.is_empty() {
             return Ok(None);
         }

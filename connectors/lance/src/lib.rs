@@ -86,6 +86,15 @@ struct LanceFiles {
     fragments: Vec<Fragment>,
 }
 
+/// Lance appends the Rust source location to its messages (`…, /…/lance-file-11.0.0/src/writer/
+/// structural.rs:255:9`): useful to Lance's developers, noise to a user.
+fn without_location(message: &str) -> &str {
+    match message.rsplit_once(", ") {
+        Some((head, tail)) if tail.contains(".rs:") && !tail.contains(' ') => head,
+        _ => message,
+    }
+}
+
 fn files_of(c: &Committable) -> Result<LanceFiles> {
     serde_json::from_value(c.payload.clone())
         .map_err(|e| Error::checkpoint(format!("a lance sink committable in the checkpoint is malformed: {e}")))
@@ -142,7 +151,7 @@ impl LanceSink {
     }
 
     fn err(&self, doing: &str, e: lance::Error) -> Error {
-        Error::external(format!("{doing} {}: {}", self.what(), redact(&e.to_string()))).with_retryable(true)
+        Error::external(format!("{doing} {}: {}", self.what(), redact(&without_location(&e.to_string())))).with_retryable(true)
     }
 
     async fn open(&self) -> Result<Option<Dataset>> {
@@ -388,5 +397,17 @@ impl SinkWriter for LanceWriter {
             files.fragments.iter().flat_map(|f| f.files.iter()).map(|d| d.file_size_bytes.get().map_or(0, |n| n.get())).sum();
         let payload = serde_json::to_value(files).expect("serializable");
         Ok(Some(Committable { rows, bytes, payload }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_location;
+
+    #[test]
+    fn lance_source_locations_are_cut_from_messages() {
+        let m = "LanceError(IO): No space left on device (os error 28), /root/.cargo/registry/src/x/lance-file-11.0.0/src/writer/structural.rs:255:9";
+        assert_eq!(without_location(m), "LanceError(IO): No space left on device (os error 28)");
+        assert_eq!(without_location("Not found: a, b"), "Not found: a, b");
     }
 }

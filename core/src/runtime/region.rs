@@ -207,11 +207,27 @@ async fn attempt(run: &Arc<RunContext>, region: usize, progressed: &mut bool) ->
         }
     } else {
         tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
+        // A task that failed closes its channels as it ends, and the coordinator may see the
+        // closed channel ("stopped before the final checkpoint") before the task's own error: the
+        // task's error is the cause, so it replaces that symptom.
+        let mut cause = None;
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((node, Err(e))) = joined {
+                if cause.is_none() {
+                    StageMetrics::add(&run.metrics.stages[node].errors, 1);
+                    cause = Some(e);
+                }
+            }
+        }
         if let Some(cp) = in_progress {
             // Best effort; `recover` on the restart deletes whatever this misses.
             let _ = plan.sink.abort(&commit_ctx, &cp.sink).await;
             let _ = plan.dead_letters.abort(&commit_ctx, &cp.dead_letters).await;
+        }
+        if let (Err(symptom), Some(cause)) = (&result, cause) {
+            if symptom.kind() == crate::ErrorKind::Internal {
+                return Err(cause);
+            }
         }
     }
     result
