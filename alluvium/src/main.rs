@@ -60,14 +60,14 @@ fn exit_code(e: &Error) -> ExitCode {
     }
 }
 
-/// Our own crates log at `info`; libraries (the lake formats' kernels are chatty) only warnings.
-/// Our crates at `info`, libraries at `warn`. The Delta kernel logs at `error` every failure it
+/// Our own crates log at `info`; libraries (the lake formats' kernels are chatty) only warnings. The Delta kernel logs at `error` every failure it
 /// also returns (and "No files in log segment" each time a table is looked for before it exists):
 /// the sink reports those errors itself, with the table named, so the kernel's own lines are off.
 const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,alluvium=info,alluvium_core=info,alluvium_object=info,alluvium_formats=info,\
                            alluvium_parquet=info,alluvium_delta=info,alluvium_iceberg=info,alluvium_lance=info,alluvium_catalog=info";
 
 fn main() -> ExitCode {
+    alluvium::tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ALLUVIUM_LOG").unwrap_or_else(|_| DEFAULT_LOG.into()))

@@ -297,11 +297,16 @@ struct OpenFile {
 }
 
 impl OpenFile {
+    /// Hands what the encoder produced to the upload without copying it (the upload slices it
+    /// into parts); the encoder gets a new buffer of the same capacity.
     fn upload_encoded(&mut self) {
         let buf = self.encoder.encoded();
+        if buf.is_empty() {
+            return;
+        }
         self.bytes += buf.len() as u64;
-        self.upload.write(buf);
-        buf.clear();
+        let full = std::mem::replace(buf, Vec::with_capacity(buf.capacity()));
+        self.upload.put(bytes::Bytes::from(full));
     }
 }
 
