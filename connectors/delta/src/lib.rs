@@ -307,7 +307,7 @@ impl Sink for DeltaSink {
                 Err(e) => {
                     // The outcome may be unknown (a lost response): the reload at the top of the
                     // loop reads the txn version again before anything is retried.
-                    let error = self.err(&format!("committing region {} checkpoint {checkpoint} to", ctx.region), e.into());
+                    let error = self.err(&format!("committing region {} checkpoint {checkpoint} to", ctx.region), e);
                     attempt += 1;
                     if attempt >= 10 {
                         let (table, _) = self.load().await?;

@@ -151,7 +151,7 @@ impl LanceSink {
     }
 
     fn err(&self, doing: &str, e: lance::Error) -> Error {
-        Error::external(format!("{doing} {}: {}", self.what(), redact(&without_location(&e.to_string())))).with_retryable(true)
+        Error::external(format!("{doing} {}: {}", self.what(), redact(without_location(&e.to_string())))).with_retryable(true)
     }
 
     async fn open(&self) -> Result<Option<Dataset>> {
