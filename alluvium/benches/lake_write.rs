@@ -11,7 +11,9 @@
 //! `ru_maxrss`) and streams the batches from the same Arrow IPC stream file, one batch at a time.
 //! Our sinks go through the sink protocol as the runtime drives it: one writer, `prepare` and
 //! `commit` (a checkpoint) at every 512 MiB of input. Parquet is zstd on both sides.
-//! Reported: input MB/s (the IPC stream's bytes over wall-clock seconds) and peak RSS.
+//! Reported: input MB/s (the IPC stream's bytes over wall-clock seconds), peak RSS, and CPU seconds
+//! split into user (our code and the libraries') and system (the kernel's page cache and page
+//! faults; on a shared VM the noisiest part).
 //!
 //! Targets: at least the Python writers' speed; peak RSS bounded by the configured buffers
 //! (Parquet row groups of 64 MiB, two batches in flight), not by the data size.
@@ -129,6 +131,15 @@ fn peak_rss_mib() -> f64 {
     kb / 1024.0
 }
 
+/// (user, system) CPU seconds of this process so far, from `/proc/self/stat` (USER_HZ = 100).
+fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    (ticks(11), ticks(12))
+}
+
 fn sink_for(format: &str, out: &Path) -> Arc<dyn Sink> {
     let table = out.to_str().expect("utf-8 path").to_string();
     match format {
@@ -173,7 +184,8 @@ fn child(format: &str, data: &Path, out: &Path) {
         commit(sink.as_ref(), &ctx, checkpoint, writer.prepare(checkpoint).await.expect("prepare")).await;
     });
     let seconds = start.elapsed().as_secs_f64();
-    println!("{}", serde_json::json!({ "seconds": seconds, "peak_rss_mib": peak_rss_mib() }));
+    let (user, system) = cpu_seconds();
+    println!("{}", serde_json::json!({ "seconds": seconds, "peak_rss_mib": peak_rss_mib(), "user_s": user, "sys_s": system }));
 }
 
 async fn commit(sink: &dyn Sink, ctx: &SinkContext, checkpoint: u64, committable: Option<alluvium::core::Committable>) {
@@ -209,7 +221,8 @@ elif fmt == "pylance":
     import lance
     lance.write_dataset(reader, out + "/rows.lance")
 seconds = time.time() - start
-print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": seconds, "peak_rss_mib": ru.ru_maxrss / 1024, "user_s": ru.ru_utime, "sys_s": ru.ru_stime}))
 sys.stdout.flush()
 import os; os._exit(0)
 "#;
@@ -248,7 +261,7 @@ fn main() {
     let writers: Vec<&Writer> = writers.iter().filter(|w| only.as_deref().is_none_or(|o| o == w.name)).collect();
     // Rounds interleave the writers, so drift on a shared machine hits all alike; every run starts
     // with the page cache's dirty data written back (`sync`), so no writer pays for another's.
-    let mut measured: Vec<Vec<(f64, f64, f64)>> = writers.iter().map(|_| Vec::new()).collect();
+    let mut measured: Vec<Vec<(f64, f64, f64, f64, f64)>> = writers.iter().map(|_| Vec::new()).collect();
     for _ in 0..runs {
         for (i, w) in writers.iter().enumerate() {
             let out = dir.join(format!("out-{}", w.format));
@@ -267,7 +280,8 @@ fn main() {
             .expect("writer process");
             assert!(output.status.success(), "{} failed: {}", w.name, String::from_utf8_lossy(&output.stderr));
             let r: serde_json::Value = serde_json::from_slice(&output.stdout).expect("writer JSON");
-            measured[i].push((r["seconds"].as_f64().unwrap(), r["peak_rss_mib"].as_f64().unwrap(), du(&out) as f64 / 1e6));
+            let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+            measured[i].push((f("seconds"), f("peak_rss_mib"), du(&out) as f64 / 1e6, f("user_s"), f("sys_s")));
             let _ = std::fs::remove_dir_all(&out);
         }
     }
@@ -283,8 +297,9 @@ fn main() {
         let seconds = median(m.iter().map(|x| x.0).collect());
         let rss = m.iter().map(|x| x.1).fold(0.0, f64::max);
         let written = m[0].2;
+        let (user, system) = (median(m.iter().map(|x| x.3).collect()), median(m.iter().map(|x| x.4).collect()));
         println!(
-            "{:<20} {:>8.1} MB/s {:>8.0} MiB peak RSS {:>7.1} s (median of {}) {:>8.0} MB on disk",
+            "{:<20} {:>8.1} MB/s {:>8.0} MiB peak RSS {:>7.1} s (median of {}; CPU {user:.1} s user, {system:.1} s sys) {:>8.0} MB on disk",
             w.name,
             input / seconds,
             rss,
@@ -293,7 +308,7 @@ fn main() {
             written
         );
         results.push(serde_json::json!({
-            "writer": w.name, "mb_per_s": input / seconds, "peak_rss_mib": rss, "seconds": seconds,
+            "writer": w.name, "mb_per_s": input / seconds, "peak_rss_mib": rss, "seconds": seconds, "user_s": user, "sys_s": system,
             "runs": m.iter().map(|x| x.0).collect::<Vec<_>>(), "input_mb": input, "written_mb": written,
         }));
     }
