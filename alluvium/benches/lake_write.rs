@@ -227,6 +227,15 @@ sys.stdout.flush()
 import os; os._exit(0)
 "#;
 
+/// One writer's run, as its process reported it.
+struct Run {
+    seconds: f64,
+    rss: f64,
+    written: f64,
+    user: f64,
+    system: f64,
+}
+
 struct Writer {
     name: &'static str,
     format: &'static str,
@@ -261,7 +270,7 @@ fn main() {
     let writers: Vec<&Writer> = writers.iter().filter(|w| only.as_deref().is_none_or(|o| o == w.name)).collect();
     // Rounds interleave the writers, so drift on a shared machine hits all alike; every run starts
     // with the page cache's dirty data written back (`sync`), so no writer pays for another's.
-    let mut measured: Vec<Vec<(f64, f64, f64, f64, f64)>> = writers.iter().map(|_| Vec::new()).collect();
+    let mut measured: Vec<Vec<Run>> = writers.iter().map(|_| Vec::new()).collect();
     for _ in 0..runs {
         for (i, w) in writers.iter().enumerate() {
             let out = dir.join(format!("out-{}", w.format));
@@ -281,7 +290,13 @@ fn main() {
             assert!(output.status.success(), "{} failed: {}", w.name, String::from_utf8_lossy(&output.stderr));
             let r: serde_json::Value = serde_json::from_slice(&output.stdout).expect("writer JSON");
             let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-            measured[i].push((f("seconds"), f("peak_rss_mib"), du(&out) as f64 / 1e6, f("user_s"), f("sys_s")));
+            measured[i].push(Run {
+                seconds: f("seconds"),
+                rss: f("peak_rss_mib"),
+                written: du(&out) as f64 / 1e6,
+                user: f("user_s"),
+                system: f("sys_s"),
+            });
             let _ = std::fs::remove_dir_all(&out);
         }
     }
@@ -294,10 +309,10 @@ fn main() {
         if m.is_empty() {
             continue;
         }
-        let seconds = median(m.iter().map(|x| x.0).collect());
-        let rss = m.iter().map(|x| x.1).fold(0.0, f64::max);
-        let written = m[0].2;
-        let (user, system) = (median(m.iter().map(|x| x.3).collect()), median(m.iter().map(|x| x.4).collect()));
+        let seconds = median(m.iter().map(|x| x.seconds).collect());
+        let rss = m.iter().map(|x| x.rss).fold(0.0, f64::max);
+        let written = m[0].written;
+        let (user, system) = (median(m.iter().map(|x| x.user).collect()), median(m.iter().map(|x| x.system).collect()));
         println!(
             "{:<20} {:>8.1} MB/s {:>8.0} MiB peak RSS {:>7.1} s (median of {}; CPU {user:.1} s user, {system:.1} s sys) {:>8.0} MB on disk",
             w.name,
@@ -309,7 +324,7 @@ fn main() {
         );
         results.push(serde_json::json!({
             "writer": w.name, "mb_per_s": input / seconds, "peak_rss_mib": rss, "seconds": seconds, "user_s": user, "sys_s": system,
-            "runs": m.iter().map(|x| x.0).collect::<Vec<_>>(), "input_mb": input, "written_mb": written,
+            "runs": m.iter().map(|x| x.seconds).collect::<Vec<_>>(), "input_mb": input, "written_mb": written,
         }));
     }
     let json = target.join("bench/lake_write.json");
