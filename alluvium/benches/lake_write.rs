@@ -43,6 +43,9 @@ use alluvium::core::sink::testing::context;
 use alluvium::core::types::{embedding_array, EmbeddingType, Metric, ObjectRef, ObjectRefBuilder, ObjectRefType};
 use alluvium::core::{Sink, SinkContext};
 
+mod common;
+use common::cpu_seconds;
+
 const ROWS_PER_BATCH: usize = 256;
 const DIMENSIONS: usize = 384;
 const BLOB: usize = 20 * 1024;
@@ -129,15 +132,6 @@ fn peak_rss_mib() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
     kb / 1024.0
-}
-
-/// (user, system) CPU seconds of this process so far, from `/proc/self/stat` (USER_HZ = 100).
-fn cpu_seconds() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
-    (ticks(11), ticks(12))
 }
 
 fn sink_for(format: &str, out: &Path) -> Arc<dyn Sink> {

@@ -27,6 +27,8 @@ use alluvium::core::sources::Generate;
 use alluvium::core::{Map, Output, Pipeline, Source, Stage};
 use alluvium::parquet::parquet_sink;
 
+mod common;
+
 fn fnv(batch: RecordBatch) -> alluvium::Result<Output> {
     let payload = batch.column(1).as_any().downcast_ref::<StringArray>().expect("payload");
     let hashes = UInt64Array::from_iter_values(payload.iter().map(|p| {
@@ -39,12 +41,10 @@ fn fnv(batch: RecordBatch) -> alluvium::Result<Output> {
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?.into())
 }
 
+/// User + system CPU seconds of this process so far.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0 // utime, stime (fields 14, 15), USER_HZ = 100
+    let (user, system) = common::cpu_seconds();
+    user + system
 }
 
 struct Measure {
