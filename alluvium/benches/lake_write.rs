@@ -40,7 +40,7 @@ use alluvium::core::arrow::datatypes::{Field, Schema};
 use alluvium::core::arrow::ipc::reader::StreamReader;
 use alluvium::core::arrow::ipc::writer::StreamWriter;
 use alluvium::core::sink::testing::context;
-use alluvium::core::types::{embedding_array, EmbeddingType, Metric, ObjectRef, ObjectRefBuilder, ObjectRefType};
+use alluvium::core::types::{data_bytes, embedding_array, EmbeddingType, Metric, ObjectRef, ObjectRefBuilder, ObjectRefType};
 use alluvium::core::{Sink, SinkContext};
 
 mod common;
@@ -111,11 +111,11 @@ fn data(dir: &Path, bytes: u64) -> PathBuf {
     let first = batch(0, &mut rng);
     let mut w = StreamWriter::try_new(file, &first.schema()).expect("ipc writer");
     w.write(&first).expect("ipc write");
-    let (mut next, mut written) = (ROWS_PER_BATCH as i64, first.get_array_memory_size() as u64);
+    let (mut next, mut written) = (ROWS_PER_BATCH as i64, data_bytes(&first));
     while written < bytes {
         let b = batch(next, &mut rng);
         w.write(&b).expect("ipc write");
-        written += b.get_array_memory_size() as u64;
+        written += data_bytes(&b);
         next += ROWS_PER_BATCH as i64;
     }
     w.finish().expect("ipc finish");
@@ -166,7 +166,7 @@ fn child(format: &str, data: &Path, out: &Path) {
         let mut writer = sink.writer(&ctx).await.expect("writer");
         for b in reader {
             let b = b.expect("ipc batch");
-            since += b.get_array_memory_size() as u64;
+            since += data_bytes(&b);
             writer.write(b).await.expect("write");
             if since >= CHECKPOINT_BYTES {
                 checkpoint += 1;

@@ -10,7 +10,9 @@ use alluvium_core::files::{FileEncoder, FileFormat, FileSink};
 use alluvium_core::{Error, Result};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ConvertedType, Type as PhysicalType, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{
+    EnabledStatistics, WriterProperties, WriterPropertiesBuilder, DEFAULT_PAGE_SIZE, DEFAULT_WRITE_BATCH_SIZE,
+};
 
 /// Parquet, with a compression codec and a row-group size in bytes.
 #[derive(Debug, Clone)]
@@ -40,8 +42,32 @@ impl ParquetFormat {
     }
 }
 
+/// The writer is made at the first batch, when the width of a row is known (see [`write_batch_rows`]).
 struct Encoder {
-    writer: ArrowWriter<Vec<u8>>,
+    schema: SchemaRef,
+    props: Option<WriterPropertiesBuilder>,
+    writer: Option<ArrowWriter<Vec<u8>>>,
+    /// What [`FileEncoder::encoded`] hands out before the first batch.
+    empty: Vec<u8>,
+}
+
+/// Rows per write mini-batch: about a quarter of a data page (1 MiB), so pages end between 1 and
+/// 1.25 MiB. The Parquet writer checks a page's size only between mini-batches (1024 rows by
+/// default): with rows of 20 KB images that is 20 MB pages, copied and compressed out of cache.
+/// Narrow rows keep the default.
+fn write_batch_rows(batch: &RecordBatch) -> usize {
+    let row_bytes = alluvium_core::types::data_bytes(batch) as usize / batch.num_rows().max(1);
+    (DEFAULT_PAGE_SIZE / 4 / row_bytes.max(1)).clamp(1, DEFAULT_WRITE_BATCH_SIZE)
+}
+
+impl Encoder {
+    fn writer(&mut self, batch: &RecordBatch) -> Result<&mut ArrowWriter<Vec<u8>>> {
+        if let Some(props) = self.props.take() {
+            let props = props.set_write_batch_size(write_batch_rows(batch)).build();
+            self.writer = Some(ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(props)).map_err(parquet_err)?);
+        }
+        Ok(self.writer.as_mut().expect("made above"))
+    }
 }
 
 fn parquet_err(e: parquet::errors::ParquetError) -> Error {
@@ -50,18 +76,23 @@ fn parquet_err(e: parquet::errors::ParquetError) -> Error {
 
 impl FileEncoder for Encoder {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.writer.write(batch).map_err(parquet_err)
+        self.writer(batch)?.write(batch).map_err(parquet_err)
     }
     fn encoded(&mut self) -> &mut Vec<u8> {
         // ArrowWriter counts the bytes it wrote itself; clearing what it wrote so far is safe.
-        self.writer.inner_mut()
+        match &mut self.writer {
+            Some(w) => w.inner_mut(),
+            None => &mut self.empty,
+        }
     }
     fn finish(&mut self) -> Result<()> {
-        self.writer.finish().map_err(parquet_err)?;
+        let schema = self.schema.clone();
+        let writer = self.writer(&RecordBatch::new_empty(schema))?;
+        writer.finish().map_err(parquet_err)?;
         Ok(())
     }
     fn buffered_bytes(&self) -> u64 {
-        self.writer.in_progress_size() as u64
+        self.writer.as_ref().map_or(0, |w| w.in_progress_size() as u64)
     }
 }
 
@@ -91,9 +122,7 @@ impl FileFormat for ParquetFormat {
                 props = props.set_column_statistics_enabled(leaf.path().clone(), EnabledStatistics::None);
             }
         }
-        let props = props.build();
-        let writer = ArrowWriter::try_new(Vec::new(), schema, Some(props)).map_err(parquet_err)?;
-        Ok(Box::new(Encoder { writer }))
+        Ok(Box::new(Encoder { schema, props: Some(props), writer: None, empty: Vec::new() }))
     }
 }
 
@@ -143,5 +172,31 @@ mod tests {
         assert!(!dictionary("image.data"), "opaque bytes are written plainly");
         assert!(column("ref.uri").statistics().is_some());
         assert!(column("image.data").statistics().is_none(), "no min/max of image bytes");
+    }
+
+    /// Rows of 20 KB blobs are cut into pages of about the 1 MiB page size, not one page per
+    /// 1024-row mini-batch; a file with no batches is still a valid (empty) Parquet file.
+    #[test]
+    fn wide_rows_make_pages_of_about_a_mebibyte() {
+        use alluvium_core::arrow::array::{ArrayRef, BinaryArray};
+        use alluvium_core::arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let blobs: Vec<Vec<u8>> =
+            (0..200u32).map(|i| (0..20_480u32).map(|j| (i ^ j.wrapping_mul(2_654_435_761)) as u8).collect()).collect();
+        let column: ArrayRef = Arc::new(BinaryArray::from_iter_values(blobs.iter()));
+        let batch =
+            RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("blob", DataType::Binary, false)])), vec![column]).unwrap();
+        let mut enc = ParquetFormat::default().encoder(batch.schema()).unwrap();
+        enc.write(&batch).unwrap();
+        enc.finish().unwrap();
+        let reader = SerializedFileReader::new(bytes::Bytes::from(std::mem::take(enc.encoded()))).unwrap();
+        let pages: Vec<_> = reader.get_row_group(0).unwrap().get_column_page_reader(0).unwrap().map(|p| p.unwrap()).collect();
+        let largest = pages.iter().map(|p| p.buffer().len()).max().unwrap();
+        assert!(pages.len() >= 3 && largest < (5 << 20) / 4, "{} pages, the largest {largest} bytes", pages.len());
+
+        let mut empty = ParquetFormat::default().encoder(batch.schema()).unwrap();
+        empty.finish().unwrap();
+        let reader = SerializedFileReader::new(bytes::Bytes::from(std::mem::take(empty.encoded()))).unwrap();
+        assert_eq!(reader.metadata().file_metadata().num_rows(), 0);
     }
 }

@@ -39,6 +39,15 @@ pub use arrow_schema::extension::FixedShapeTensor;
 
 use arrow::datatypes::{DataType, Field};
 
+/// The bytes of data `batch` holds: the sizes of its columns' slices. Unlike
+/// `RecordBatch::get_array_memory_size` (the capacity of every buffer a column points into), a
+/// batch read from Arrow IPC, whose columns all slice one message buffer, is not counted once per
+/// column; use this to size files, pages and checkpoints by data.
+pub fn data_bytes(batch: &arrow::record_batch::RecordBatch) -> u64 {
+    use arrow::array::Array;
+    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()) as u64).sum()
+}
+
 /// A field holding fixed-shape tensors (the canonical `arrow.fixed_shape_tensor`), e.g. shape
 /// `[224, 224, 3]` of `UInt8` for images, `[n_mels, frames]` of `Float32` for audio features.
 /// Dimensions are named `dim0`, `dim1`, … unless `dim_names` is given.

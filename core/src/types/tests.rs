@@ -61,3 +61,25 @@ fn null_refs_read_back_as_none() {
     assert!(arr.is_null(0));
     assert_eq!(arr.get(0), None);
 }
+
+/// A batch read back from IPC (every column slicing one message buffer) has the data size of the
+/// batch written, where the buffers' capacity counts the message once per column.
+#[test]
+fn data_bytes_counts_each_value_once() {
+    let values: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 10_000]).collect();
+    let blob: ArrayRef = Arc::new(arrow::array::BinaryArray::from_iter_values(values.iter()));
+    let ids: ArrayRef = Arc::new(arrow::array::Int64Array::from_iter_values(0..64));
+    let batch = arrow::record_batch::RecordBatch::try_from_iter([("id", ids), ("blob", blob)]).unwrap();
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &batch.schema()).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+    }
+    let back = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(buf), None).unwrap().next().unwrap().unwrap();
+    // Values, then offsets and ids as the slice counts them (four and eight bytes a row).
+    let expected = 64 * 10_000 + 64 * 4 + 64 * 8;
+    assert_eq!(data_bytes(&batch), expected);
+    assert_eq!(data_bytes(&back), expected);
+    assert!(back.get_array_memory_size() as u64 > 2 * expected, "the capacity counts the message per column");
+}
