@@ -11,7 +11,10 @@
 //! type = "iceberg"
 //! table = "default.images"              # namespace.table
 //! catalog = "${ALLUVIUM_CATALOG}"       # a SQLite file, postgres://… or http(s):// (REST)
-//! warehouse = "${ALLUVIUM_OUTPUT}"      # where new tables' files go
+//! warehouse = "${ALLUVIUM_OUTPUT}"      # where new tables' files go (a REST catalog's own)
+//! [sink.catalog_properties]             # passed to the catalog client, e.g. REST credentials:
+//! token = "${ICEBERG_TOKEN}"            #   a bearer token, or `credential = "id:secret"` (OAuth2),
+//! "header.X-API-Key" = "${API_KEY}"     #   or any HTTP header
 //! ```
 
 use std::sync::Arc;
@@ -92,6 +95,9 @@ pub struct IcebergConfig {
     /// The catalog's name (default `alluvium`).
     #[serde(default)]
     pub catalog_name: Option<String>,
+    /// Properties for the catalog client (REST: `token`, `credential`, `header.NAME`, …).
+    #[serde(default)]
+    pub catalog_properties: std::collections::HashMap<String, String>,
     /// Parquet compression (default zstd).
     #[serde(default)]
     pub compression: Option<String>,
@@ -117,6 +123,7 @@ impl IcebergConfig {
         if let Some(n) = &self.catalog_name {
             catalog.name = n.clone();
         }
+        catalog.properties.extend(self.catalog_properties.clone());
         let mut c = alluvium_iceberg::IcebergSinkConfig::new(self.table.clone());
         c.parquet = parquet(&self.compression, self.row_group_bytes)?;
         if let Some(b) = self.target_file_bytes {

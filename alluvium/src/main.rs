@@ -2,7 +2,10 @@
 //!
 //! ```text
 //! alluvium run JOB.toml [--set key=value]...    run (a rerun resumes from the job's checkpoints)
+//!              [--metrics 127.0.0.1:9464]       with Prometheus metrics at /metrics
 //! alluvium validate JOB.toml [--set ...]        check the file without running anything
+//! alluvium checkpoints list JOB.toml            each region's latest checkpoint
+//! alluvium checkpoints show JOB.toml [--region R] [--checkpoint N]   a manifest, as JSON
 //! ```
 //!
 //! Exit codes: 0 success (also after a requested stop: SIGINT/SIGTERM take a last checkpoint, and a
@@ -15,6 +18,8 @@ use std::time::{Duration, Instant};
 use alluvium::job::JobFile;
 use alluvium::{Error, ErrorKind};
 use clap::{Parser, Subcommand};
+
+mod cli;
 
 #[derive(Parser)]
 #[command(name = "alluvium", version, about = "Ingest multimodal data into data lakes, exactly-once.")]
@@ -35,6 +40,9 @@ enum Command {
         /// Seconds between progress lines.
         #[arg(long, default_value_t = 5)]
         progress_every: u64,
+        /// Serves Prometheus metrics at http://ADDR/metrics while the job runs (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Checks a job file without running it (no IO beyond reading the file).
     Validate {
@@ -44,12 +52,54 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Lists or shows the checkpoints of a job (read-only).
+    Checkpoints {
+        #[command(subcommand)]
+        action: CheckpointsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointsAction {
+    /// Each region's latest checkpoint: id, epoch, time, state, pending commits, open splits.
+    List {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// Overrides a key of the job file.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// A region's checkpoint manifest as JSON (every region's latest by default).
+    Show {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// Overrides a key of the job file.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Only this region.
+        #[arg(long)]
+        region: Option<usize>,
+        /// This checkpoint instead of the latest (while it is kept).
+        #[arg(long)]
+        checkpoint: Option<u64>,
+    },
 }
 
 fn load(path: &PathBuf, set: &[String]) -> alluvium::Result<JobFile> {
     let text =
         std::fs::read_to_string(path).map_err(|e| Error::config(format!("cannot read job file {}: {e}", path.display())))?;
     JobFile::parse(&text, set).map_err(|e| e.context(format!("job file {}", path.display())))
+}
+
+/// Exit code 0, or the error on stderr and its exit code.
+fn report(result: alluvium::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit_code(&e)
+        }
+    }
 }
 
 fn exit_code(e: &Error) -> ExitCode {
@@ -85,14 +135,30 @@ fn main() -> ExitCode {
                 exit_code(&e)
             }
         },
-        Command::Run { job, set, progress_every } => {
+        Command::Checkpoints { action } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            runtime.block_on(run(job, set, Duration::from_secs(progress_every.max(1))))
+            let result = runtime.block_on(async {
+                let (job, set) = match &action {
+                    CheckpointsAction::List { job, set } | CheckpointsAction::Show { job, set, .. } => (job, set),
+                };
+                let store = load(job, set)?.build()?.checkpoint_store()?;
+                match action {
+                    CheckpointsAction::List { .. } => cli::checkpoints::list(&store).await,
+                    CheckpointsAction::Show { region, checkpoint, .. } => {
+                        cli::checkpoints::show(&store, region, checkpoint).await
+                    }
+                }
+            });
+            report(result)
+        }
+        Command::Run { job, set, progress_every, metrics } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            runtime.block_on(run(job, set, Duration::from_secs(progress_every.max(1)), metrics))
         }
     }
 }
 
-async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration) -> ExitCode {
+async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration, metrics_addr: Option<String>) -> ExitCode {
     let job = match load(&path, &set) {
         Ok(j) => j,
         Err(e) => {
@@ -109,6 +175,12 @@ async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration) -> ExitC
     };
     tracing::info!(pipeline = pipeline.name(), topology = %pipeline.topology(), regions = pipeline.regions(), "starting");
     let metrics = pipeline.metrics();
+    if let Some(addr) = metrics_addr {
+        match cli::metrics::serve(&addr, pipeline.name().to_string(), metrics.clone()).await {
+            Ok(bound) => tracing::info!("metrics at http://{bound}/metrics"),
+            Err(e) => return report(Err(e)),
+        }
+    }
     let progress = tokio::spawn(async move {
         let start = Instant::now();
         loop {

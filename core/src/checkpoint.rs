@@ -257,8 +257,18 @@ impl CheckpointStore {
         Ok(meta.clone())
     }
 
+    /// `pipeline.json`, if the location holds checkpoints.
+    pub async fn pipeline_meta(&self) -> Result<Option<PipelineMeta>> {
+        self.get_json("pipeline.json").await
+    }
+
+    /// The manifest of `region` at `checkpoint`, if it is still kept.
+    pub async fn manifest(&self, region: usize, checkpoint: u64) -> Result<Option<RegionManifest>> {
+        self.get_json(&manifest_name(region, checkpoint)).await
+    }
+
     /// The checkpoint ids of `region`'s manifests, ascending.
-    async fn manifest_ids(&self, region: usize) -> Result<Vec<u64>> {
+    pub async fn manifest_ids(&self, region: usize) -> Result<Vec<u64>> {
         let mut ids: Vec<u64> = self
             .list_names(&format!("regions/{region}"))
             .await?

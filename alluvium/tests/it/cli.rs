@@ -373,3 +373,76 @@ fn the_thumbnails_example_reads_an_s3_prefix() {
     assert!(stdout.contains("rows committed  3") && stdout.contains("dead letters    1"), "{stdout}");
     assert!(!stdout.contains(&s3.secret_key));
 }
+
+/// GET `url` (`http://host:port/path`) with a plain socket; returns the body of a 200 response.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    // In pieces, as a client may send it: the server must read the whole request line.
+    for piece in ["GET ", path, " HTTP/1.1\r\n", &format!("Host: {addr}\r\n\r\n")] {
+        conn.write_all(piece.as_bytes()).ok()?;
+        conn.flush().ok()?;
+    }
+    let mut response = String::new();
+    conn.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// `--metrics` serves Prometheus text while the job runs; `checkpoints list|show` then read what
+/// the checkpoint location holds (and say plainly when it holds nothing, or a region is unknown).
+#[test]
+fn metrics_endpoint_and_checkpoint_listing() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), 45_000, "");
+    let job = job.to_str().unwrap();
+    let none = bin().args(["checkpoints", "list", job]).output().unwrap();
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("has not run"), "{}", String::from_utf8_lossy(&none.stderr));
+
+    let mut child = bin()
+        .args(["run", job, "--metrics", "127.0.0.1:0"])
+        .env("ALLUVIUM_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while addr.is_none() && stderr.read_line(&mut line).unwrap() > 0 {
+        addr = line.split("http://").nth(1).and_then(|r| r.split('/').next()).map(str::to_string);
+        line.clear();
+    }
+    let addr = addr.expect("the binary logs where its metrics are");
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let start = Instant::now();
+    let text = loop {
+        let text = http_get(&addr, "/metrics").expect("metrics served while the job runs");
+        if text.contains("alluvium_checkpoints_total{pipeline=\"kill-test\"} ")
+            && !text.contains("checkpoints_total{pipeline=\"kill-test\"} 0\n")
+        {
+            break text;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no checkpoint in 30 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(text.contains("alluvium_stage_rows_out_total{pipeline=\"kill-test\",stage=\"generate\"}"), "{text}");
+    assert!(text.contains("# TYPE alluvium_commits_total counter"), "{text}");
+    assert!(http_get(&addr, "/other").is_none(), "only /metrics is served");
+    assert!(child.wait().unwrap().success());
+
+    let list = bin().args(["checkpoints", "list", job]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    assert!(stdout.contains("checkpoints of job `kill-test`") && stdout.contains("2 region(s)"), "{stdout}");
+    assert_eq!(stdout.matches("finished").count(), 2, "both regions finished:\n{stdout}");
+    let show = bin().args(["checkpoints", "show", job, "--region", "1"]).output().unwrap();
+    assert!(show.status.success(), "{}", String::from_utf8_lossy(&show.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!((manifest["region"].as_u64(), manifest["is_final"].as_bool()), (Some(1), Some(true)));
+    let wrong = bin().args(["checkpoints", "show", job, "--region", "9"]).output().unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("regions 0 to 1"));
+}

@@ -23,17 +23,19 @@ enum Format {
 }
 
 /// Where a test's tables and checkpoints live: a local directory, or a bucket on a real S3 server
-/// (with the Iceberg catalog, a SQLite file, on local disk).
+/// (with the Iceberg catalog, a SQLite file, on local disk); or a local directory with the Iceberg
+/// table in a REST catalog (`None`: each run starts its own server on the run's warehouse).
 enum Target<'a> {
     Local,
     S3 { server: &'a alluvium_integration::S3Server, bucket: String },
+    Rest(Option<alluvium_integration::RestCatalogServer>),
 }
 
 impl Target<'_> {
     /// The root URL for the tables and checkpoints of the test in `dir`.
     fn root(&self, dir: &Path) -> String {
         match self {
-            Target::Local => dir.join("out").display().to_string(),
+            Target::Local | Target::Rest(_) => dir.join("out").display().to_string(),
             Target::S3 { bucket, .. } => format!("s3://{bucket}"),
         }
     }
@@ -41,8 +43,9 @@ impl Target<'_> {
     /// The environment that reaches the storage (for our binary and the Python readers).
     fn env(&self) -> Vec<(String, String)> {
         match self {
-            Target::Local => vec![],
+            Target::Local | Target::Rest(None) => vec![],
             Target::S3 { server, .. } => server.env(),
+            Target::Rest(Some(server)) => vec![("ALLUVIUM_CATALOG".to_string(), server.uri.clone())],
         }
     }
 
@@ -57,7 +60,7 @@ fn sink_section(format: Format, root: &str, out: &Path) -> String {
     match format {
         Format::Delta => format!("type = \"delta\"\ntable = \"{root}/table\"\ntarget_file_bytes = 100000\norphan_grace = \"0s\""),
         Format::Iceberg => format!(
-            "type = \"iceberg\"\ntable = \"default.ids\"\ncatalog = \"{}/catalog.db\"\nwarehouse = \"{root}/warehouse\"\norphan_grace = \"0s\"",
+            "type = \"iceberg\"\ntable = \"default.ids\"\ncatalog = \"${{ALLUVIUM_CATALOG:-{}/catalog.db}}\"\nwarehouse = \"{root}/warehouse\"\norphan_grace = \"0s\"",
             out.display()
         ),
         Format::Lance => format!("type = \"lance\"\ntable = \"{root}/table.lance\""),
@@ -108,10 +111,14 @@ if fmt == "Delta":
     opts = {"AWS_ENDPOINT_URL": s3, "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"], "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"} if s3 else None
     ids = DeltaTable(root + "/table", storage_options=opts).to_pyarrow_table(columns=["id"]).column("id").to_pylist()
 elif fmt == "Iceberg":
-    from pyiceberg.catalog.sql import SqlCatalog
     opts = {"s3.endpoint": s3, "s3.access-key-id": env["AWS_ACCESS_KEY_ID"], "s3.secret-access-key": env["AWS_SECRET_ACCESS_KEY"], "s3.region": "us-east-1"} if s3 else {}
     warehouse = root + "/warehouse" if s3 else "file://" + root + "/warehouse"
-    cat = SqlCatalog("alluvium", uri="sqlite:///" + out + "/catalog.db", warehouse=warehouse, **opts)
+    if env.get("ALLUVIUM_CATALOG", "").startswith("http"):
+        from pyiceberg.catalog.rest import RestCatalog
+        cat = RestCatalog("alluvium", uri=env["ALLUVIUM_CATALOG"], warehouse=warehouse)
+    else:
+        from pyiceberg.catalog.sql import SqlCatalog
+        cat = SqlCatalog("alluvium", uri="sqlite:///" + out + "/catalog.db", warehouse=warehouse, **opts)
     ids = cat.load_table("default.ids").scan(selected_fields=("id",)).to_arrow().column("id").to_pylist()
 else:
     import lance
@@ -171,6 +178,12 @@ fn exactly_once(format: Format, target: &Target, parallelism: usize, seeds: &[u6
             Target::Local => Target::Local,
             // A fresh bucket per seed.
             Target::S3 { server, .. } => Target::S3 { server, bucket: server.bucket() },
+            Target::Rest(_) => {
+                let Some(server) = alluvium_integration::RestCatalogServer::start(&dir.path().join("out/warehouse")) else {
+                    return;
+                };
+                Target::Rest(Some(server))
+            }
         };
         let job = job(dir.path(), format, rows, &target, parallelism);
         if seed == 1 {
@@ -211,6 +224,14 @@ fn iceberg_holds_every_row_once_after_kills_and_crashes_mid_commit() {
 #[test]
 fn iceberg_on_s3_holds_every_row_once_after_kills_and_crashes_mid_commit() {
     exactly_once_on_s3(Format::Iceberg);
+}
+
+/// The same with the table in an Iceberg REST catalog (rustberg), read back by pyiceberg's REST
+/// client: the REST catalog's commit (`POST …/tables/{table}` with requirements) is what fences
+/// the two regions' concurrent commits here.
+#[test]
+fn iceberg_in_a_rest_catalog_holds_every_row_once_after_kills_and_crashes_mid_commit() {
+    exactly_once(Format::Iceberg, &Target::Rest(None), 2, &[1]);
 }
 
 #[test]

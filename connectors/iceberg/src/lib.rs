@@ -131,7 +131,8 @@ impl IcebergSink {
 
     fn err(&self, doing: &str, e: iceberg::Error) -> Error {
         let retryable = !matches!(e.kind(), iceberg::ErrorKind::FeatureUnsupported);
-        Error::external(format!("{doing} {}: {}", self.what(), redact(&e.to_string()))).with_retryable(retryable)
+        Error::external(format!("{doing} {}: {}", self.what(), redact(&without_headers(&e.to_string()))))
+            .with_retryable(retryable)
     }
 
     fn ident(&self) -> Result<TableIdent> {
@@ -437,5 +438,29 @@ impl SinkWriter for IcebergWriter {
         let bytes = files.iter().map(|f| f.bytes).sum();
         let payload = serde_json::to_value(IcebergFiles { data: open.data.clone(), files }).expect("serializable");
         Ok(Some(Committable { rows, bytes, payload }))
+    }
+}
+/// Drops the HTTP response headers a REST catalog error carries (`headers: {…}, `): a dozen
+/// lines of noise around the server's message, and a place a cookie or token could show.
+fn without_headers(message: &str) -> String {
+    let Some(start) = message.find("headers: {") else { return message.to_string() };
+    let Some(len) = message[start..].find('}') else { return message.to_string() };
+    let end = start + len + 1;
+    let end = if message[end..].starts_with(", ") { end + 2 } else { end };
+    format!("{}{}", &message[..start], &message[end..])
+}
+
+#[cfg(test)]
+mod tests {
+    /// A REST catalog error keeps its status and the server's message, not the response headers.
+    #[test]
+    fn rest_errors_lose_their_headers() {
+        let raw = r#"Unexpected, context: { status: 400 Bad Request, headers: {"set-cookie": "s=secret", "date": "x"}, json: {"error":{"message":"Unknown warehouse"}} } => Received response"#;
+        let tidy = super::without_headers(raw);
+        assert_eq!(
+            tidy,
+            r#"Unexpected, context: { status: 400 Bad Request, json: {"error":{"message":"Unknown warehouse"}} } => Received response"#
+        );
+        assert_eq!(super::without_headers("no headers here"), "no headers here");
     }
 }

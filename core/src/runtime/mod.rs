@@ -93,6 +93,12 @@ impl Pipeline {
         self.metrics.clone()
     }
 
+    /// The pipeline's checkpoint store (for tools that list or show checkpoints; reads nothing yet).
+    pub fn checkpoint_store(&self) -> Result<CheckpointStore> {
+        let location = Location::parse(&self.plan.settings.checkpoint_location).map_err(|e| e.context("checkpoint location"))?;
+        Ok(CheckpointStore::new(location))
+    }
+
     /// Where dead letters go.
     pub fn dead_letter_sink(&self) -> String {
         self.plan.dead_letters.name()
@@ -108,8 +114,7 @@ impl Pipeline {
     pub async fn run_until(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<Summary> {
         let start = Instant::now();
         let plan = self.plan.clone();
-        let location = Location::parse(&plan.settings.checkpoint_location).map_err(|e| e.context("checkpoint location"))?;
-        let store = CheckpointStore::new(location);
+        let store = self.checkpoint_store()?;
         store.probe().await?;
         let regions = plan.regions();
         let meta = store

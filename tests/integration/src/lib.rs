@@ -11,6 +11,9 @@
 //! * [`PostgresServer`]: a real PostgreSQL (Debian's `postgresql`, `initdb` + `postgres` as the
 //!   `postgres` user) in a temp dir on a free port, with a fresh database per call to
 //!   [`PostgresServer::database`]. Binaries from `ALLUVIUM_PG_BIN` or `/usr/lib/postgresql/*/bin`.
+//! * [`RestCatalogServer`]: an Iceberg REST catalog (`rustberg` from crates.io, its own redb
+//!   store) on a free port, serving one local warehouse directory. The binary comes from
+//!   `ALLUVIUM_RUSTBERG`, or `~/.cache/alluvium/rustberg/bin/rustberg`.
 //! * [`python`]: a Python with pyarrow, duckdb, polars, deltalake, pyiceberg and pylance for
 //!   cross-reading our output (`ALLUVIUM_PYTHON`, set by `.ci/run`); [`python_run`] runs a script.
 //!
@@ -103,6 +106,62 @@ impl S3Server {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+    }
+}
+
+/// A running Iceberg REST catalog (`rustberg`, from crates.io: a single-binary REST catalog with an
+/// embedded redb store), serving one warehouse directory, without authentication; stopped on drop.
+pub struct RestCatalogServer {
+    child: Child,
+    _state: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT`.
+    pub uri: String,
+}
+
+impl RestCatalogServer {
+    fn binary() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("ALLUVIUM_RUSTBERG") {
+            return Some(PathBuf::from(p));
+        }
+        let home = std::env::var_os("HOME")?;
+        let p = PathBuf::from(home).join(".cache/alluvium/rustberg/bin/rustberg");
+        p.exists().then_some(p)
+    }
+
+    /// Starts a catalog whose warehouse is the local directory `warehouse` (created), or returns
+    /// `None` when the binary is missing (outside CI).
+    pub fn start(warehouse: &Path) -> Option<Self> {
+        let Some(bin) = Self::binary() else {
+            missing("the Iceberg REST catalog rustberg")?;
+            unreachable!()
+        };
+        std::fs::create_dir_all(warehouse).expect("warehouse dir");
+        let state = tempfile::tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port();
+        let child = Command::new(&bin)
+            .args(["--dev", "--insecure-http", "--no-auth", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--warehouse")
+            .arg(format!("file://{}", warehouse.display()))
+            .arg("--catalog-url")
+            .arg(format!("file://{}", state.path().display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let server = Self { child, _state: state, uri: format!("http://127.0.0.1:{port}") };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "rustberg did not start listening on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+}
+
+impl Drop for RestCatalogServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,4 @@
+//! The commands of the `alluvium` binary beyond `run` and `validate`, one module each.
+
+pub mod checkpoints;
+pub mod metrics;
