@@ -351,7 +351,8 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
-    fn build(&self) -> Result<std::sync::Arc<dyn Sink>> {
+    /// Builds the sink this section describes (no IO).
+    pub fn build(&self) -> Result<std::sync::Arc<dyn Sink>> {
         Ok(match self {
             #[cfg(feature = "parquet")]
             SinkConfig::Parquet(c) => std::sync::Arc::new(c.build()?),

@@ -6,6 +6,7 @@
 //! alluvium validate JOB.toml [--set ...]        check the file without running anything
 //! alluvium checkpoints list JOB.toml            each region's latest checkpoint
 //! alluvium checkpoints show JOB.toml [--region R] [--checkpoint N]   a manifest, as JSON
+//! alluvium inspect JOB.toml                     the sink's table: rows, schema, last commits and keys
 //! ```
 //!
 //! Exit codes: 0 success (also after a requested stop: SIGINT/SIGTERM take a last checkpoint, and a
@@ -46,6 +47,14 @@ enum Command {
     },
     /// Checks a job file without running it (no IO beyond reading the file).
     Validate {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// Overrides a key of the job file.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Describes the job's sink table: version, rows, schema, last commits and their idempotency keys.
+    Inspect {
         /// The job file (TOML).
         job: PathBuf,
         /// Overrides a key of the job file.
@@ -135,6 +144,13 @@ fn main() -> ExitCode {
                 exit_code(&e)
             }
         },
+        Command::Inspect { job, set } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            report(runtime.block_on(async {
+                let sink = load(&job, &set)?.sink.build().map_err(|e| e.context("[sink]"))?;
+                cli::inspect::inspect(sink.as_ref()).await
+            }))
+        }
         Command::Checkpoints { action } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             let result = runtime.block_on(async {

@@ -116,6 +116,48 @@ pub trait Sink: Send + Sync + 'static {
     fn location(&self) -> Option<String> {
         None
     }
+    /// Describes the table as it is now (rows, schema, last commits with their idempotency keys),
+    /// for `alluvium inspect`. Reads, never writes.
+    async fn inspect(&self) -> Result<TableInfo> {
+        Err(crate::Error::config(format!("`inspect` does not know how to describe {} sinks", self.name())))
+    }
+}
+
+/// What [`Sink::inspect`] tells about a table.
+#[derive(Debug, Clone, Default)]
+pub struct TableInfo {
+    /// The format ("delta", "iceberg", "lance").
+    pub format: String,
+    /// The table, as the sink names it (credentials redacted).
+    pub table: String,
+    /// Whether the table exists yet (the rest is empty when not).
+    pub exists: bool,
+    /// The current version (Delta version, Iceberg snapshot id, Lance version).
+    pub version: Option<i64>,
+    /// Rows in the current version, when the table's metadata says.
+    pub rows: Option<u64>,
+    /// Data files in the current version.
+    pub files: Option<u64>,
+    /// The table's schema, as Arrow.
+    pub schema: Option<arrow::datatypes::SchemaRef>,
+    /// The last commits, newest first.
+    pub commits: Vec<CommitInfo>,
+}
+
+/// One commit of a table, as [`TableInfo`] lists it.
+#[derive(Debug, Clone, Default)]
+pub struct CommitInfo {
+    /// The version (or snapshot id) the commit made.
+    pub version: i64,
+    /// When, in ms since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+    /// The operation ("WRITE", "append", "Append", …).
+    pub operation: String,
+    /// Rows the commit added, when recorded.
+    pub rows_added: Option<u64>,
+    /// The idempotency key an Alluvium region wrote with it (`alluvium/PIPELINE/INSTANCE/region-R`)
+    /// and the checkpoint it committed; `None` for commits of other writers.
+    pub key: Option<(String, u64)>,
 }
 
 const _: Option<&dyn Sink> = None;

@@ -1,4 +1,5 @@
 //! The commands of the `alluvium` binary beyond `run` and `validate`, one module each.
 
 pub mod checkpoints;
+pub mod inspect;
 pub mod metrics;

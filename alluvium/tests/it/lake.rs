@@ -264,6 +264,20 @@ fn the_images_to_lake_examples_write_each_format_once() {
                 .unwrap();
             assert!(run.status.success(), "{example}: {}", String::from_utf8_lossy(&run.stderr));
         }
+        // `inspect` sees the one commit that landed, with the region's idempotency key.
+        let inspect = bin()
+            .current_dir(&root)
+            .args(["inspect", &format!("examples/{example}.toml")])
+            .env("ALLUVIUM_OUTPUT", &out)
+            .env_remove("ALLUVIUM_CATALOG")
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&inspect.stdout);
+        assert!(inspect.status.success(), "{example}: {}", String::from_utf8_lossy(&inspect.stderr));
+        assert!(shown.contains(", 3 rows in "), "{example}:\n{shown}");
+        let key = format!("alluvium/{}/", example.replace('_', "-"));
+        assert_eq!(shown.lines().filter(|l| l.contains(&key) && l.contains("@ checkpoint")).count(), 1, "{example}:\n{shown}");
+        assert!(shown.contains("thumbnail: struct<data: "), "{example}:\n{shown}");
         let script = r#"
 import sys, os
 fmt, out = sys.argv[1], sys.argv[2]

@@ -34,6 +34,7 @@ use std::time::Duration;
 use alluvium_core::arrow::datatypes::{Schema, SchemaRef};
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::files::{delete_files, orphan_candidates, RollingWriter, WrittenFile};
+use alluvium_core::sink::{CommitInfo, TableInfo};
 use alluvium_core::store::Location;
 use alluvium_core::types::lake::{diff_schema, lake_schema, to_lake, LakeTypes};
 use alluvium_core::{Committable, Error, Result, Sink, SinkContext, SinkWriter};
@@ -223,6 +224,28 @@ fn table_schema(table: &DeltaTable) -> Result<SchemaRef> {
     Ok(Arc::new(schema))
 }
 
+/// What `inspect` shows of one `_delta_log/N.json`: its `commitInfo`, `txn` (our key) and the
+/// rows its `add`s carry in their statistics.
+fn log_entry(version: i64, json_lines: &[u8]) -> CommitInfo {
+    let mut commit = CommitInfo { version, ..Default::default() };
+    let mut rows: Option<u64> = None;
+    for line in json_lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+        if let Some(c) = action.get("commitInfo") {
+            commit.timestamp_ms = c.get("timestamp").and_then(|t| t.as_i64());
+            commit.operation = c.get("operation").and_then(|o| o.as_str()).unwrap_or_default().to_string();
+        } else if let Some(t) = action.get("txn") {
+            let app = t.get("appId").and_then(|a| a.as_str()).map(str::to_string);
+            commit.key = app.zip(t.get("version").and_then(|v| v.as_u64()));
+        } else if let Some(stats) = action.get("add").and_then(|a| a.get("stats")).and_then(|s| s.as_str()) {
+            let n = serde_json::from_str::<serde_json::Value>(stats).ok().and_then(|s| s.get("numRecords")?.as_u64());
+            rows = Some(rows.unwrap_or(0) + n.unwrap_or(0));
+        }
+    }
+    commit.rows_added = rows;
+    commit
+}
+
 fn files_of(c: &Committable) -> Result<DeltaFiles> {
     serde_json::from_value(c.payload.clone())
         .map_err(|e| Error::checkpoint(format!("a delta sink committable in the checkpoint is malformed: {e}")))
@@ -243,6 +266,35 @@ impl Sink for DeltaSink {
 
     fn location(&self) -> Option<String> {
         Some(self.config.table.clone())
+    }
+
+    async fn inspect(&self) -> Result<TableInfo> {
+        use object_store::ObjectStoreExt;
+        let mut info = TableInfo { format: "delta".into(), table: self.what(), ..Default::default() };
+        let (table, exists) = self.load().await?;
+        if !exists {
+            return Ok(info);
+        }
+        info.exists = true;
+        info.schema = Some(table_schema(&table)?);
+        let state = table.snapshot().map_err(|e| self.err("reading", e))?;
+        let version = state.version() as i64;
+        info.version = Some(version);
+        let records: Vec<Option<usize>> = state.log_data().iter().map(|f| f.num_records()).collect();
+        info.files = Some(records.len() as u64);
+        info.rows = records.iter().try_fold(0u64, |sum, n| n.map(|n| sum + n as u64));
+        // The last commits, from the log's JSON entries (older ones may be cleaned up).
+        let loc = self.location()?;
+        for v in (0..=version).rev().take(10) {
+            let path = loc.child(&format!("_delta_log/{v:020}.json"));
+            let bytes = match loc.store.get(&path).await {
+                Ok(r) => r.bytes().await?,
+                Err(object_store::Error::NotFound { .. }) => break,
+                Err(e) => return Err(Error::from(e).context(format!("reading the log of {}", self.what()))),
+            };
+            info.commits.push(log_entry(v, &bytes));
+        }
+        Ok(info)
     }
 
     async fn writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {
@@ -386,5 +438,31 @@ impl SinkWriter for DeltaWriter {
         let bytes = files.iter().map(|f| f.bytes).sum();
         let payload = serde_json::to_value(DeltaFiles { files, closed_ms: now_ms() }).expect("serializable");
         Ok(Some(Committable { rows, bytes, payload }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A log entry as delta-rs writes it for one of our commits: operation, time, key, rows.
+    #[test]
+    fn a_log_entry_gives_operation_key_and_rows() {
+        let entry = concat!(
+            r#"{"add":{"path":"a.parquet","size":1,"modificationTime":1,"dataChange":true,"stats":"{\"numRecords\":5}"}}"#,
+            "\n",
+            r#"{"add":{"path":"b.parquet","size":1,"modificationTime":1,"dataChange":true,"stats":"{\"numRecords\":7}"}}"#,
+            "\n",
+            r#"{"txn":{"appId":"alluvium/p/abc/region-1","version":4,"lastUpdated":1}}"#,
+            "\n",
+            r#"{"commitInfo":{"timestamp":1700000000000,"operation":"WRITE"}}"#,
+            "\n"
+        );
+        let c = super::log_entry(3, entry.as_bytes());
+        assert_eq!(
+            (c.version, c.operation.as_str(), c.timestamp_ms, c.rows_added),
+            (3, "WRITE", Some(1_700_000_000_000), Some(12))
+        );
+        assert_eq!(c.key, Some(("alluvium/p/abc/region-1".to_string(), 4)));
+        let other = super::log_entry(0, br#"{"commitInfo":{"operation":"CREATE TABLE"}}"#);
+        assert_eq!((other.key, other.rows_added), (None, None));
     }
 }

@@ -36,6 +36,7 @@ use alluvium_core::arrow::datatypes::{Schema, SchemaRef};
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::error::redact;
 use alluvium_core::files::{delete_files, orphan_candidates, RollingWriter, WrittenFile};
+use alluvium_core::sink::{CommitInfo, TableInfo};
 use alluvium_core::store::Location;
 use alluvium_core::types::lake::{diff_schema, lake_schema, to_lake, LakeTypes};
 use alluvium_core::{Committable, Error, Result, Sink, SinkContext, SinkWriter};
@@ -276,6 +277,40 @@ impl Sink for IcebergSink {
 
     fn location(&self) -> Option<String> {
         Some(format!("iceberg:{}:{}", self.catalog.describe(), self.config.table))
+    }
+
+    async fn inspect(&self) -> Result<TableInfo> {
+        let catalog = self.catalog.connect().await?;
+        let mut info = TableInfo { format: "iceberg".into(), table: self.what(), ..Default::default() };
+        let Some(table) = self.load(catalog.as_ref()).await? else { return Ok(info) };
+        let md = table.metadata();
+        let summary_number = |s: &iceberg::spec::Snapshot, key: &str| {
+            s.summary().additional_properties.get(key).and_then(|v| v.parse::<u64>().ok())
+        };
+        info.exists = true;
+        info.schema = Some(Arc::new(schema_to_arrow_schema(md.current_schema()).map_err(|e| self.err("reading", e))?));
+        if let Some(current) = md.current_snapshot() {
+            info.version = Some(current.snapshot_id());
+            info.rows = summary_number(current, "total-records");
+            info.files = summary_number(current, "total-data-files");
+        }
+        let mut snapshots: Vec<_> = md.snapshots().collect();
+        snapshots.sort_by_key(|s| std::cmp::Reverse(s.sequence_number()));
+        info.commits = snapshots
+            .into_iter()
+            .take(10)
+            .map(|s| {
+                let p = &s.summary().additional_properties;
+                CommitInfo {
+                    version: s.snapshot_id(),
+                    timestamp_ms: Some(s.timestamp_ms()),
+                    operation: s.summary().operation.as_str().to_string(),
+                    rows_added: summary_number(s, "added-records"),
+                    key: p.get(SUMMARY_SINK_KEY).cloned().zip(summary_number(s, SUMMARY_CHECKPOINT)),
+                }
+            })
+            .collect();
+        Ok(info)
     }
 
     async fn writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {

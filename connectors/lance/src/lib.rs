@@ -30,6 +30,7 @@ use std::time::Duration;
 use alluvium_core::arrow::datatypes::{Schema, SchemaRef};
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::error::redact;
+use alluvium_core::sink::{CommitInfo, TableInfo};
 use alluvium_core::types::lake::{diff_schema, to_lake};
 use alluvium_core::{Committable, Error, Result, Sink, SinkContext, SinkWriter};
 use async_trait::async_trait;
@@ -247,6 +248,35 @@ impl Sink for LanceSink {
 
     fn location(&self) -> Option<String> {
         Some(self.config.table.clone())
+    }
+
+    async fn inspect(&self) -> Result<TableInfo> {
+        let mut info = TableInfo { format: "lance".into(), table: self.what(), ..Default::default() };
+        let Some(ds) = self.open().await? else { return Ok(info) };
+        info.exists = true;
+        info.schema = Some(Arc::new(Schema::from(ds.schema())));
+        info.version = Some(ds.version().version as i64);
+        info.rows = Some(ds.count_rows(None).await.map_err(|e| self.err("counting the rows of", e))? as u64);
+        info.files = Some(ds.get_fragments().len() as u64);
+        let mut versions = ds.versions().await.map_err(|e| self.err("listing the versions of", e))?;
+        versions.sort_by_key(|v| std::cmp::Reverse(v.version));
+        for v in versions.into_iter().take(10) {
+            let t = ds.read_transaction_by_version(v.version).await.map_err(|e| self.err("reading", e))?;
+            let props = t.as_ref().and_then(|t| t.transaction_properties.as_ref());
+            let rows_added = t.as_ref().and_then(|t| match &t.operation {
+                Operation::Append { fragments } => fragments.iter().map(|f| f.physical_rows.map(|n| n as u64)).sum(),
+                _ => None,
+            });
+            info.commits.push(CommitInfo {
+                version: v.version as i64,
+                timestamp_ms: Some(v.timestamp.timestamp_millis()),
+                operation: t.as_ref().map_or("unknown", |t| t.operation.name()).to_string(),
+                rows_added,
+                key: props
+                    .and_then(|p| p.get(PROPERTY_SINK_KEY).cloned().zip(p.get(PROPERTY_CHECKPOINT).and_then(|c| c.parse().ok()))),
+            });
+        }
+        Ok(info)
     }
 
     async fn writer(&self, _ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {
