@@ -157,10 +157,29 @@ pub enum SourceConfig {
         /// Rows per batch (64).
         #[serde(default)]
         batch_size: Option<usize>,
+        /// Keep objects last modified at or after this time (RFC 3339 or `YYYY-MM-DD`; empty: no bound).
+        #[serde(default)]
+        modified_since: Option<String>,
+        /// Keep objects last modified before this time (RFC 3339 or `YYYY-MM-DD`; empty: no bound).
+        #[serde(default)]
+        modified_before: Option<String>,
         /// Readers (the pipeline's parallelism).
         #[serde(default)]
         parallelism: Option<usize>,
     },
+}
+
+/// A point in time as job files and the CLI write it: RFC 3339 (`2026-11-01T06:00:00Z`, the `T`
+/// and zone optional) or a date (`2026-11-01`, midnight UTC). `None` for an empty value.
+pub fn parse_time(key: &str, value: &str) -> Result<Option<std::time::SystemTime>> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let full = if v.len() == 10 { format!("{v}T00:00:00Z") } else { v.to_string() };
+    humantime::parse_rfc3339_weak(full.trim_end_matches('Z'))
+        .map(Some)
+        .map_err(|e| Error::config(format!("`{key}` = `{v}` is not a time ({e}); write 2026-11-01 or 2026-11-01T06:00:00Z")))
 }
 
 /// Settings every stage has.
@@ -579,8 +598,21 @@ impl JobFile {
                 })
             }
             #[cfg(feature = "object")]
-            SourceConfig::Objects { uri, extensions, split_objects, batch_size, parallelism } => {
+            SourceConfig::Objects {
+                uri,
+                extensions,
+                split_objects,
+                batch_size,
+                modified_since,
+                modified_before,
+                parallelism,
+            } => {
                 let mut src = alluvium_object::ObjectStoreSource::prefix(registry.clone(), uri.clone());
+                let since = parse_time("source.modified_since", modified_since.as_deref().unwrap_or_default())?;
+                let before = parse_time("source.modified_before", modified_before.as_deref().unwrap_or_default())?;
+                if since.is_some() || before.is_some() {
+                    src = src.modified_between(since, before);
+                }
                 if let Some(e) = extensions {
                     src = src.extensions(e.clone());
                 }

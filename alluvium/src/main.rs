@@ -6,6 +6,7 @@
 //! alluvium validate JOB.toml [--set ...]        check the file without running anything
 //! alluvium checkpoints list JOB.toml            each region's latest checkpoint
 //! alluvium checkpoints show JOB.toml [--region R] [--checkpoint N]   a manifest, as JSON
+//! alluvium backfill JOB.toml --from T1 --to T2 [--window 1d]   window by window, each resumable
 //! alluvium inspect JOB.toml                     the sink's table: rows, schema, last commits and keys
 //! ```
 //!
@@ -49,6 +50,25 @@ enum Command {
     Validate {
         /// The job file (TOML).
         job: PathBuf,
+        /// Overrides a key of the job file.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Runs a bounded job window by window over [FROM, TO); each window is resumable and a rerun
+    /// skips finished ones. The job file sees the window as ${ALLUVIUM_WINDOW_START},
+    /// ${ALLUVIUM_WINDOW_END}, ${ALLUVIUM_WINDOW_DATE} and ${ALLUVIUM_WINDOW}.
+    Backfill {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// Start (inclusive): 2026-11-01 or 2026-11-01T06:00:00Z (UTC).
+        #[arg(long)]
+        from: String,
+        /// End (exclusive), as --from.
+        #[arg(long)]
+        to: String,
+        /// Window length: 1d, 6h, 30m, … (default: one window for the whole range).
+        #[arg(long)]
+        window: Option<String>,
         /// Overrides a key of the job file.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -144,6 +164,10 @@ fn main() -> ExitCode {
                 exit_code(&e)
             }
         },
+        Command::Backfill { job, from, to, window, set } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            report(runtime.block_on(backfill(job, from, to, window, set)))
+        }
         Command::Inspect { job, set } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             report(runtime.block_on(async {
@@ -268,6 +292,27 @@ async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration, metrics_
             exit_code(&e)
         }
     }
+}
+
+async fn backfill(path: PathBuf, from: String, to: String, window: Option<String>, set: Vec<String>) -> alluvium::Result<()> {
+    let time = |key: &str, v: &str| {
+        alluvium::job::parse_time(key, v)?.ok_or_else(|| Error::config(format!("{key} is empty; give a time such as 2026-11-01")))
+    };
+    let (from, to) = (time("--from", &from)?, time("--to", &to)?);
+    let step = match window {
+        Some(w) => humantime::parse_duration(&w)
+            .map_err(|e| Error::config(format!("--window `{w}` is not a duration ({e}); write 1d, 6h or 30m")))?,
+        None => to.duration_since(from).unwrap_or_default(),
+    };
+    let windows = cli::backfill::windows(from, to, step)?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| Error::config(format!("cannot read job file {}: {e}", path.display())))?;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    cli::backfill::backfill(&path, &text, &set, &windows, stop).await
 }
 
 /// Completes on the first SIGINT (Ctrl-C) or SIGTERM; a second one exits at once (a rerun resumes

@@ -1,5 +1,6 @@
 //! The commands of the `alluvium` binary beyond `run` and `validate`, one module each.
 
+pub mod backfill;
 pub mod checkpoints;
 pub mod inspect;
 pub mod metrics;

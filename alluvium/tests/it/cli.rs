@@ -446,3 +446,90 @@ fn metrics_endpoint_and_checkpoint_listing() {
     assert_eq!(wrong.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("regions 0 to 1"));
 }
+
+/// The object URIs committed as Parquet under `dir` (the `ref.uri` column), sorted.
+fn committed_uris(dir: &Path) -> Vec<String> {
+    use alluvium::core::arrow::array::{Array, AsArray};
+    let mut uris = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if !e.file_name().to_string_lossy().ends_with(".parquet") {
+            continue;
+        }
+        for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(e.path()).unwrap()).unwrap().build().unwrap() {
+            let b = b.unwrap();
+            let refs = b.column_by_name("ref").unwrap().as_struct();
+            let uri = refs.column_by_name("uri").unwrap().as_string::<i32>();
+            uris.extend((0..uri.len()).map(|i| uri.value(i).rsplit('/').next().unwrap().to_string()));
+        }
+    }
+    uris.sort();
+    uris
+}
+
+/// `backfill` runs one window per day over objects selected by modification time, each into its
+/// own `dt=` partition; a rerun skips every finished window and commits nothing again; a reversed
+/// range is a config error (exit code 2).
+#[test]
+fn backfill_runs_each_window_once_and_a_rerun_skips_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    let day = |d: u64| std::time::UNIX_EPOCH + Duration::from_secs(1_767_225_600 + d * 86_400 + 3600); // 2026-01-0(1+d) 01:00 UTC
+    for (name, d) in [("a1.bin", 0), ("a2.bin", 0), ("b1.bin", 1), ("c1.bin", 2), ("c2.bin", 2), ("c3.bin", 2), ("late.bin", 4)] {
+        let path = input.join(name);
+        std::fs::write(&path, name).unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(day(d)).unwrap();
+    }
+    let out = dir.path().join("out");
+    let job = dir.path().join("backfill.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+[pipeline]
+name = "daily"
+[checkpoint]
+location = "{out}/_checkpoints"
+[io.access]
+file_roots = ["{input}"]
+[source]
+type = "objects"
+uri = "{input}"
+modified_since = "${{ALLUVIUM_WINDOW_START:-}}"
+modified_before = "${{ALLUVIUM_WINDOW_END:-}}"
+[sink]
+type = "parquet"
+path = "{out}/dt=${{ALLUVIUM_WINDOW_DATE:-all}}"
+"#,
+            out = out.display(),
+            input = input.display()
+        ),
+    )
+    .unwrap();
+    let backfill = || {
+        bin()
+            .args(["backfill", job.to_str().unwrap(), "--from", "2026-01-01", "--to", "2026-01-04", "--window", "1d"])
+            .output()
+            .unwrap()
+    };
+    let first = backfill();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{stdout}{}", String::from_utf8_lossy(&first.stderr));
+    assert!(stdout.contains("window 1/3 [2026-01-01T00:00:00Z .. 2026-01-02T00:00:00Z): 2 rows read, 2 committed"), "{stdout}");
+    assert!(stdout.contains("window 3/3 [2026-01-03T00:00:00Z .. 2026-01-04T00:00:00Z): 3 rows read, 3 committed"), "{stdout}");
+    assert_eq!(committed_uris(&out.join("dt=2026-01-01")), ["a1.bin", "a2.bin"]);
+    assert_eq!(committed_uris(&out.join("dt=2026-01-02")), ["b1.bin"]);
+    assert_eq!(committed_uris(&out.join("dt=2026-01-03")), ["c1.bin", "c2.bin", "c3.bin"]);
+    assert!(!out.join("dt=2026-01-05").exists(), "nothing outside the range");
+
+    let second = backfill();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success(), "{stdout}{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(stdout.matches("finished by an earlier run, skipped").count(), 3, "{stdout}");
+    assert_eq!(committed_uris(&out.join("dt=2026-01-03")), ["c1.bin", "c2.bin", "c3.bin"]);
+
+    let reversed =
+        bin().args(["backfill", job.to_str().unwrap(), "--from", "2026-01-04", "--to", "2026-01-01"]).output().unwrap();
+    assert_eq!(reversed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&reversed.stderr).contains("is not after --from"));
+}

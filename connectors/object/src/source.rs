@@ -6,7 +6,8 @@
 //! run lists again and continues after it. Each row is an ObjectRef (`ref`) pinned to the ETag and
 //! size the listing saw, so an object changed after listing becomes a dead letter at fetch time.
 //!
-//! This is the bounded (backfill) first cut: it lists the whole prefix before the first split. The
+//! `modified_between` keeps the objects last modified in a time window (what `alluvium backfill`
+//! sets per window). This is the bounded (backfill) first cut: it lists the whole prefix before the first split. The
 //! streaming, continuous and Hive-partitioned variants come with the sources work.
 
 use std::sync::Arc;
@@ -31,12 +32,24 @@ pub struct ObjectStoreSource {
     extensions: Vec<String>,
     split_objects: usize,
     batch_size: usize,
+    /// Keeps objects last modified in `[since, before)`, in ms since the Unix epoch.
+    modified: (Option<i64>, Option<i64>),
 }
 
 impl ObjectStoreSource {
     /// Every object under `uri` (`s3://bucket/prefix/`, `file:///dir/`), in splits of 1,000.
     pub fn prefix(registry: Arc<ObjectStoreRegistry>, uri: impl Into<String>) -> Self {
-        Self { registry, uri: uri.into(), extensions: Vec::new(), split_objects: 1000, batch_size: 64 }
+        Self { registry, uri: uri.into(), extensions: Vec::new(), split_objects: 1000, batch_size: 64, modified: (None, None) }
+    }
+    /// Keeps only objects last modified at or after `since` and before `before` (a backfill
+    /// window over an append-only prefix).
+    pub fn modified_between(mut self, since: Option<std::time::SystemTime>, before: Option<std::time::SystemTime>) -> Self {
+        let ms = |t: std::time::SystemTime| match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_millis() as i64,
+            Err(e) => -(e.duration().as_millis() as i64),
+        };
+        self.modified = (since.map(ms), before.map(ms));
+        self
     }
     /// Keeps only names ending with one of these extensions (case-insensitive, without the dot).
     pub fn extensions(mut self, exts: impl IntoIterator<Item = impl Into<String>>) -> Self {
@@ -136,7 +149,10 @@ impl SplitEnumerator for Enumerator {
                 .map_err(|e| Error::from(e).context(format!("listing {}", src.uri)))
                 .try_filter_map(|m| {
                     let name = m.location.as_ref().to_ascii_lowercase();
-                    let wanted = src.extensions.is_empty() || src.extensions.iter().any(|e| name.ends_with(&format!(".{e}")));
+                    let modified = m.last_modified.timestamp_millis();
+                    let in_window = src.modified.0.is_none_or(|t| modified >= t) && src.modified.1.is_none_or(|t| modified < t);
+                    let wanted = in_window
+                        && (src.extensions.is_empty() || src.extensions.iter().any(|e| name.ends_with(&format!(".{e}"))));
                     futures::future::ready(Ok(wanted.then(|| Entry {
                         uri: format!("{base}{}", m.location),
                         size: m.size,
