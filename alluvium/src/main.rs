@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alluvium::job::JobFile;
 use alluvium::{Error, ErrorKind};
@@ -150,7 +150,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ALLUVIUM_LOG").unwrap_or_else(|_| DEFAULT_LOG.into()))
-        .with_writer(std::io::stderr)
+        .with_writer(|| cli::progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
@@ -221,25 +221,15 @@ async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration, metrics_
             Err(e) => return report(Err(e)),
         }
     }
-    let progress = tokio::spawn(async move {
-        let start = Instant::now();
-        loop {
-            tokio::time::sleep(progress_every).await;
-            let m = metrics.snapshot();
-            let read = m.stages.first().map_or(0, |s| s.rows_in);
-            let secs = start.elapsed().as_secs_f64().max(1e-3);
-            tracing::info!(
-                rows_read = read,
-                rows_committed = m.rows_committed,
-                dead_letters = m.dead_letters_committed,
-                checkpoints = m.checkpoints,
-                rows_per_s = (read as f64 / secs) as u64,
-                "progress"
-            );
-        }
-    });
+    let total_rows = match &job.source {
+        alluvium::job::SourceConfig::Generate { rows, .. } => Some(*rows),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    };
+    let progress = cli::progress::spawn(metrics, total_rows, progress_every);
     let result = pipeline.run_until(shutdown_signal()).await;
     progress.abort();
+    cli::progress::finish();
     match result {
         Ok(s) => {
             println!("alluvium: job `{}` finished in {:.2?}", s.pipeline, s.elapsed);

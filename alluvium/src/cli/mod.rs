@@ -4,3 +4,4 @@ pub mod backfill;
 pub mod checkpoints;
 pub mod inspect;
 pub mod metrics;
+pub mod progress;

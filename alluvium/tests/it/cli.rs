@@ -533,3 +533,24 @@ path = "{out}/dt=${{ALLUVIUM_WINDOW_DATE:-all}}"
     assert_eq!(reversed.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&reversed.stderr).contains("is not after --from"));
 }
+
+/// On a terminal (a pseudo-terminal from `script`), `run` draws a bar per stage with rows/s and,
+/// for a source of known size, an ETA; the summary follows. Off a terminal (every other test), the
+/// output has no bars.
+#[test]
+fn a_terminal_gets_progress_bars() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no `script` (util-linux) to make a terminal");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Three seconds at the rate limit: rates are shown once a second has passed.
+    let job = job(dir.path(), 90_000, "");
+    let command = format!("{} run {}", env!("CARGO_BIN_EXE_alluvium"), job.display());
+    let out = Command::new("script").args(["-qec", &command, "/dev/null"]).env("ALLUVIUM_LOG", "warn").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("generate [") && text.contains("% eta "), "a bar with an ETA for the source:\n{text}");
+    assert!(text.contains(" rows/s, ") && text.contains("parquet "), "a line per stage with rates:\n{text}");
+    assert!(text.contains("rows committed  90000"), "{text}");
+}
