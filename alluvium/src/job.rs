@@ -195,6 +195,12 @@ pub struct StageCommon {
     /// `forward` (default) or `rebalance`.
     #[serde(default)]
     pub edge: Option<EdgeConfig>,
+    /// Async stages (fetch, hash, probe, remote calls): batches in flight per subtask (4).
+    #[serde(default)]
+    pub batches_in_flight: Option<usize>,
+    /// Async stages: `false` emits results as they complete instead of in input order (true).
+    #[serde(default)]
+    pub ordered: Option<bool>,
 }
 
 /// An edge in a job file.
@@ -228,6 +234,9 @@ pub enum StageConfig {
         /// …this many times (1).
         #[serde(default)]
         fail_times: Option<u32>,
+        /// The failures are panics (a buggy stage) rather than errors.
+        #[serde(default)]
+        fail_with_panic: Option<bool>,
         /// Sleep per batch, e.g. `10ms` (a slow stage).
         #[serde(default, with = "opt_duration")]
         delay_per_batch: Option<Duration>,
@@ -515,7 +524,7 @@ impl JobFile {
     pub fn parse_with_env(text: &str, overrides: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let text = interpolate(text, env)?;
         if overrides.is_empty() {
-            return toml::from_str(&text).map_err(toml_error);
+            return toml::from_str(&text).map_err(|e| toml_error_in(&text, e));
         }
         let mut doc: toml::Table = toml::from_str(&text).map_err(toml_error)?;
         for o in overrides {
@@ -634,8 +643,17 @@ impl JobFile {
 fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
     let _ = registry;
     let (common, stage) = match s {
-        StageConfig::Fault { common, dead_letter_every, fail_subtask, fail_after_rows, fail_times, delay_per_batch } => {
-            (common, fault(*dead_letter_every, *fail_subtask, *fail_after_rows, *fail_times, *delay_per_batch)?)
+        StageConfig::Fault {
+            common,
+            dead_letter_every,
+            fail_subtask,
+            fail_after_rows,
+            fail_times,
+            fail_with_panic,
+            delay_per_batch,
+        } => {
+            let f = fault(*dead_letter_every, *fail_subtask, *fail_after_rows, *fail_times, *delay_per_batch)?;
+            (common, Stage::from(f.panic_instead(fail_with_panic.unwrap_or(false))))
         }
         #[cfg(feature = "object")]
         StageConfig::Fetch { common, column, max_object_bytes, memory_budget, concurrency } => {
@@ -721,7 +739,7 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
             (common, Stage::from(e))
         }
     };
-    Ok(with_common(stage, common))
+    with_common(stage, common)
 }
 
 fn fault(
@@ -730,7 +748,7 @@ fn fault(
     fail_after_rows: Option<u64>,
     fail_times: Option<u32>,
     delay_per_batch: Option<Duration>,
-) -> Result<Stage> {
+) -> Result<Fault> {
     let mut f = Fault::new();
     if let Some(n) = dead_letter_every {
         f = f.dead_letter_every(n);
@@ -743,10 +761,10 @@ fn fault(
     if let Some(d) = delay_per_batch {
         f = f.delay_per_batch(d);
     }
-    Ok(Stage::from(f))
+    Ok(f)
 }
 
-fn with_common(mut stage: Stage, common: &StageCommon) -> Stage {
+fn with_common(mut stage: Stage, common: &StageCommon) -> Result<Stage> {
     if let Some(name) = &common.name {
         stage = stage.named(name.clone());
     }
@@ -756,12 +774,66 @@ fn with_common(mut stage: Stage, common: &StageCommon) -> Stage {
     if common.edge == Some(EdgeConfig::Rebalance) {
         stage = stage.rebalance();
     }
-    stage
+    if (common.batches_in_flight.is_some() || common.ordered.is_some()) && !stage.is_async() {
+        return Err(Error::config(format!(
+            "`batches_in_flight` and `ordered` apply to async stages (fetch, hash, probe); stage `{}` runs one batch \
+             at a time: remove them, or raise its `parallelism`",
+            stage.name()
+        )));
+    }
+    if let Some(n) = common.batches_in_flight {
+        if n == 0 {
+            return Err(Error::config("`batches_in_flight` is 0; give 1 or more"));
+        }
+        stage = stage.concurrency(n);
+    }
+    if common.ordered == Some(false) {
+        stage = stage.unordered();
+    }
+    Ok(stage)
 }
 
 fn toml_error(e: toml::de::Error) -> Error {
     // toml's message already names the line, the column and the key.
     Error::config(format!("invalid job file: {e}"))
+}
+
+/// As [`toml_error`], naming the key when a value of the wrong type sits in a `type = "…"`
+/// section: serde reads those sections whole, so toml can point only at the section's header.
+fn toml_error_in(text: &str, e: toml::de::Error) -> Error {
+    match misplaced_key(text, &e) {
+        Some(key) => Error::config(format!("invalid job file: {e}(the value of `{key}`)")),
+        None => toml_error(e),
+    }
+}
+
+/// The key, in the section the error points at, whose value is the one the error describes.
+fn misplaced_key(text: &str, e: &toml::de::Error) -> Option<String> {
+    let unexpected = e.message().strip_prefix("invalid type: ")?.split(", expected").next()?.to_string();
+    let span = e.span()?;
+    let header = text.get(span.clone())?.trim();
+    let doc: toml::Table = toml::from_str(text).ok()?;
+    let (path, section) = if let Some(name) = header.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
+        // The how-many-th `[[name]]` table this header opens.
+        let index = text[..span.start].matches(&format!("[[{name}]]")).count();
+        (format!("{name}[{index}]"), doc.get(name)?.as_array()?.get(index)?.as_table()?)
+    } else {
+        let name = header.strip_prefix('[')?.strip_suffix(']')?;
+        (name.to_string(), name.split('.').try_fold(&doc, |t, k| t.get(k)?.as_table())?)
+    };
+    let rendered = |v: &toml::Value| match v {
+        toml::Value::String(s) => format!("string {s:?}"),
+        toml::Value::Integer(i) => format!("integer `{i}`"),
+        toml::Value::Float(f) => format!("floating point `{f}`"),
+        toml::Value::Boolean(b) => format!("boolean `{b}`"),
+        toml::Value::Array(_) => "sequence".into(),
+        toml::Value::Table(_) => "map".into(),
+        toml::Value::Datetime(d) => format!("string {:?}", d.to_string()),
+    };
+    let mut keys = section.iter().filter(|(_, v)| rendered(v) == unexpected).map(|(k, _)| k.clone());
+    let key = keys.next()?;
+    // Two keys with the same value: do not guess.
+    keys.next().is_none().then(|| format!("{path}.{key}"))
 }
 
 #[cfg(test)]
@@ -826,6 +898,22 @@ path = "${OUT}"
         assert!(e.contains("soon") && e.contains("duration"), "{e}");
         let e = JobFile::parse_with_env(&JOB.replace("type = \"jsonl\"", "type = \"csv\""), &[], env).unwrap_err().to_string();
         assert!(e.contains("csv") && e.contains("jsonl"), "{e}");
+        // A wrong type inside a `type = "…"` section names the key, not only the section.
+        let e = JobFile::parse_with_env(&JOB.replace("${ROWS:-10}", "\"ten\""), &[], env).unwrap_err().to_string();
+        assert!(e.contains("line 8") && e.contains("the value of `source.rows`"), "{e}");
+        let e = JobFile::parse_with_env(&JOB.replace("dead_letter_every = 3", "dead_letter_every = true"), &[], env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the value of `stages[0].dead_letter_every`"), "{e}");
+    }
+
+    #[test]
+    fn in_flight_settings_are_for_async_stages_only() {
+        let job =
+            JobFile::parse_with_env(&JOB.replace("edge = \"forward\"", "edge = \"forward\"\nbatches_in_flight = 8"), &[], env)
+                .unwrap();
+        let e = job.build().unwrap_err().to_string();
+        assert!(e.contains("batches_in_flight") && e.contains("`fault`") && e.contains("[[stages]] entry 1"), "{e}");
     }
 
     #[test]
@@ -855,6 +943,8 @@ name = "hash-original"
 [[stages]]
 type = "fetch"
 max_object_bytes = 1000000
+batches_in_flight = 8
+ordered = false
 [[stages]]
 type = "decode_image"
 target = [64, 64]

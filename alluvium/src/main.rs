@@ -145,8 +145,32 @@ fn exit_code(e: &Error) -> ExitCode {
 const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,alluvium=info,alluvium_core=info,alluvium_object=info,alluvium_formats=info,\
                            alluvium_parquet=info,alluvium_delta=info,alluvium_iceberg=info,alluvium_lance=info,alluvium_catalog=info";
 
+/// A panic is a bug: say so in one line, with where, instead of Rust's panic message and
+/// backtrace (`RUST_BACKTRACE=1` keeps Rust's own report). A panic inside a stage is caught by the
+/// runtime like any stage failure: the region restarts from its last checkpoint.
+fn report_panics_as_bugs() {
+    if std::env::var_os("RUST_BACKTRACE").is_some() {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!(
+            "internal error (a bug in Alluvium or in a plugged-in stage; please report it): {}{at} \
+             (RUST_BACKTRACE=1 for a backtrace)",
+            alluvium::core::error::redact(&what)
+        );
+    }));
+}
+
 fn main() -> ExitCode {
     alluvium::tune_allocator();
+    report_panics_as_bugs();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ALLUVIUM_LOG").unwrap_or_else(|_| DEFAULT_LOG.into()))

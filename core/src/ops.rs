@@ -25,6 +25,7 @@ pub struct Fault {
     fail_after_rows: u64,
     fail_times: u32,
     delay_per_batch: Option<Duration>,
+    panic: bool,
     failed: Arc<AtomicU32>,
     subtask: usize,
     rows_seen: u64,
@@ -46,6 +47,11 @@ impl Fault {
         self.fail_subtask = Some(subtask);
         self.fail_after_rows = after_rows;
         self.fail_times = times;
+        self
+    }
+    /// The injected stage failures are panics (a buggy stage) instead of errors.
+    pub fn panic_instead(mut self, panic: bool) -> Self {
+        self.panic = panic;
         self
     }
     /// Sleeps this long per batch (a slow stage).
@@ -72,6 +78,9 @@ impl Operator for Fault {
             && self.failed.load(Ordering::SeqCst) < self.fail_times
         {
             let n = self.failed.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.panic {
+                panic!("injected panic {n} of {} in subtask {}", self.fail_times, self.subtask);
+            }
             return Err(Error::external(format!("injected failure {n} of {} in subtask {}", self.fail_times, self.subtask)));
         }
         let Some(every) = self.dead_letter_every else { return Ok(batch.into()) };

@@ -81,6 +81,11 @@ impl Stage {
         self
     }
 
+    /// Whether the stage is async (its calls overlap: `concurrency` and `unordered` apply).
+    pub fn is_async(&self) -> bool {
+        matches!(self.kind, StageKind::Async { .. })
+    }
+
     /// For async stages: batches in flight per subtask.
     pub fn concurrency(mut self, n: usize) -> Self {
         if let StageKind::Async { concurrency, .. } = &mut self.kind {

@@ -554,3 +554,21 @@ fn a_terminal_gets_progress_bars() {
     assert!(text.contains(" rows/s, ") && text.contains("parquet "), "a line per stage with rates:\n{text}");
     assert!(text.contains("rows committed  90000"), "{text}");
 }
+
+/// A stage that panics (a bug) is one line naming the bug, not Rust's panic report; the runtime
+/// restarts the region like after any failure and the output still holds every row once.
+#[test]
+fn a_panicking_stage_is_reported_in_one_line_and_the_job_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 20_000;
+    let fault = "[[stages]]\ntype = \"fault\"\nfail_subtask = 1\nfail_after_rows = 1000\nfail_times = 2\nfail_with_panic = true";
+    let job = job(dir.path(), rows, fault);
+    let out = bin().args(["run", job.to_str().unwrap()]).env_remove("RUST_BACKTRACE").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("internal error (a bug in Alluvium").count(), 2, "{stderr}");
+    assert!(stderr.contains("injected panic 1 of 2 in subtask 1 at "), "{stderr}");
+    assert!(!stderr.contains("panicked at") && !stderr.contains("stack backtrace"), "{stderr}");
+    let ids = committed_ids(&dir.path().join("out"));
+    assert!(ids.len() == rows as usize && ids.values().all(|n| *n == 1), "every row once");
+}
