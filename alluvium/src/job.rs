@@ -163,6 +163,21 @@ pub enum SourceConfig {
         /// Keep objects last modified before this time (RFC 3339 or `YYYY-MM-DD`; empty: no bound).
         #[serde(default)]
         modified_before: Option<String>,
+        /// Keep keys (relative to `uri`) matching one of these globs (`**/*.jpg`).
+        #[serde(default)]
+        include: Vec<String>,
+        /// Drop keys matching any of these globs.
+        #[serde(default)]
+        exclude: Vec<String>,
+        /// Keep keys (relative to `uri`) after this one…
+        #[serde(default)]
+        start_after: Option<String>,
+        /// …and before this one.
+        #[serde(default)]
+        end_before: Option<String>,
+        /// Utf8 columns from the keys' `name=value` segments (`["dt", "country"]`).
+        #[serde(default)]
+        partition_columns: Vec<String>,
         /// Readers (the pipeline's parallelism).
         #[serde(default)]
         parallelism: Option<usize>,
@@ -614,9 +629,18 @@ impl JobFile {
                 batch_size,
                 modified_since,
                 modified_before,
+                include,
+                exclude,
+                start_after,
+                end_before,
+                partition_columns,
                 parallelism,
             } => {
-                let mut src = alluvium_object::ObjectStoreSource::prefix(registry.clone(), uri.clone());
+                let mut src = alluvium_object::ObjectStoreSource::prefix(registry.clone(), uri.clone())
+                    .include(include)?
+                    .exclude(exclude)?
+                    .key_range(start_after.clone(), end_before.clone())
+                    .partition_columns(partition_columns.clone());
                 let since = parse_time("source.modified_since", modified_since.as_deref().unwrap_or_default())?;
                 let before = parse_time("source.modified_before", modified_before.as_deref().unwrap_or_default())?;
                 if since.is_some() || before.is_some() {

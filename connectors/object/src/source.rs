@@ -6,14 +6,16 @@
 //! run lists again and continues after it. Each row is an ObjectRef (`ref`) pinned to the ETag and
 //! size the listing saw, so an object changed after listing becomes a dead letter at fetch time.
 //!
-//! `modified_between` keeps the objects last modified in a time window (what `alluvium backfill`
+//! Each row also has `last_modified` (µs, UTC) and, with `partition_columns`, one Utf8 column per
+//! Hive-style `name=value` segment of the key. `include`/`exclude` globs and a key range
+//! (`key_range`) select keys relative to the prefix. `modified_between` keeps the objects last modified in a time window (what `alluvium backfill`
 //! sets per window). This is the bounded (backfill) first cut: it lists the whole prefix before the first split. The
 //! streaming, continuous and Hive-partitioned variants come with the sources work.
 
 use std::sync::Arc;
 
-use alluvium_core::arrow::array::StructArray;
-use alluvium_core::arrow::datatypes::{Schema, SchemaRef};
+use alluvium_core::arrow::array::{ArrayRef, StringArray, StructArray, TimestampMicrosecondArray};
+use alluvium_core::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::types::{ObjectRef, ObjectRefType};
 use alluvium_core::{Discovery, Error, Result, Source, Split, SplitEnumerator, SplitReader, State};
@@ -34,12 +36,80 @@ pub struct ObjectStoreSource {
     batch_size: usize,
     /// Keeps objects last modified in `[since, before)`, in ms since the Unix epoch.
     modified: (Option<i64>, Option<i64>),
+    /// Keys (relative to the prefix) must match one of these, when any are given…
+    include: Option<globset::GlobSet>,
+    /// …and none of these.
+    exclude: Option<globset::GlobSet>,
+    /// Keys (relative to the prefix) after this one…
+    start_after: Option<String>,
+    /// …and before this one.
+    end_before: Option<String>,
+    /// Columns taken from `name=value` segments of the key (Hive-style partitions).
+    partition_columns: Vec<String>,
+}
+
+fn glob_set(patterns: &[String], key: &str) -> Result<Option<globset::GlobSet>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut set = globset::GlobSetBuilder::new();
+    for p in patterns {
+        let glob = globset::GlobBuilder::new(p).literal_separator(true).build().map_err(|e| {
+            Error::config(format!("objects source `{key}`: `{p}` is not a glob ({e}); write e.g. \"**/*.jpg\" or \"2026-*/**\""))
+        })?;
+        set.add(glob);
+    }
+    set.build().map(Some).map_err(|e| Error::config(format!("objects source `{key}`: {e}")))
 }
 
 impl ObjectStoreSource {
     /// Every object under `uri` (`s3://bucket/prefix/`, `file:///dir/`), in splits of 1,000.
     pub fn prefix(registry: Arc<ObjectStoreRegistry>, uri: impl Into<String>) -> Self {
-        Self { registry, uri: uri.into(), extensions: Vec::new(), split_objects: 1000, batch_size: 64, modified: (None, None) }
+        Self {
+            registry,
+            uri: uri.into(),
+            extensions: Vec::new(),
+            split_objects: 1000,
+            batch_size: 64,
+            modified: (None, None),
+            include: None,
+            exclude: None,
+            start_after: None,
+            end_before: None,
+            partition_columns: Vec::new(),
+        }
+    }
+    /// Keeps only keys (relative to the prefix) matching one of these globs (`**/*.jpg`; `*`
+    /// stays within one path segment, `**` crosses them).
+    pub fn include(mut self, globs: &[String]) -> Result<Self> {
+        self.include = glob_set(globs, "include")?;
+        Ok(self)
+    }
+    /// Drops keys (relative to the prefix) matching any of these globs.
+    pub fn exclude(mut self, globs: &[String]) -> Result<Self> {
+        self.exclude = glob_set(globs, "exclude")?;
+        Ok(self)
+    }
+    /// Keeps keys (relative to the prefix) in `(start_after, end_before)`, in byte order: a
+    /// backfill of part of a prefix, or of one key range per job.
+    pub fn key_range(mut self, start_after: Option<String>, end_before: Option<String>) -> Self {
+        self.start_after = start_after.filter(|k| !k.is_empty());
+        self.end_before = end_before.filter(|k| !k.is_empty());
+        self
+    }
+    /// Adds a nullable Utf8 column per name, from the key's `name=value` segments
+    /// (`dt=2026-11-01/country=fr/x.jpg`); null where the key has no such segment.
+    pub fn partition_columns(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.partition_columns = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether the key (relative to the prefix) passes the globs and the key range.
+    fn wanted(&self, key: &str) -> bool {
+        self.include.as_ref().is_none_or(|g| g.is_match(key))
+            && !self.exclude.as_ref().is_some_and(|g| g.is_match(key))
+            && self.start_after.as_deref().is_none_or(|a| key > a)
+            && self.end_before.as_deref().is_none_or(|b| key < b)
     }
     /// Keeps only objects last modified at or after `since` and before `before` (a backfill
     /// window over an append-only prefix).
@@ -95,6 +165,20 @@ struct Entry {
     uri: String,
     size: u64,
     etag: Option<String>,
+    /// Last modified, µs since the Unix epoch.
+    #[serde(default)]
+    modified_us: Option<i64>,
+    /// The values of the partition columns, in order.
+    #[serde(default)]
+    partitions: Vec<Option<String>>,
+}
+
+/// The value of each `name` in the key's `name=value` segments.
+fn partition_values(key: &str, names: &[String]) -> Vec<Option<String>> {
+    names
+        .iter()
+        .map(|n| key.split('/').find_map(|seg| seg.strip_prefix(n.as_str())?.strip_prefix('=').map(str::to_string)))
+        .collect()
 }
 
 #[async_trait]
@@ -104,12 +188,24 @@ impl Source for ObjectStoreSource {
     }
 
     fn schema(&self) -> SchemaRef {
-        Arc::new(Schema::new(vec![ObjectRefType::field("ref", false)]))
+        let mut fields = vec![
+            ObjectRefType::field("ref", false),
+            Field::new("last_modified", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+        ];
+        fields.extend(self.partition_columns.iter().map(|n| Field::new(n, DataType::Utf8, true)));
+        Arc::new(Schema::new(fields))
     }
 
     fn validate(&self) -> Result<()> {
         if self.uri.trim().is_empty() {
             return Err(Error::config("objects source: `uri` is empty; set a directory or a URL such as s3://bucket/prefix/"));
+        }
+        if let Some(bad) =
+            self.partition_columns.iter().find(|n| n.as_str() == "ref" || n.as_str() == "last_modified" || n.is_empty())
+        {
+            return Err(Error::config(format!(
+                "objects source `partition_columns`: `{bad}` is not a usable column name (`ref` and `last_modified` are taken)"
+            )));
         }
         Ok(())
     }
@@ -150,13 +246,19 @@ impl SplitEnumerator for Enumerator {
                 .try_filter_map(|m| {
                     let name = m.location.as_ref().to_ascii_lowercase();
                     let modified = m.last_modified.timestamp_millis();
+                    let key =
+                        m.location.as_ref().strip_prefix(prefix.as_ref()).unwrap_or(m.location.as_ref()).trim_start_matches('/');
                     let in_window = src.modified.0.is_none_or(|t| modified >= t) && src.modified.1.is_none_or(|t| modified < t);
                     let wanted = in_window
+                        && src.wanted(key)
                         && (src.extensions.is_empty() || src.extensions.iter().any(|e| name.ends_with(&format!(".{e}"))));
+                    let partitions = partition_values(key, &src.partition_columns);
                     futures::future::ready(Ok(wanted.then(|| Entry {
                         uri: format!("{base}{}", m.location),
                         size: m.size,
                         etag: m.e_tag,
+                        modified_us: Some(m.last_modified.timestamp_micros()),
+                        partitions,
                     })))
                 })
                 .try_collect()
@@ -208,8 +310,15 @@ impl SplitReader for Reader {
                 }
             })
             .collect();
+        let rows = &self.entries[self.next..end];
+        let modified = TimestampMicrosecondArray::from_iter(rows.iter().map(|e| e.modified_us)).with_timezone("UTC");
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(refs), Arc::new(modified)];
+        for i in 0..self.schema.fields().len() - 2 {
+            let values: StringArray = rows.iter().map(|e| e.partitions.get(i).cloned().flatten()).collect();
+            columns.push(Arc::new(values));
+        }
         self.next = end;
-        Ok(Some(RecordBatch::try_new(self.schema.clone(), vec![Arc::new(refs)])?))
+        Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
     }
 
     fn position(&self) -> State {

@@ -5,3 +5,4 @@ mod common;
 mod files;
 mod http;
 mod s3;
+mod source;
