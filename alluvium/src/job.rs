@@ -931,6 +931,37 @@ path = "${OUT}"
         assert!(e.contains("the value of `stages[0].dead_letter_every`"), "{e}");
     }
 
+    /// The reference in docs/job-files.md parses and builds, and so does each commented-out
+    /// alternative `[source]` and `[sink]` put in place of the active one.
+    #[test]
+    fn the_reference_job_file_is_valid() {
+        let doc = include_str!("../../docs/job-files.md");
+        let reference = doc.split("```toml\n").nth(1).unwrap().split("\n```").next().unwrap();
+        let out = std::env::temp_dir().join(format!("alluvium-reference-{}", std::process::id()));
+        let env = |k: &str| match k {
+            "ALLUVIUM_OUTPUT" => Some(out.display().to_string()),
+            "ICEBERG_TOKEN" => Some("t".into()),
+            _ => None,
+        };
+        let build = |text: &str| {
+            let job = JobFile::parse_with_env(text, &[], env).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            job.build().unwrap_or_else(|e| panic!("{e}\n{text}"));
+        };
+        build(reference);
+        let blocks: Vec<&str> = reference.split("\n\n").collect();
+        let mut alternatives = 0;
+        for section in ["[source]", "[sink]"] {
+            let active = blocks.iter().find(|b| b.starts_with(section)).unwrap();
+            for alt in blocks.iter().filter(|b| b.starts_with(&format!("# {section}"))) {
+                let uncommented: Vec<&str> = alt.lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect();
+                build(&reference.replace(active, &uncommented.join("\n")));
+                alternatives += 1;
+            }
+        }
+        assert_eq!(alternatives, 4, "generate, delta, iceberg, lance");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
     #[test]
     fn in_flight_settings_are_for_async_stages_only() {
         let job =

@@ -30,6 +30,13 @@ impl Default for ParquetFormat {
 impl ParquetFormat {
     /// Sets the codec: `zstd` (default), `zstd(3)`, `snappy`, `uncompressed`, … as Parquet names them.
     pub fn compression(mut self, codec: &str) -> Result<Self> {
+        // parquet's parser wants a level for these; without one, their default level.
+        let codec = match codec.trim().to_ascii_lowercase().as_str() {
+            "zstd" => "zstd(1)".to_string(),
+            "gzip" => "gzip(6)".to_string(),
+            "brotli" => "brotli(1)".to_string(),
+            other => other.to_string(),
+        };
         self.compression = codec.parse().map_err(|e| {
             Error::config(format!("unknown parquet compression `{codec}` ({e}); use zstd, snappy or uncompressed"))
         })?;
@@ -172,6 +179,16 @@ mod tests {
         assert!(!dictionary("image.data"), "opaque bytes are written plainly");
         assert!(column("ref.uri").statistics().is_some());
         assert!(column("image.data").statistics().is_none(), "no min/max of image bytes");
+    }
+
+    /// Codecs are accepted with or without a level.
+    #[test]
+    fn codecs_with_and_without_levels() {
+        for codec in ["zstd", "ZSTD", "zstd(5)", "snappy", "gzip", "brotli", "lz4_raw", "uncompressed"] {
+            assert!(ParquetFormat::default().compression(codec).is_ok(), "{codec}");
+        }
+        let e = ParquetFormat::default().compression("zip").unwrap_err().to_string();
+        assert!(e.contains("unknown parquet compression `zip`"), "{e}");
     }
 
     /// Rows of 20 KB blobs are cut into pages of about the 1 MiB page size, not one page per
