@@ -178,6 +178,16 @@ pub enum SourceConfig {
         /// Utf8 columns from the keys' `name=value` segments (`["dt", "country"]`).
         #[serde(default)]
         partition_columns: Vec<String>,
+        /// Never end: re-list every `poll_interval`, emitting each new or overwritten object once.
+        #[serde(default)]
+        continuous: bool,
+        /// Continuous mode: time between listings (`10s`).
+        #[serde(default, with = "opt_duration")]
+        poll_interval: Option<Duration>,
+        /// Continuous mode: how long after its modification time an object may first be listed
+        /// (`5m`); later ones are missed.
+        #[serde(default, with = "opt_duration")]
+        max_lateness: Option<Duration>,
         /// Readers (the pipeline's parallelism).
         #[serde(default)]
         parallelism: Option<usize>,
@@ -634,6 +644,9 @@ impl JobFile {
                 start_after,
                 end_before,
                 partition_columns,
+                continuous,
+                poll_interval,
+                max_lateness,
                 parallelism,
             } => {
                 let mut src = alluvium_object::ObjectStoreSource::prefix(registry.clone(), uri.clone())
@@ -641,6 +654,16 @@ impl JobFile {
                     .exclude(exclude)?
                     .key_range(start_after.clone(), end_before.clone())
                     .partition_columns(partition_columns.clone());
+                if *continuous {
+                    src = src.continuous(
+                        poll_interval.unwrap_or(Duration::from_secs(10)),
+                        max_lateness.unwrap_or(Duration::from_secs(300)),
+                    );
+                } else if poll_interval.is_some() || max_lateness.is_some() {
+                    return Err(Error::config(
+                        "objects source: `poll_interval` and `max_lateness` need `continuous = true`; add it, or remove them",
+                    ));
+                }
                 let since = parse_time("source.modified_since", modified_since.as_deref().unwrap_or_default())?;
                 let before = parse_time("source.modified_before", modified_before.as_deref().unwrap_or_default())?;
                 if since.is_some() || before.is_some() {

@@ -9,8 +9,16 @@
 //! Each row also has `last_modified` (µs, UTC) and, with `partition_columns`, one Utf8 column per
 //! Hive-style `name=value` segment of the key. `include`/`exclude` globs and a key range
 //! (`key_range`) select keys relative to the prefix. `modified_between` keeps the objects last modified in a time window (what `alluvium backfill`
-//! sets per window). This is the bounded (backfill) first cut: it lists the whole prefix before the first split. The
-//! streaming, continuous and Hive-partitioned variants come with the sources work.
+//! sets per window).
+//!
+//! **Continuous mode** ([`ObjectStoreSource::continuous`]) never ends: it re-lists the prefix every
+//! poll interval and emits each new or overwritten object once, oldest first. What it has emitted
+//! is checkpointed with every split assignment as a watermark (the newest modification time
+//! emitted) plus the objects emitted within `lateness` of it, so the state stays small however
+//! many objects pass, and a restart neither skips nor repeats objects.
+//!
+//! Both modes list the whole prefix before the first split of a listing; streaming the listing
+//! (time to first row on huge prefixes) is still to come.
 
 use std::sync::Arc;
 
@@ -46,6 +54,9 @@ pub struct ObjectStoreSource {
     end_before: Option<String>,
     /// Columns taken from `name=value` segments of the key (Hive-style partitions).
     partition_columns: Vec<String>,
+    /// Continuous discovery: re-list every `poll`; objects may show up to `lateness` after their
+    /// modification time.
+    continuous: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 fn glob_set(patterns: &[String], key: &str) -> Result<Option<globset::GlobSet>> {
@@ -77,7 +88,17 @@ impl ObjectStoreSource {
             start_after: None,
             end_before: None,
             partition_columns: Vec::new(),
+            continuous: None,
         }
+    }
+    /// Never ends: re-lists the prefix every `poll` and emits each new or overwritten object once
+    /// (an overwrite is a new ETag or modification time). The checkpointed record of what was emitted is a watermark
+    /// (the newest modification time emitted) and the objects emitted within `lateness` of it, so
+    /// it stays small however many objects pass. An object listed more than `lateness` after its
+    /// modification time, older than the watermark by more than that, is not picked up.
+    pub fn continuous(mut self, poll: std::time::Duration, lateness: std::time::Duration) -> Self {
+        self.continuous = Some((poll.max(std::time::Duration::from_millis(10)), lateness));
+        self
     }
     /// Keeps only keys (relative to the prefix) matching one of these globs (`**/*.jpg`; `*`
     /// stays within one path segment, `**` crosses them).
@@ -211,8 +232,16 @@ impl Source for ObjectStoreSource {
     }
 
     async fn enumerator(&self, restored: Option<State>) -> Result<Box<dyn SplitEnumerator>> {
-        let after = restored.and_then(|s| s.get("after").and_then(|v| v.as_str()).map(str::to_string));
-        Ok(Box::new(Enumerator { source: self.clone(), after, listed: None }))
+        let after = restored.as_ref().and_then(|s| s.get("after").and_then(|v| v.as_str()).map(str::to_string));
+        let continuous =
+            match (&self.continuous, restored.as_ref().and_then(|s| s.get("continuous"))) {
+                (None, _) => None,
+                (Some(_), None) => Some(Continuous::default()),
+                (Some(_), Some(state)) => Some(serde_json::from_value(state.clone()).map_err(|e| {
+                    Error::checkpoint(format!("objects source: the checkpointed listing state is malformed: {e}"))
+                })?),
+            };
+        Ok(Box::new(Enumerator { source: self.clone(), after, listed: None, continuous, listed_at: None }))
     }
 
     async fn open(&self, split: &Split, position: Option<&State>) -> Result<Box<dyn SplitReader>> {
@@ -225,64 +254,147 @@ impl Source for ObjectStoreSource {
 
 struct Enumerator {
     source: ObjectStoreSource,
+    /// Bounded mode: the last key handed out.
     after: Option<String>,
-    /// Keys still to hand out, sorted, last first.
+    /// Listed and not yet handed out, last first.
     listed: Option<Vec<Entry>>,
+    /// Continuous mode: what was emitted.
+    continuous: Option<Continuous>,
+    /// Continuous mode: when the prefix was last listed.
+    listed_at: Option<std::time::Instant>,
 }
 
-#[async_trait]
-impl SplitEnumerator for Enumerator {
-    async fn discover(&mut self) -> Result<Discovery> {
+/// The checkpointed record of a continuous listing: bounded by the objects modified within
+/// `lateness` of the watermark, not by every key ever seen.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Continuous {
+    /// The newest modification time (µs) among the objects emitted.
+    watermark_us: Option<i64>,
+    /// `(uri, etag, modified µs)` of the objects emitted within `lateness` of the watermark.
+    recent: Vec<(String, Option<String>, i64)>,
+    /// Splits emitted so far (their names).
+    splits: u64,
+}
+
+impl Enumerator {
+    /// Lists the prefix: the wanted objects, in no particular order.
+    async fn list(&self) -> Result<Vec<Entry>> {
+        let src = &self.source;
+        let (store, prefix) = match src.registry.resolve(src.url()?.as_str()).await? {
+            Ok(sp) => sp,
+            Err(refused) => return Err(Error::config(format!("objects source `{}`: {}", src.uri, refused.0))),
+        };
+        let base = src.base()?;
+        store
+            .list(Some(&prefix))
+            .map_err(|e| Error::from(e).context(format!("listing {}", src.uri)))
+            .try_filter_map(|m| {
+                let name = m.location.as_ref().to_ascii_lowercase();
+                let modified = m.last_modified.timestamp_millis();
+                let key =
+                    m.location.as_ref().strip_prefix(prefix.as_ref()).unwrap_or(m.location.as_ref()).trim_start_matches('/');
+                let in_window = src.modified.0.is_none_or(|t| modified >= t) && src.modified.1.is_none_or(|t| modified < t);
+                let wanted = in_window
+                    && src.wanted(key)
+                    && (src.extensions.is_empty() || src.extensions.iter().any(|e| name.ends_with(&format!(".{e}"))));
+                let partitions = partition_values(key, &src.partition_columns);
+                futures::future::ready(Ok(wanted.then(|| Entry {
+                    uri: format!("{base}{}", m.location),
+                    size: m.size,
+                    etag: m.e_tag,
+                    modified_us: Some(m.last_modified.timestamp_micros()),
+                    partitions,
+                })))
+            })
+            .try_collect()
+            .await
+    }
+
+    /// Hands out the next split of what was listed (the caller checked there is one).
+    fn next_split(&mut self, id: String) -> (Split, Vec<(String, Option<String>, i64)>) {
+        let listed = self.listed.as_mut().expect("listed");
+        let take = self.source.split_objects.min(listed.len());
+        let split: Vec<Entry> = listed.split_off(listed.len() - take).into_iter().rev().collect();
+        let emitted = split.iter().map(|e| (e.uri.clone(), e.etag.clone(), e.modified_us.unwrap_or(0))).collect();
+        (Split { id, payload: serde_json::to_value(split).expect("serializable") }, emitted)
+    }
+
+    async fn discover_bounded(&mut self) -> Result<Discovery> {
         if self.listed.is_none() {
-            let src = &self.source;
-            let (store, prefix) = match src.registry.resolve(src.url()?.as_str()).await? {
-                Ok(sp) => sp,
-                Err(refused) => return Err(Error::config(format!("objects source `{}`: {}", src.uri, refused.0))),
-            };
-            let base = src.base()?;
-            let mut entries: Vec<Entry> = store
-                .list(Some(&prefix))
-                .map_err(|e| Error::from(e).context(format!("listing {}", src.uri)))
-                .try_filter_map(|m| {
-                    let name = m.location.as_ref().to_ascii_lowercase();
-                    let modified = m.last_modified.timestamp_millis();
-                    let key =
-                        m.location.as_ref().strip_prefix(prefix.as_ref()).unwrap_or(m.location.as_ref()).trim_start_matches('/');
-                    let in_window = src.modified.0.is_none_or(|t| modified >= t) && src.modified.1.is_none_or(|t| modified < t);
-                    let wanted = in_window
-                        && src.wanted(key)
-                        && (src.extensions.is_empty() || src.extensions.iter().any(|e| name.ends_with(&format!(".{e}"))));
-                    let partitions = partition_values(key, &src.partition_columns);
-                    futures::future::ready(Ok(wanted.then(|| Entry {
-                        uri: format!("{base}{}", m.location),
-                        size: m.size,
-                        etag: m.e_tag,
-                        modified_us: Some(m.last_modified.timestamp_micros()),
-                        partitions,
-                    })))
-                })
-                .try_collect()
-                .await?;
+            let mut entries = self.list().await?;
             entries.sort_by(|a, b| b.uri.cmp(&a.uri));
             if let Some(after) = &self.after {
                 entries.retain(|e| e.uri.as_str() > after.as_str());
             }
             self.listed = Some(entries);
         }
-        let listed = self.listed.as_mut().expect("listed");
-        if listed.is_empty() {
+        if self.listed.as_ref().is_some_and(Vec::is_empty) {
             return Ok(Discovery::Exhausted);
         }
-        let take = self.source.split_objects.min(listed.len());
-        let split: Vec<Entry> = listed.split_off(listed.len() - take).into_iter().rev().collect();
-        let last = split.last().expect("non-empty").uri.clone();
-        let id = format!("objects-after-{}", self.after.as_deref().unwrap_or(""));
-        self.after = Some(last);
-        Ok(Discovery::Splits(vec![Split { id, payload: serde_json::to_value(split).expect("serializable") }]))
+        let (split, emitted) = self.next_split(format!("objects-after-{}", self.after.as_deref().unwrap_or("")));
+        self.after = emitted.last().map(|(uri, _, _)| uri.clone());
+        Ok(Discovery::Splits(vec![split]))
+    }
+
+    async fn discover_continuous(&mut self, poll: std::time::Duration, lateness: std::time::Duration) -> Result<Discovery> {
+        let lateness_us = lateness.as_micros() as i64;
+        if self.listed.as_ref().is_none_or(Vec::is_empty) {
+            if let Some(at) = self.listed_at {
+                if at.elapsed() < poll {
+                    return Ok(Discovery::Idle(poll - at.elapsed()));
+                }
+            }
+            let state = self.continuous.as_ref().expect("continuous");
+            // A version is (uri, etag, modification time): stores that list no ETags still show
+            // an overwrite by its new modification time.
+            let seen: std::collections::HashSet<(&str, Option<&str>, i64)> =
+                state.recent.iter().map(|(u, t, m)| (u.as_str(), t.as_deref(), *m)).collect();
+            let floor = state.watermark_us.map(|w| w - lateness_us);
+            let mut fresh: Vec<Entry> = self
+                .list()
+                .await?
+                .into_iter()
+                .filter(|e| {
+                    let m = e.modified_us.unwrap_or(0);
+                    floor.is_none_or(|f| m >= f) && !seen.contains(&(e.uri.as_str(), e.etag.as_deref(), m))
+                })
+                .collect();
+            // Oldest first (handed out from the end): the watermark only moves forward.
+            fresh.sort_by(|a, b| (b.modified_us, &b.uri).cmp(&(a.modified_us, &a.uri)));
+            self.listed = Some(fresh);
+            self.listed_at = Some(std::time::Instant::now());
+            if self.listed.as_ref().is_some_and(Vec::is_empty) {
+                return Ok(Discovery::Idle(poll));
+            }
+        }
+        let n = self.continuous.as_ref().expect("continuous").splits + 1;
+        let (split, emitted) = self.next_split(format!("objects-{n}"));
+        let state = self.continuous.as_mut().expect("continuous");
+        state.splits = n;
+        for (uri, etag, m) in emitted {
+            state.watermark_us = Some(state.watermark_us.map_or(m, |w| w.max(m)));
+            state.recent.push((uri, etag, m));
+        }
+        let floor = state.watermark_us.unwrap_or(0) - lateness_us;
+        state.recent.retain(|(_, _, m)| *m >= floor);
+        Ok(Discovery::Splits(vec![split]))
+    }
+}
+
+#[async_trait]
+impl SplitEnumerator for Enumerator {
+    async fn discover(&mut self) -> Result<Discovery> {
+        match self.source.continuous {
+            Some((poll, lateness)) => self.discover_continuous(poll, lateness).await,
+            None => self.discover_bounded().await,
+        }
     }
 
     fn snapshot(&self) -> State {
-        serde_json::json!({ "after": self.after })
+        match &self.continuous {
+            Some(c) => serde_json::json!({ "continuous": c }),
+            None => serde_json::json!({ "after": self.after }),
+        }
     }
 }
 
