@@ -416,3 +416,67 @@ fn a_refused_s3_table_stops_each_sink_with_the_table_named_and_no_secret() {
         assert_eq!(seen, (rows, rows), "{format:?}: every row once after the rerun");
     }
 }
+
+/// The continuous example: every object of the watched directory, then one added while it runs,
+/// lands in the Iceberg table once (as `inspect` and pyiceberg see it); SIGTERM stops it cleanly.
+#[test]
+fn the_prefix_to_iceberg_example_follows_a_directory() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in"), dir.path().join("out"));
+    std::fs::create_dir_all(&input).unwrap();
+    for e in std::fs::read_dir(root.join("examples/data/images")).unwrap().flatten() {
+        std::fs::copy(e.path(), input.join(e.file_name())).unwrap();
+    }
+    let files = std::fs::read_dir(&input).unwrap().count();
+    let env =
+        [("ALLUVIUM_INPUT", input.to_str().unwrap()), ("ALLUVIUM_OUTPUT", out.to_str().unwrap()), ("ALLUVIUM_POLL", "200ms")];
+    let rows = || {
+        let o = bin()
+            .current_dir(&root)
+            .args(["inspect", "examples/prefix_to_iceberg.toml"])
+            .envs(env)
+            .env_remove("ALLUVIUM_CATALOG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        // "  version 7, 6 rows in 1 data files"
+        text.split(", ").nth(1).and_then(|r| r.split(" rows").next()?.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    let wait_for = |n: u64| {
+        let t = Instant::now();
+        while rows() < n {
+            assert!(t.elapsed() < Duration::from_secs(60), "the table did not reach {n} rows");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let child = bin()
+        .current_dir(&root)
+        .args(["run", "examples/prefix_to_iceberg.toml"])
+        .envs(env)
+        .env_remove("ALLUVIUM_CATALOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(files as u64);
+    std::fs::write(input.join("new.bin"), b"arrived while running").unwrap();
+    wait_for(files as u64 + 1);
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let stopped = child.wait_with_output().unwrap();
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    let Some(py) = alluvium_integration::python() else { return };
+    let script = r#"
+import sys, os
+from pyiceberg.catalog.sql import SqlCatalog
+out = sys.argv[1]
+cat = SqlCatalog("alluvium", uri="sqlite:///" + out + "/warehouse/catalog.db", warehouse="file://" + out + "/warehouse")
+t = cat.load_table("default.objects").scan().to_arrow()
+uris = [r["uri"] for r in t.column("ref").to_pylist()]
+print(len(uris), len(set(uris)), sum(1 for h in t.column("content_hash").to_pylist() if h))
+sys.stdout.flush(); os._exit(0)
+"#;
+    let seen = alluvium_integration::python_run(&py, script, &[out.to_str().unwrap()]);
+    let n = files + 1;
+    assert_eq!(seen.trim(), format!("{n} {n} {n}"), "every object once, hashed");
+}

@@ -1,4 +1,4 @@
-//! `ObjectStoreSource` (bounded): every object under a prefix, as ObjectRef rows.
+//! `ObjectStoreSource`: every object under a prefix, as ObjectRef rows, once (bounded) or as they come (continuous).
 //!
 //! The enumerator lists the prefix (through the registry, so the access policy applies), keeps the
 //! objects whose names end with one of `extensions`, sorts them by key and hands them out in splits
