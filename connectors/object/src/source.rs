@@ -17,8 +17,10 @@
 //! emitted) plus the objects emitted within `lateness` of it, so the state stays small however
 //! many objects pass, and a restart neither skips nor repeats objects.
 //!
-//! Both modes list the whole prefix before the first split of a listing; streaming the listing
-//! (time to first row on huge prefixes) is still to come.
+//! A bounded listing of a store that lists in key order (S3, GCS, Azure) is consumed as it
+//! arrives: the first split goes out after the first page, so time to first row does not grow
+//! with the prefix, and a restore asks the store to start after the last key handed out. Local
+//! directories (walked in no order) and continuous re-listings are listed whole first.
 
 use std::sync::Arc;
 
@@ -28,7 +30,7 @@ use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::types::{ObjectRef, ObjectRefType};
 use alluvium_core::{Discovery, Error, Result, Source, Split, SplitEnumerator, SplitReader, State};
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -158,6 +160,54 @@ impl ObjectStoreSource {
         self
     }
 
+    /// The wanted objects under the prefix, as the store lists them (after `offset`, a URI, when
+    /// given: the store starts there).
+    async fn stream(&self, offset: Option<&str>) -> Result<futures::stream::BoxStream<'static, Result<Entry>>> {
+        let src = self.clone();
+        let (store, prefix) = match src.registry.resolve(src.url()?.as_str()).await? {
+            Ok(sp) => sp,
+            Err(refused) => return Err(Error::config(format!("objects source `{}`: {}", src.uri, refused.0))),
+        };
+        let base = src.base()?;
+        let listing = match offset.and_then(|uri| uri.strip_prefix(base.as_str())) {
+            Some(key) => store.list_with_offset(Some(&prefix), &object_store::path::Path::from(key)),
+            None => store.list(Some(&prefix)),
+        };
+        let context = format!("listing {}", src.uri);
+        Ok(listing
+            .map_err(move |e| Error::from(e).context(context.clone()))
+            .try_filter_map(move |m| {
+                let name = m.location.as_ref().to_ascii_lowercase();
+                let modified = m.last_modified.timestamp_millis();
+                let key =
+                    m.location.as_ref().strip_prefix(prefix.as_ref()).unwrap_or(m.location.as_ref()).trim_start_matches('/');
+                let in_window = src.modified.0.is_none_or(|t| modified >= t) && src.modified.1.is_none_or(|t| modified < t);
+                let wanted = in_window
+                    && src.wanted(key)
+                    && (src.extensions.is_empty() || src.extensions.iter().any(|e| name.ends_with(&format!(".{e}"))));
+                let partitions = partition_values(key, &src.partition_columns);
+                futures::future::ready(Ok(wanted.then(|| Entry {
+                    uri: format!("{base}{}", m.location),
+                    size: m.size,
+                    etag: m.e_tag,
+                    modified_us: Some(m.last_modified.timestamp_micros()),
+                    partitions,
+                })))
+            })
+            .boxed())
+    }
+
+    /// Lists the prefix: the wanted objects, in no particular order.
+    async fn list(&self) -> Result<Vec<Entry>> {
+        self.stream(None).await?.try_collect().await
+    }
+
+    /// Whether the store lists keys in order, so a listing can be consumed as it arrives (S3, GCS
+    /// and Azure do; a local directory walk does not, and is listed whole and sorted).
+    fn sorted_listing(&self) -> bool {
+        self.url().is_ok_and(|u| matches!(u.scheme(), "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure" | "adl"))
+    }
+
     /// `self.uri` as a URL: a plain local path becomes an absolute `file://` URL.
     fn url(&self) -> Result<Url> {
         match Url::parse(&self.uri) {
@@ -241,7 +291,7 @@ impl Source for ObjectStoreSource {
                     Error::checkpoint(format!("objects source: the checkpointed listing state is malformed: {e}"))
                 })?),
             };
-        Ok(Box::new(Enumerator { source: self.clone(), after, listed: None, continuous, listed_at: None }))
+        Ok(Box::new(Enumerator { source: self.clone(), after, listed: None, continuous, listed_at: None, pages: None }))
     }
 
     async fn open(&self, split: &Split, position: Option<&State>) -> Result<Box<dyn SplitReader>> {
@@ -262,6 +312,8 @@ struct Enumerator {
     continuous: Option<Continuous>,
     /// Continuous mode: when the prefix was last listed.
     listed_at: Option<std::time::Instant>,
+    /// Bounded mode on a store that lists in order: the listing, consumed as it arrives.
+    pages: Option<futures::stream::BoxStream<'static, Result<Entry>>>,
 }
 
 /// The checkpointed record of a continuous listing: bounded by the objects modified within
@@ -277,39 +329,6 @@ struct Continuous {
 }
 
 impl Enumerator {
-    /// Lists the prefix: the wanted objects, in no particular order.
-    async fn list(&self) -> Result<Vec<Entry>> {
-        let src = &self.source;
-        let (store, prefix) = match src.registry.resolve(src.url()?.as_str()).await? {
-            Ok(sp) => sp,
-            Err(refused) => return Err(Error::config(format!("objects source `{}`: {}", src.uri, refused.0))),
-        };
-        let base = src.base()?;
-        store
-            .list(Some(&prefix))
-            .map_err(|e| Error::from(e).context(format!("listing {}", src.uri)))
-            .try_filter_map(|m| {
-                let name = m.location.as_ref().to_ascii_lowercase();
-                let modified = m.last_modified.timestamp_millis();
-                let key =
-                    m.location.as_ref().strip_prefix(prefix.as_ref()).unwrap_or(m.location.as_ref()).trim_start_matches('/');
-                let in_window = src.modified.0.is_none_or(|t| modified >= t) && src.modified.1.is_none_or(|t| modified < t);
-                let wanted = in_window
-                    && src.wanted(key)
-                    && (src.extensions.is_empty() || src.extensions.iter().any(|e| name.ends_with(&format!(".{e}"))));
-                let partitions = partition_values(key, &src.partition_columns);
-                futures::future::ready(Ok(wanted.then(|| Entry {
-                    uri: format!("{base}{}", m.location),
-                    size: m.size,
-                    etag: m.e_tag,
-                    modified_us: Some(m.last_modified.timestamp_micros()),
-                    partitions,
-                })))
-            })
-            .try_collect()
-            .await
-    }
-
     /// Hands out the next split of what was listed (the caller checked there is one).
     fn next_split(&mut self, id: String) -> (Split, Vec<(String, Option<String>, i64)>) {
         let listed = self.listed.as_mut().expect("listed");
@@ -320,8 +339,11 @@ impl Enumerator {
     }
 
     async fn discover_bounded(&mut self) -> Result<Discovery> {
+        if self.source.sorted_listing() {
+            return self.discover_streaming().await;
+        }
         if self.listed.is_none() {
-            let mut entries = self.list().await?;
+            let mut entries = self.source.list().await?;
             entries.sort_by(|a, b| b.uri.cmp(&a.uri));
             if let Some(after) = &self.after {
                 entries.retain(|e| e.uri.as_str() > after.as_str());
@@ -334,6 +356,29 @@ impl Enumerator {
         let (split, emitted) = self.next_split(format!("objects-after-{}", self.after.as_deref().unwrap_or("")));
         self.after = emitted.last().map(|(uri, _, _)| uri.clone());
         Ok(Discovery::Splits(vec![split]))
+    }
+
+    /// A bounded listing of a store that lists in key order, consumed a split at a time: the first
+    /// split goes out after the first page, not after the whole prefix was listed, and a restore
+    /// asks the store to start after the last key handed out.
+    async fn discover_streaming(&mut self) -> Result<Discovery> {
+        if self.pages.is_none() {
+            self.pages = Some(self.source.stream(self.after.as_deref()).await?);
+        }
+        let pages = self.pages.as_mut().expect("listing");
+        let mut split = Vec::with_capacity(self.source.split_objects.min(4096));
+        while split.len() < self.source.split_objects {
+            match pages.try_next().await? {
+                // Keys come in order; one at or before the last handed out is not new.
+                Some(e) if self.after.as_deref().is_some_and(|a| e.uri.as_str() <= a) => continue,
+                Some(e) => split.push(e),
+                None => break,
+            }
+        }
+        let Some(last) = split.last() else { return Ok(Discovery::Exhausted) };
+        let id = format!("objects-after-{}", self.after.as_deref().unwrap_or(""));
+        self.after = Some(last.uri.clone());
+        Ok(Discovery::Splits(vec![Split { id, payload: serde_json::to_value(split).expect("serializable") }]))
     }
 
     async fn discover_continuous(&mut self, poll: std::time::Duration, lateness: std::time::Duration) -> Result<Discovery> {
@@ -351,6 +396,7 @@ impl Enumerator {
                 state.recent.iter().map(|(u, t, m)| (u.as_str(), t.as_deref(), *m)).collect();
             let floor = state.watermark_us.map(|w| w - lateness_us);
             let mut fresh: Vec<Entry> = self
+                .source
                 .list()
                 .await?
                 .into_iter()
