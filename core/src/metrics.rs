@@ -24,7 +24,7 @@ pub struct StageMetrics {
     pub rows_in: AtomicU64,
     /// Rows emitted (for sinks: rows written to staging).
     pub rows_out: AtomicU64,
-    /// Bytes received (in-memory Arrow size).
+    /// Bytes received: the Arrow data, as [`crate::types::data_bytes`] counts it.
     pub bytes_in: AtomicU64,
     /// Bytes emitted.
     pub bytes_out: AtomicU64,

@@ -64,8 +64,9 @@ impl Outputs {
             return Ok(());
         }
         StageMetrics::add(&self.metrics.rows_out, batch.num_rows() as u64);
+        StageMetrics::add(&self.metrics.bytes_out, crate::types::data_bytes(&batch));
+        // The channel budget counts memory held (buffer capacities), the metrics count data.
         let bytes = batch.get_array_memory_size() as u64;
-        StageMetrics::add(&self.metrics.bytes_out, bytes);
         let n = self.senders.len();
         // Rebalance: the next channel with room, else the next in turn.
         let target = (0..n).map(|k| (self.next + k) % n).find(|i| self.senders[*i].has_room(bytes)).unwrap_or(self.next % n);
@@ -163,7 +164,7 @@ impl SourceTask {
                         Some(batch) => {
                             self.state.splits[0].position = Some(current.as_ref().expect("reading").position());
                             StageMetrics::add(&self.metrics.rows_in, batch.num_rows() as u64);
-                            StageMetrics::add(&self.metrics.bytes_in, batch.get_array_memory_size() as u64);
+                            StageMetrics::add(&self.metrics.bytes_in, crate::types::data_bytes(&batch));
                             self.outputs.send(batch).await?;
                         }
                         None => {
@@ -231,7 +232,7 @@ pub(crate) struct StageIo {
 impl StageIo {
     fn count_in(&self, batch: &RecordBatch) {
         StageMetrics::add(&self.metrics.rows_in, batch.num_rows() as u64);
-        StageMetrics::add(&self.metrics.bytes_in, batch.get_array_memory_size() as u64);
+        StageMetrics::add(&self.metrics.bytes_in, crate::types::data_bytes(batch));
     }
 
     /// Routes the failed rows of `input` to the dead letters and sends the rest on.
@@ -415,7 +416,7 @@ impl SinkTask {
                 Event::Batch(batch) => {
                     let rows = batch.num_rows() as u64;
                     StageMetrics::add(&self.metrics.rows_in, rows);
-                    StageMetrics::add(&self.metrics.bytes_in, batch.get_array_memory_size() as u64);
+                    StageMetrics::add(&self.metrics.bytes_in, crate::types::data_bytes(&batch));
                     let start = Instant::now();
                     self.writer.write(batch).await.map_err(|e| e.context(format!("sink `{}`", self.metrics.name)))?;
                     StageMetrics::add_time(&self.metrics.busy_ns, start.elapsed());
