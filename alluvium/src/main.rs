@@ -114,10 +114,17 @@ enum CheckpointsAction {
     },
 }
 
+fn read_job(path: &PathBuf) -> alluvium::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::config(format!("cannot read job file {}: {e}", path.display())))
+}
+
 fn load(path: &PathBuf, set: &[String]) -> alluvium::Result<JobFile> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::config(format!("cannot read job file {}: {e}", path.display())))?;
-    JobFile::parse(&text, set).map_err(|e| e.context(format!("job file {}", path.display())))
+    JobFile::parse(&read_job(path)?, set).map_err(|e| e.context(format!("job file {}", path.display())))
+}
+
+/// Runs `work` on a multi-threaded runtime (the commands that do IO).
+fn block_on<F: std::future::Future>(work: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime").block_on(work)
 }
 
 /// Exit code 0, or the error on stderr and its exit code.
@@ -153,12 +160,7 @@ fn report_panics_as_bugs() {
         return;
     }
     std::panic::set_hook(Box::new(|info| {
-        let what = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".into());
+        let what = alluvium::core::error::panic_text(info.payload());
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         eprintln!(
             "internal error (a bug in Alluvium or in a plugged-in stage; please report it): {}{at} \
@@ -178,30 +180,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Validate { job, set } => match load(&job, &set) {
-            Ok(j) => {
-                println!("{}: valid job `{}`", job.display(), j.pipeline.name);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit_code(&e)
-            }
-        },
-        Command::Backfill { job, from, to, window, set } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            report(runtime.block_on(backfill(job, from, to, window, set)))
+        Command::Validate { job, set } => {
+            report(load(&job, &set).map(|j| println!("{}: valid job `{}`", job.display(), j.pipeline.name)))
         }
-        Command::Inspect { job, set } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            report(runtime.block_on(async {
-                let sink = load(&job, &set)?.sink.build().map_err(|e| e.context("[sink]"))?;
-                cli::inspect::inspect(sink.as_ref()).await
-            }))
-        }
+        Command::Backfill { job, from, to, window, set } => report(block_on(backfill(job, from, to, window, set))),
+        Command::Inspect { job, set } => report(block_on(async {
+            let sink = load(&job, &set)?.sink.build().map_err(|e| e.context("[sink]"))?;
+            cli::inspect::inspect(sink.as_ref()).await
+        })),
         Command::Checkpoints { action } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            let result = runtime.block_on(async {
+            let result = block_on(async {
                 let (job, set) = match &action {
                     CheckpointsAction::List { job, set } | CheckpointsAction::Show { job, set, .. } => (job, set),
                 };
@@ -216,8 +204,7 @@ fn main() -> ExitCode {
             report(result)
         }
         Command::Run { job, set, progress_every, metrics } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            runtime.block_on(run(job, set, Duration::from_secs(progress_every.max(1)), metrics))
+            block_on(run(job, set, Duration::from_secs(progress_every.max(1)), metrics))
         }
     }
 }
@@ -225,10 +212,7 @@ fn main() -> ExitCode {
 async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration, metrics_addr: Option<String>) -> ExitCode {
     let job = match load(&path, &set) {
         Ok(j) => j,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit_code(&e);
-        }
+        Err(e) => return report(Err(e)),
     };
     let pipeline = match job.build() {
         Ok(p) => p,
@@ -319,8 +303,7 @@ async fn backfill(path: PathBuf, from: String, to: String, window: Option<String
         None => to.duration_since(from).unwrap_or_default(),
     };
     let windows = cli::backfill::windows(from, to, step)?;
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| Error::config(format!("cannot read job file {}: {e}", path.display())))?;
+    let text = read_job(&path)?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

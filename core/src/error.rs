@@ -164,6 +164,16 @@ impl From<arrow::error::ArrowError> for Error {
     }
 }
 
+/// The message a panic carried (`panic!("…")` gives a `&str` or a `String`), for reports that name
+/// the bug instead of printing Rust's panic report.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// Removes credentials from a string that may contain URLs: user info (`https://user:pass@host`) and
 /// the values of query parameters that look like secrets (signatures, tokens, keys).
 pub fn redact(text: &str) -> String {
