@@ -140,8 +140,13 @@ pub struct TableInfo {
     pub files: Option<u64>,
     /// The table's schema, as Arrow.
     pub schema: Option<arrow::datatypes::SchemaRef>,
-    /// The last commits, newest first.
+    /// The last commits, newest first: at most [`TableInfo::COMMITS`].
     pub commits: Vec<CommitInfo>,
+}
+
+impl TableInfo {
+    /// How many of the last commits [`Sink::inspect`] lists.
+    pub const COMMITS: usize = 10;
 }
 
 /// One commit of a table, as [`TableInfo`] lists it.

@@ -285,7 +285,7 @@ impl Sink for DeltaSink {
         info.rows = records.iter().try_fold(0u64, |sum, n| n.map(|n| sum + n as u64));
         // The last commits, from the log's JSON entries (older ones may be cleaned up).
         let loc = self.location()?;
-        for v in (0..=version).rev().take(10) {
+        for v in (0..=version).rev().take(TableInfo::COMMITS) {
             let path = loc.child(&format!("_delta_log/{v:020}.json"));
             let bytes = match loc.store.get(&path).await {
                 Ok(r) => r.bytes().await?,

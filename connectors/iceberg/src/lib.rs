@@ -298,7 +298,7 @@ impl Sink for IcebergSink {
         snapshots.sort_by_key(|s| std::cmp::Reverse(s.sequence_number()));
         info.commits = snapshots
             .into_iter()
-            .take(10)
+            .take(TableInfo::COMMITS)
             .map(|s| {
                 let p = &s.summary().additional_properties;
                 CommitInfo {
@@ -475,6 +475,7 @@ impl SinkWriter for IcebergWriter {
         Ok(Some(Committable { rows, bytes, payload }))
     }
 }
+
 /// Drops the HTTP response headers a REST catalog error carries (`headers: {…}, `): a dozen
 /// lines of noise around the server's message, and a place a cookie or token could show.
 fn without_headers(message: &str) -> String {

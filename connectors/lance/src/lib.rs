@@ -260,7 +260,7 @@ impl Sink for LanceSink {
         info.files = Some(ds.get_fragments().len() as u64);
         let mut versions = ds.versions().await.map_err(|e| self.err("listing the versions of", e))?;
         versions.sort_by_key(|v| std::cmp::Reverse(v.version));
-        for v in versions.into_iter().take(10) {
+        for v in versions.into_iter().take(TableInfo::COMMITS) {
             let t = ds.read_transaction_by_version(v.version).await.map_err(|e| self.err("reading", e))?;
             let props = t.as_ref().and_then(|t| t.transaction_properties.as_ref());
             let rows_added = t.as_ref().and_then(|t| match &t.operation {

@@ -35,3 +35,14 @@ pub fn failure(out: &Output, row: usize) -> String {
         .map(|f| f.message.clone())
         .unwrap_or_else(|| panic!("row {row} did not fail: {:?}", out.failures))
 }
+
+/// A registry for the S3 server `s3` with the secret `secret` (a wrong one to test refusals);
+/// one retry, so refusals fail fast.
+pub fn registry(s3: &alluvium_integration::S3Server, secret: &str) -> std::sync::Arc<alluvium_object::ObjectStoreRegistry> {
+    let cfg: alluvium_object::StoreConfig = toml::from_str(&format!(
+        "max_retries = 1\nretry_timeout = \"5s\"\n[s3]\nendpoint = '{}'\naccess_key_id = '{}'\nsecret_access_key = '{}'\nregion = 'us-east-1'\nallow_http = 'true'\n",
+        s3.endpoint, s3.access_key, secret
+    ))
+    .unwrap();
+    std::sync::Arc::new(alluvium_object::ObjectStoreRegistry::new(cfg))
+}

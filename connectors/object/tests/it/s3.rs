@@ -1,24 +1,13 @@
 //! Fetch from a real S3 server (s3s-fs, SigV4): whole objects, ranges, hashes, pins, limits,
 //! missing objects and wrong credentials.
 
-use std::sync::Arc;
-
 use alluvium_core::types::ObjectRef;
 use alluvium_integration::S3Server;
-use alluvium_object::{Fetch, ObjectStoreRegistry, StoreConfig};
+use alluvium_object::Fetch;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 
 use crate::common::*;
-
-fn registry(s3: &S3Server, secret: &str) -> Arc<ObjectStoreRegistry> {
-    let cfg: StoreConfig = toml::from_str(&format!(
-        "max_retries = 1\nretry_timeout = \"5s\"\n[s3]\nendpoint = '{}'\naccess_key_id = '{}'\nsecret_access_key = '{}'\nregion = 'us-east-1'\nallow_http = 'true'\n",
-        s3.endpoint, s3.access_key, secret
-    ))
-    .unwrap();
-    Arc::new(ObjectStoreRegistry::new(cfg))
-}
 
 #[tokio::test]
 async fn fetches_hashes_pins_and_dead_letters_per_row() {

@@ -5,10 +5,11 @@ use alluvium_core::arrow::array::{Array, AsArray, RecordBatch};
 use alluvium_core::arrow::datatypes::TimestampMicrosecondType;
 use alluvium_core::{Discovery, Source};
 use alluvium_integration::S3Server;
-use alluvium_object::{ObjectStoreRegistry, ObjectStoreSource, StoreConfig};
+use alluvium_object::ObjectStoreSource;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
-use std::sync::Arc;
+
+use crate::common::registry;
 
 /// Every batch the source emits, split by split.
 async fn read_all(src: &ObjectStoreSource) -> Vec<RecordBatch> {
@@ -29,12 +30,7 @@ async fn read_all(src: &ObjectStoreSource) -> Vec<RecordBatch> {
 async fn globs_key_ranges_and_partition_columns_select_and_describe_objects() {
     let Some(s3) = S3Server::start() else { return };
     let bucket = s3.bucket();
-    let cfg: StoreConfig = toml::from_str(&format!(
-        "[s3]\nendpoint = '{}'\naccess_key_id = '{}'\nsecret_access_key = '{}'\nregion = 'us-east-1'\nallow_http = 'true'\n",
-        s3.endpoint, s3.access_key, s3.secret_key
-    ))
-    .unwrap();
-    let reg = Arc::new(ObjectStoreRegistry::new(cfg));
+    let reg = registry(&s3, &s3.secret_key);
     let (store, _) = reg.resolve(&format!("s3://{bucket}/x")).await.unwrap().unwrap();
     let before = chrono_now_us();
     for key in [
@@ -94,12 +90,7 @@ async fn a_streamed_listing_resumes_after_the_last_key_handed_out() {
     use futures::StreamExt;
     let Some(s3) = S3Server::start() else { return };
     let bucket = s3.bucket();
-    let cfg: StoreConfig = toml::from_str(&format!(
-        "[s3]\nendpoint = '{}'\naccess_key_id = '{}'\nsecret_access_key = '{}'\nregion = 'us-east-1'\nallow_http = 'true'\n",
-        s3.endpoint, s3.access_key, s3.secret_key
-    ))
-    .unwrap();
-    let reg = Arc::new(ObjectStoreRegistry::new(cfg));
+    let reg = registry(&s3, &s3.secret_key);
     let (store, _) = reg.resolve(&format!("s3://{bucket}/x")).await.unwrap().unwrap();
     let keys: Vec<String> = (0..1200).map(|i| format!("many/{i:05}.bin")).collect();
     futures::stream::iter(keys.clone())
