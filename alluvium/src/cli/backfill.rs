@@ -18,6 +18,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::rfc3339;
 use alluvium::core::store::Location;
 use alluvium::job::JobFile;
 use alluvium::{Error, Result};
@@ -36,10 +37,6 @@ impl Window {
     fn label(&self) -> String {
         rfc3339(self.start).replace(['-', ':'], "")
     }
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// `[from, to)` cut into windows of `step` (the last one shorter when `step` does not divide it).

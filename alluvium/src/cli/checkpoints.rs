@@ -4,15 +4,9 @@
 //! whether the region is finished, the commits still pending and the splits still open. `show`
 //! prints a region's manifest as JSON (the latest, or `--checkpoint N` while it is kept).
 
-use std::time::{Duration, UNIX_EPOCH};
-
-use alluvium::core::checkpoint::{CheckpointStore, RegionManifest};
+use super::rfc3339_ms;
+use alluvium::core::checkpoint::CheckpointStore;
 use alluvium::{Error, Result};
-
-fn taken(m: &RegionManifest) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(m.created_at_ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
-}
 
 async fn meta(store: &CheckpointStore) -> Result<alluvium::core::checkpoint::PipelineMeta> {
     store.pipeline_meta().await?.ok_or_else(|| {
@@ -42,7 +36,7 @@ pub async fn list(store: &CheckpointStore) -> Result<()> {
             "  {region:<7} {:>11} {:>6}  {:<21} {:<9} {:>8} {:>11}  {kept}",
             m.checkpoint,
             m.epoch,
-            taken(&m),
+            rfc3339_ms(m.created_at_ms),
             if m.is_final { "finished" } else { "running" },
             pending,
             open

@@ -1,9 +1,8 @@
 //! `alluvium inspect JOB`: the job's sink table as it is now (read-only): version, rows, files,
 //! schema, and the last commits with the idempotency keys our regions wrote with them.
 
-use std::time::{Duration, UNIX_EPOCH};
-
-use alluvium::core::arrow::datatypes::DataType;
+use super::rfc3339_ms;
+use alluvium::core::arrow::datatypes::{DataType, Field};
 use alluvium::core::sink::{Sink, TableInfo};
 use alluvium::Result;
 
@@ -32,30 +31,29 @@ fn render(t: &TableInfo) -> String {
     if let Some(schema) = &t.schema {
         let _ = writeln!(out, "  schema");
         for f in schema.fields() {
-            let _ =
-                writeln!(out, "    {}: {}{}", f.name(), type_name(f.data_type()), if f.is_nullable() { "" } else { " not null" });
+            let _ = writeln!(out, "    {}", field_text(f));
         }
     }
     let _ = writeln!(out, "  last commits, newest first");
     let _ = writeln!(out, "    {:<20} {:<20} {:<10} {:>10}  idempotency key", "version", "time (UTC)", "operation", "rows");
     for c in &t.commits {
-        let time = c.timestamp_ms.map_or("?".to_string(), |ms| {
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
-        });
+        let time = c.timestamp_ms.map_or("?".to_string(), rfc3339_ms);
         let key = c.key.as_ref().map_or("-".to_string(), |(k, cp)| format!("{k} @ checkpoint {cp}"));
         let _ = writeln!(out, "    {:<20} {:<20} {:<10} {:>10}  {key}", c.version, time, c.operation, some(c.rows_added));
     }
     out
 }
 
+/// `name: type` (` not null` when it is), as [`type_name`] writes the type.
+fn field_text(f: &Field) -> String {
+    format!("{}: {}{}", f.name(), type_name(f.data_type()), if f.is_nullable() { "" } else { " not null" })
+}
+
 /// A type as a reader would write it, without the field metadata formats attach (Iceberg's ids).
 fn type_name(t: &DataType) -> String {
     match t {
         DataType::Struct(fields) => {
-            let inner: Vec<String> = fields
-                .iter()
-                .map(|f| format!("{}: {}{}", f.name(), type_name(f.data_type()), if f.is_nullable() { "" } else { " not null" }))
-                .collect();
+            let inner: Vec<String> = fields.iter().map(|f| field_text(f)).collect();
             format!("struct<{}>", inner.join(", "))
         }
         DataType::List(item) | DataType::LargeList(item) => format!("list<{}>", type_name(item.data_type())),
@@ -67,7 +65,6 @@ fn type_name(t: &DataType) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alluvium::core::arrow::datatypes::Field;
     use std::sync::Arc;
 
     #[test]
