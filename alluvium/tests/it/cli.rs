@@ -18,21 +18,28 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// Reads the `id` column of every committed Parquet file (what pyarrow/DuckDB would see).
-fn committed_ids(dir: &Path) -> BTreeMap<i64, usize> {
-    let mut counts = BTreeMap::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
+/// Every batch of the files directly under `dir`, each of which must be Parquet but the hidden
+/// ones (`_checkpoints`, `_staging`, …); none while `dir` does not exist.
+fn committed_batches(dir: &Path) -> Vec<alluvium::core::arrow::array::RecordBatch> {
+    let mut batches = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         if name.starts_with('_') || name.starts_with('.') {
             continue;
         }
         let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(e.path()).unwrap()).unwrap().build().unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let ids = b.column_by_name("id").unwrap().as_any().downcast_ref::<arrow_ids::Int64Array>().unwrap();
-            for id in ids.values() {
-                *counts.entry(*id).or_insert(0) += 1;
-            }
+        batches.extend(reader.map(Result::unwrap));
+    }
+    batches
+}
+
+/// Reads the `id` column of every committed Parquet file (what pyarrow/DuckDB would see).
+fn committed_ids(dir: &Path) -> BTreeMap<i64, usize> {
+    let mut counts = BTreeMap::new();
+    for b in committed_batches(dir) {
+        let ids = b.column_by_name("id").unwrap().as_any().downcast_ref::<arrow_ids::Int64Array>().unwrap();
+        for id in ids.values() {
+            *counts.entry(*id).or_insert(0) += 1;
         }
     }
     counts
@@ -447,23 +454,9 @@ fn metrics_endpoint_and_checkpoint_listing() {
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("regions 0 to 1"));
 }
 
-/// The object URIs committed as Parquet under `dir` (the `ref.uri` column), sorted.
+/// The object file names committed as Parquet under `dir` (from `ref.uri`), sorted.
 fn committed_uris(dir: &Path) -> Vec<String> {
-    use alluvium::core::arrow::array::{Array, AsArray};
-    let mut uris = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if !e.file_name().to_string_lossy().ends_with(".parquet") {
-            continue;
-        }
-        for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(e.path()).unwrap()).unwrap().build().unwrap() {
-            let b = b.unwrap();
-            let refs = b.column_by_name("ref").unwrap().as_struct();
-            let uri = refs.column_by_name("uri").unwrap().as_string::<i32>();
-            uris.extend((0..uri.len()).map(|i| uri.value(i).rsplit('/').next().unwrap().to_string()));
-        }
-    }
-    uris.sort();
-    uris
+    committed_refs(dir).into_iter().map(|(name, _)| name).collect()
 }
 
 /// `backfill` runs one window per day over objects selected by modification time, each into its
@@ -576,21 +569,12 @@ fn a_panicking_stage_is_reported_in_one_line_and_the_job_recovers() {
 /// `(file name, last_modified µs)` of every object committed as Parquet under `dir`, sorted.
 fn committed_refs(dir: &Path) -> Vec<(String, i64)> {
     use alluvium::core::arrow::array::AsArray;
+    use alluvium::core::arrow::datatypes::TimestampMicrosecondType;
     let mut refs = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if !e.file_name().to_string_lossy().ends_with(".parquet") {
-            continue;
-        }
-        for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(e.path()).unwrap()).unwrap().build().unwrap() {
-            let b = b.unwrap();
-            let uri = b.column_by_name("ref").unwrap().as_struct().column_by_name("uri").unwrap().as_string::<i32>().clone();
-            let modified = b
-                .column_by_name("last_modified")
-                .unwrap()
-                .as_primitive::<alluvium::core::arrow::datatypes::TimestampMicrosecondType>()
-                .clone();
-            refs.extend((0..b.num_rows()).map(|i| (uri.value(i).rsplit('/').next().unwrap().to_string(), modified.value(i))));
-        }
+    for b in committed_batches(dir) {
+        let uri = b.column_by_name("ref").unwrap().as_struct().column_by_name("uri").unwrap().as_string::<i32>().clone();
+        let modified = b.column_by_name("last_modified").unwrap().as_primitive::<TimestampMicrosecondType>().clone();
+        refs.extend((0..b.num_rows()).map(|i| (uri.value(i).rsplit('/').next().unwrap().to_string(), modified.value(i))));
     }
     refs.sort();
     refs
