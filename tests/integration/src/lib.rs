@@ -34,6 +34,29 @@ fn missing(what: &str) -> Option<std::convert::Infallible> {
     None
 }
 
+/// A tool's binary: `$ENV` when set, else `~/.cache/alluvium/CACHED` where `.ci/run` installs it.
+fn cached_tool(env: &str, cached: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(PathBuf::from(p));
+    }
+    let p = PathBuf::from(std::env::var_os("HOME")?).join(".cache/alluvium").join(cached);
+    p.exists().then_some(p)
+}
+
+/// A port of 127.0.0.1 that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port()
+}
+
+/// Waits until something listens on `port` of 127.0.0.1 (`what` did not start otherwise).
+fn wait_listening(port: u16, what: &str, within: Duration) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < within, "{what} did not start listening on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A running `s3s-fs` server, stopped on drop.
 pub struct S3Server {
     child: Child,
@@ -48,12 +71,7 @@ pub struct S3Server {
 
 impl S3Server {
     fn binary() -> Option<PathBuf> {
-        if let Some(p) = std::env::var_os("ALLUVIUM_S3S_FS") {
-            return Some(PathBuf::from(p));
-        }
-        let home = std::env::var_os("HOME")?;
-        let p = PathBuf::from(home).join(".cache/alluvium/s3s/bin/s3s-fs");
-        p.exists().then_some(p)
+        cached_tool("ALLUVIUM_S3S_FS", "s3s/bin/s3s-fs")
     }
 
     /// Starts a server, or returns `None` when the binary is missing (outside CI).
@@ -63,7 +81,7 @@ impl S3Server {
             unreachable!()
         };
         let root = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port();
+        let port = free_port();
         let access_key = format!("AK{}", rand::random::<u32>());
         let secret_key = format!("SK{:x}", rand::random::<u64>());
         let child = Command::new(&bin)
@@ -74,11 +92,7 @@ impl S3Server {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let server = Self { child, root, endpoint: format!("http://127.0.0.1:{port}"), access_key, secret_key };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "s3s-fs did not start listening on port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port, "s3s-fs", Duration::from_secs(20));
         Some(server)
     }
 
@@ -120,12 +134,7 @@ pub struct RestCatalogServer {
 
 impl RestCatalogServer {
     fn binary() -> Option<PathBuf> {
-        if let Some(p) = std::env::var_os("ALLUVIUM_RUSTBERG") {
-            return Some(PathBuf::from(p));
-        }
-        let home = std::env::var_os("HOME")?;
-        let p = PathBuf::from(home).join(".cache/alluvium/rustberg/bin/rustberg");
-        p.exists().then_some(p)
+        cached_tool("ALLUVIUM_RUSTBERG", "rustberg/bin/rustberg")
     }
 
     /// Starts a catalog whose warehouse is the local directory `warehouse` (created), or returns
@@ -137,7 +146,7 @@ impl RestCatalogServer {
         };
         std::fs::create_dir_all(warehouse).expect("warehouse dir");
         let state = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port();
+        let port = free_port();
         let child = Command::new(&bin)
             .args(["--dev", "--insecure-http", "--no-auth", "--host", "127.0.0.1", "--port", &port.to_string()])
             .arg("--warehouse")
@@ -149,11 +158,7 @@ impl RestCatalogServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let server = Self { child, _state: state, uri: format!("http://127.0.0.1:{port}") };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "rustberg did not start listening on port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port, "rustberg", Duration::from_secs(20));
         Some(server)
     }
 }
@@ -202,11 +207,7 @@ sys.exit(0 if r.status in (201, 409) else f"creating container {container}: HTTP
 
 impl AzuriteServer {
     fn binary() -> Option<PathBuf> {
-        if let Some(p) = std::env::var_os("ALLUVIUM_AZURITE") {
-            return Some(PathBuf::from(p));
-        }
-        let p = PathBuf::from(std::env::var_os("HOME")?).join(".cache/alluvium/azurite/node_modules/.bin/azurite-blob");
-        p.exists().then_some(p)
+        cached_tool("ALLUVIUM_AZURITE", "azurite/node_modules/.bin/azurite-blob")
     }
 
     /// Starts Azurite, or returns `None` when it is not installed (outside CI).
@@ -216,7 +217,7 @@ impl AzuriteServer {
             unreachable!()
         };
         let data = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port();
+        let port = free_port();
         let child = Command::new(&bin)
             .args([
                 "--blobHost",
@@ -234,11 +235,7 @@ impl AzuriteServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let server = Self { child, _data: data, endpoint: format!("http://127.0.0.1:{port}"), port };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(30), "Azurite did not start listening on port {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port, "Azurite", Duration::from_secs(30));
         Some(server)
     }
 
@@ -361,7 +358,7 @@ impl PostgresServer {
             .output()
             .expect("initdb runs");
         assert!(init.status.success(), "initdb failed: {}", String::from_utf8_lossy(&init.stderr));
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port();
+        let port = free_port();
         let child = run(
             &bin.join("postgres"),
             &[
