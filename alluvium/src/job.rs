@@ -32,6 +32,7 @@
 //! |---|---|---|
 //! | `[source]` | `generate` | deterministic synthetic rows (`rows`, `batch_size`, `payload_bytes`, `split_rows`, `rows_per_second`, `seed`) |
 //! | `[source]` | `objects` | every object under `uri` (a directory or `s3://…/`), `extensions`, `split_objects`, `batch_size` |
+//! | `[source]` | `manifest` | the rows of CSV, JSON Lines or Parquet `paths`: `uri_column`, `columns`, `base_uri`, `split_bytes` |
 //! | `[[stages]]` | `fetch`, `hash`, `probe` | object bytes; blake3 hash (streamed); sniffed content type and size |
 //! | `[[stages]]` | `decode_image`, `resize`, `encode_image` | images: `max_pixels`, `target`; `width`, `height`, `fit`; `format`, `quality` |
 //! | `[[stages]]` | `fault` | chaos testing: `dead_letter_every`, `fail_subtask`, `fail_after_rows`, `fail_times`, `delay_per_batch` |
@@ -188,6 +189,43 @@ pub enum SourceConfig {
         /// (`5m`); later ones are missed.
         #[serde(default, with = "opt_duration")]
         max_lateness: Option<Duration>,
+        /// Readers (the pipeline's parallelism).
+        #[serde(default)]
+        parallelism: Option<usize>,
+    },
+    /// The rows of CSV, JSON Lines or Parquet manifests, as ObjectRef rows (`ref`) and the
+    /// declared columns.
+    #[cfg(feature = "object")]
+    Manifest {
+        /// Manifest files, or prefixes/directories of them (ending in `/`).
+        paths: Vec<String>,
+        /// `csv`, `jsonl` or `parquet` (default: from the extension).
+        #[serde(default)]
+        format: Option<alluvium_object::ManifestFormat>,
+        /// The column holding the URI (`uri`).
+        #[serde(default)]
+        uri_column: Option<String>,
+        /// The output ObjectRef column (`ref`).
+        #[serde(default)]
+        ref_column: Option<String>,
+        /// Other columns kept, `"name"` or `"name: type"`.
+        #[serde(default)]
+        columns: Vec<String>,
+        /// Relative URIs resolve against this (default: the manifest's directory).
+        #[serde(default)]
+        base_uri: Option<String>,
+        /// CSV: whether the first line is a header (true).
+        #[serde(default)]
+        header: Option<bool>,
+        /// CSV: the field delimiter, one character (`,`; tab for `.tsv`).
+        #[serde(default)]
+        delimiter: Option<char>,
+        /// Bytes of manifest per split (32 MiB).
+        #[serde(default)]
+        split_bytes: Option<u64>,
+        /// Rows per batch (1024).
+        #[serde(default)]
+        batch_size: Option<usize>,
         /// Readers (the pipeline's parallelism).
         #[serde(default)]
         parallelism: Option<usize>,
@@ -683,6 +721,55 @@ impl JobFile {
                     None => b.source(src),
                 })
             }
+            #[cfg(feature = "object")]
+            SourceConfig::Manifest {
+                paths,
+                format,
+                uri_column,
+                ref_column,
+                columns,
+                base_uri,
+                header,
+                delimiter,
+                split_bytes,
+                batch_size,
+                parallelism,
+            } => {
+                let mut src = alluvium_object::ManifestSource::new(registry.clone(), paths.clone()).columns(columns)?;
+                if let Some(f) = format {
+                    src = src.format(*f);
+                }
+                if let Some(c) = uri_column {
+                    src = src.uri_column(c.clone());
+                }
+                if let Some(c) = ref_column {
+                    src = src.ref_column(c.clone());
+                }
+                if let Some(u) = base_uri {
+                    src = src.base_uri(u.clone());
+                }
+                if let Some(h) = header {
+                    src = src.header(*h);
+                }
+                if let Some(d) = delimiter {
+                    let byte = u8::try_from(*d).ok().filter(u8::is_ascii).ok_or_else(|| {
+                        Error::config(format!(
+                            "source.delimiter: `{d}` is not one ASCII character; write \",\", \";\" or \"\\t\""
+                        ))
+                    })?;
+                    src = src.delimiter(byte);
+                }
+                if let Some(n) = split_bytes {
+                    src = src.split_bytes(*n);
+                }
+                if let Some(n) = batch_size {
+                    src = src.batch_size(*n);
+                }
+                Ok(match parallelism {
+                    Some(p) => b.source_with_parallelism(src, *p),
+                    None => b.source(src),
+                })
+            }
         }
     }
 }
@@ -981,7 +1068,7 @@ path = "${OUT}"
                 alternatives += 1;
             }
         }
-        assert_eq!(alternatives, 4, "generate, delta, iceberg, lance");
+        assert_eq!(alternatives, 5, "manifest, generate, delta, iceberg, lance");
         let _ = std::fs::remove_dir_all(&out);
     }
 

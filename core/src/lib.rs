@@ -63,7 +63,7 @@ pub use operator::{AsyncOperator, Map, Operator, Output, RowFailure, RowResults,
 pub use pipeline::{Edge, PipelineBuilder, Stage};
 pub use runtime::{Pipeline, Summary};
 pub use sink::{Committable, Sink, SinkContext, SinkWriter};
-pub use source::{Discovery, Source, Split, SplitEnumerator, SplitReader, State};
+pub use source::{Discovery, Rejected, Source, Split, SplitEnumerator, SplitReader, State};
 
 /// Arrow, re-exported so connectors and users agree on one version.
 pub use arrow;

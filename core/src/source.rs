@@ -31,6 +31,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::operator::RowFailure;
 
 /// Opaque, serializable state: split descriptions, reader positions, operator state.
 pub type State = serde_json::Value;
@@ -74,6 +75,23 @@ pub trait SplitReader: Send {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
     /// The position after the last batch returned: reading resumes from here after a restore.
     fn position(&self) -> State;
+    /// The records read for the last batch that could not become rows (a malformed manifest
+    /// line). The runtime sends them to the dead-letter output, committed with the checkpoint that
+    /// covers [`SplitReader::position`], so they are neither lost nor repeated. Called after every
+    /// batch; a batch may be empty when every record of it was rejected.
+    fn rejected(&mut self) -> Option<Rejected> {
+        None
+    }
+}
+
+/// Records a reader could not turn into rows, with the reasons.
+#[derive(Debug)]
+pub struct Rejected {
+    /// The records as read, a row each, with what a person needs to find them (e.g. `file`,
+    /// `line`, `text`).
+    pub records: RecordBatch,
+    /// Why each failed: `failures[i].row` indexes `records`.
+    pub failures: Vec<RowFailure>,
 }
 
 /// A source of record batches, split into units of work.

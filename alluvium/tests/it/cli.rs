@@ -663,3 +663,90 @@ path = "{out}"
     assert_eq!(names, ["a1", "a1", "a2", "a3", "b1", "b2", "c1", "d1"], "each object once per version: {refs:?}");
     assert_ne!(refs[0].1, refs[1].1, "the overwrite is a new version");
 }
+
+/// A CSV manifest with malformed lines, read by two readers in small splits and killed several
+/// times: every good line is committed once, every bad one is a dead letter once, with its line.
+#[test]
+fn a_manifest_with_bad_lines_is_ingested_once_across_kills() {
+    use alluvium::core::arrow::array::AsArray;
+    use alluvium::core::arrow::datatypes::Int64Type;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 30_000u64;
+    let mut text = String::from("uri,label\n");
+    let mut bad = BTreeMap::new();
+    for k in 0..rows {
+        let line = k + 2;
+        if k % 1000 == 7 {
+            text.push_str(&format!("img/{k}.jpg,not-a-number\n"));
+            bad.insert(line, k);
+        } else {
+            text.push_str(&format!("img/{k}.jpg,{k}\n"));
+        }
+    }
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("index.csv"), text).unwrap();
+    let out = dir.path().join("out");
+    let job = dir.path().join("manifest.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+[pipeline]
+name = "manifest"
+parallelism = 2
+restart_delay = "100ms"
+[checkpoint]
+interval = "150ms"
+location = "{out}/_checkpoints"
+[io.access]
+file_roots = ["{data}"]
+[source]
+type = "manifest"
+paths = ["{data}/index.csv"]
+columns = ["label: int64"]
+split_bytes = 40000
+batch_size = 250
+[[stages]]
+type = "fault"
+delay_per_batch = "25ms"
+[sink]
+type = "parquet"
+path = "{out}"
+[dead_letters]
+type = "jsonl"
+path = "{out}/_dead_letters"
+"#,
+            out = out.display(),
+            data = data.display()
+        ),
+    )
+    .unwrap();
+    let run = run_with_kills(&job, 7, 4);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let mut labels = BTreeMap::new();
+    for b in committed_batches(&out) {
+        let uri = b.column_by_name("ref").unwrap().as_struct().column_by_name("uri").unwrap().as_string::<i32>().clone();
+        let label = b.column_by_name("label").unwrap().as_primitive::<Int64Type>().clone();
+        for i in 0..b.num_rows() {
+            *labels.entry(label.value(i)).or_insert(0) += 1;
+            assert_eq!(uri.value(i), format!("file://{}/img/{}.jpg", data.display(), label.value(i)));
+        }
+    }
+    assert_eq!(labels.len() as u64 + bad.len() as u64, rows, "{stdout}");
+    assert!(labels.values().all(|n| *n == 1), "a row committed twice");
+    let dead = dead_letters(&out.join("_dead_letters"));
+    let mut lines: Vec<u64> = dead
+        .iter()
+        .map(|d| {
+            assert_eq!(d["stage"], "manifest");
+            let line = d["row"].as_str().map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["line"].as_u64().unwrap());
+            let line = line.unwrap();
+            let message = d["message"].as_str().unwrap();
+            assert!(message.starts_with(&format!("line {line}: ")) && message.contains("'not-a-number'"), "{message}");
+            line
+        })
+        .collect();
+    lines.sort();
+    assert_eq!(lines, bad.keys().copied().collect::<Vec<_>>(), "each bad line is a dead letter once");
+}

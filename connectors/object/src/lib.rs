@@ -17,15 +17,19 @@
 //!
 //! * [`Hash`](struct@Hash) and [`Probe`] — the content hash (streamed, constant memory) and the sniffed content
 //!   type and size of each object, without keeping its bytes.
-//! * [`ObjectStoreSource`] — every object under a prefix as ObjectRef rows (bounded listing).
+//! * [`ObjectStoreSource`] — every object under a prefix as ObjectRef rows (a bounded listing, or
+//!   continuous discovery).
+//! * [`ManifestSource`] — the rows of CSV, JSON Lines or Parquet manifests as ObjectRef rows, read
+//!   in parallel, with malformed rows as dead letters.
 //!
 //! Layout: [`config`] (typed settings, validated without IO), [`access`], [`registry`], [`fetch`],
-//! [`hash`], [`source`].
+//! [`hash`], [`source`], [`manifest`].
 
 pub mod access;
 pub mod config;
 pub mod fetch;
 pub mod hash;
+pub mod manifest;
 pub mod registry;
 pub mod source;
 
@@ -33,5 +37,6 @@ pub use access::AccessPolicy;
 pub use config::StoreConfig;
 pub use fetch::Fetch;
 pub use hash::{sniff, Hash, Probe};
+pub use manifest::{ManifestFormat, ManifestSource};
 pub use registry::ObjectStoreRegistry;
 pub use source::ObjectStoreSource;

@@ -198,7 +198,7 @@ impl ObjectStoreSource {
     }
 
     /// Lists the prefix: the wanted objects, in no particular order.
-    async fn list(&self) -> Result<Vec<Entry>> {
+    pub(crate) async fn list(&self) -> Result<Vec<Entry>> {
         self.stream(None).await?.try_collect().await
     }
 
@@ -232,10 +232,10 @@ impl ObjectStoreSource {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Entry {
-    uri: String,
-    size: u64,
-    etag: Option<String>,
+pub(crate) struct Entry {
+    pub(crate) uri: String,
+    pub(crate) size: u64,
+    pub(crate) etag: Option<String>,
     /// Last modified, µs since the Unix epoch.
     #[serde(default)]
     modified_us: Option<i64>,

@@ -386,6 +386,11 @@ async fn spawn_tasks(
             splits_rx,
             triggers: trx,
             outputs: Outputs::new(outs, metrics.clone()),
+            dead_letters: DeadLetters {
+                sink: plan.dead_letters.clone(),
+                ctx: run.sink_ctx(region, epoch, format!("source-{reader}")),
+                writer: None,
+            },
             events: events.clone(),
             metrics,
         };

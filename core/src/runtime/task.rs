@@ -24,7 +24,7 @@ use crate::channel::{Barrier, BarrierKind, Message, Sender};
 use crate::checkpoint::{ReaderState, SplitState};
 use crate::error::{Error, Result};
 use crate::metrics::StageMetrics;
-use crate::operator::{AsyncOperator, Operator, Output, TaskContext};
+use crate::operator::{AsyncOperator, Operator, Output, RowFailure, TaskContext};
 use crate::sink::{Committable, Sink, SinkContext, SinkWriter};
 use crate::source::{Source, SplitReader};
 use crate::{dead_letter, source::State};
@@ -104,6 +104,7 @@ pub(crate) struct SourceTask {
     pub splits_rx: mpsc::UnboundedReceiver<ReaderMsg>,
     pub triggers: mpsc::UnboundedReceiver<Barrier>,
     pub outputs: Outputs,
+    pub dead_letters: DeadLetters,
     pub events: Events,
     pub metrics: Arc<StageMetrics>,
 }
@@ -132,7 +133,12 @@ impl SourceTask {
         let mut pending: VecDeque<Barrier> = VecDeque::new();
         loop {
             if let Some(b) = pending.pop_front() {
-                ack(&self.events, b.id, TaskSnapshot { reader: Some(self.state.clone()), ..Default::default() })?;
+                let snapshot = TaskSnapshot {
+                    reader: Some(self.state.clone()),
+                    dead_letters: self.dead_letters.prepare(b.id).await?,
+                    ..Default::default()
+                };
+                ack(&self.events, b.id, snapshot)?;
                 self.outputs.barrier(b).await?;
                 if b.is_last() {
                     return Ok(());
@@ -162,7 +168,11 @@ impl SourceTask {
                     StageMetrics::add_time(&self.metrics.busy_ns, took);
                     match next? {
                         Some(batch) => {
-                            self.state.splits[0].position = Some(current.as_ref().expect("reading").position());
+                            let reader = current.as_mut().expect("reading");
+                            self.state.splits[0].position = Some(reader.position());
+                            if let Some(r) = reader.rejected() {
+                                self.dead_letters.route(&r.records, &r.failures, &self.metrics).await?;
+                            }
                             StageMetrics::add(&self.metrics.rows_in, batch.num_rows() as u64);
                             StageMetrics::add(&self.metrics.bytes_in, crate::types::data_bytes(&batch));
                             self.outputs.send(batch).await?;
@@ -189,11 +199,11 @@ pub(crate) struct DeadLetters {
 }
 
 impl DeadLetters {
-    async fn route(&mut self, input: &RecordBatch, output: &Output, metrics: &StageMetrics) -> Result<()> {
-        if output.failures.is_empty() {
+    async fn route(&mut self, input: &RecordBatch, failures: &[RowFailure], metrics: &StageMetrics) -> Result<()> {
+        if failures.is_empty() {
             return Ok(());
         }
-        if let Some(f) = output.failures.iter().find(|f| f.row >= input.num_rows()) {
+        if let Some(f) = failures.iter().find(|f| f.row >= input.num_rows()) {
             return Err(Error::internal(format!(
                 "stage `{}` reported a failure for row {} of a batch of {} rows",
                 metrics.name,
@@ -201,7 +211,7 @@ impl DeadLetters {
                 input.num_rows()
             )));
         }
-        let batch = dead_letter::build(&self.ctx.pipeline, &metrics.name, input, &output.failures)?;
+        let batch = dead_letter::build(&self.ctx.pipeline, &metrics.name, input, failures)?;
         StageMetrics::add(&metrics.dead_letters, batch.num_rows() as u64);
         if self.writer.is_none() {
             self.writer = Some(self.sink.writer(&self.ctx).await?);
@@ -238,7 +248,7 @@ impl StageIo {
     /// Routes the failed rows of `input` to the dead letters and sends the rest on.
     async fn emit(&mut self, input: &RecordBatch, out: Result<Output>) -> Result<()> {
         let out = out.map_err(|e| e.context(format!("stage `{}`", self.ctx.stage)))?;
-        self.dead_letters.route(input, &out, &self.metrics).await?;
+        self.dead_letters.route(input, &out.failures, &self.metrics).await?;
         self.outputs.send(out.batch).await
     }
 

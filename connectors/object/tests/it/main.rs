@@ -4,5 +4,6 @@ mod azure;
 mod common;
 mod files;
 mod http;
+mod manifest;
 mod s3;
 mod source;
