@@ -32,6 +32,7 @@
 //! |---|---|---|
 //! | `[source]` | `generate` | deterministic synthetic rows (`rows`, `batch_size`, `payload_bytes`, `split_rows`, `rows_per_second`, `seed`) |
 //! | `[source]` | `objects` | every object under `uri` (a directory or `s3://…/`), `extensions`, `split_objects`, `batch_size` |
+//! | `[source]` | `delta` | a Delta table's rows, or those appended after `since_version`; `continuous` tails it |
 //! | `[source]` | `manifest` | the rows of CSV, JSON Lines or Parquet `paths`: `uri_column`, `columns`, `base_uri`, `split_bytes` |
 //! | `[[stages]]` | `fetch`, `hash`, `probe` | object bytes; blake3 hash (streamed); sniffed content type and size |
 //! | `[[stages]]` | `decode_image`, `resize`, `encode_image` | images: `max_pixels`, `target`; `width`, `height`, `fit`; `format`, `quality` |
@@ -224,6 +225,30 @@ pub enum SourceConfig {
         #[serde(default)]
         split_bytes: Option<u64>,
         /// Rows per batch (1024).
+        #[serde(default)]
+        batch_size: Option<usize>,
+        /// Readers (the pipeline's parallelism).
+        #[serde(default)]
+        parallelism: Option<usize>,
+    },
+    /// A Delta table: a snapshot, or the rows appended after a version, once or tailing.
+    #[cfg(feature = "delta")]
+    Delta {
+        /// The table: a directory or a URL (`s3://bucket/tables/t`).
+        table: String,
+        /// Only these columns, in order (default: all).
+        #[serde(default)]
+        columns: Option<Vec<String>>,
+        /// Only the rows appended by versions after this one (default: the whole table).
+        #[serde(default)]
+        since_version: Option<i64>,
+        /// Never end: keep emitting each new version's appends once.
+        #[serde(default)]
+        continuous: bool,
+        /// Continuous mode: time between looks at the log (`10s`).
+        #[serde(default, with = "opt_duration")]
+        poll_interval: Option<Duration>,
+        /// Rows per batch (8192).
         #[serde(default)]
         batch_size: Option<usize>,
         /// Readers (the pipeline's parallelism).
@@ -770,6 +795,28 @@ impl JobFile {
                     None => b.source(src),
                 })
             }
+            #[cfg(feature = "delta")]
+            SourceConfig::Delta { table, columns, since_version, continuous, poll_interval, batch_size, parallelism } => {
+                let mut src = alluvium_delta::DeltaSource::new(table.clone());
+                if let Some(c) = columns {
+                    src = src.columns(c.clone());
+                }
+                if let Some(v) = since_version {
+                    src = src.since_version(*v);
+                }
+                if *continuous {
+                    src = src.continuous(poll_interval.unwrap_or(Duration::from_secs(10)));
+                } else if poll_interval.is_some() {
+                    return Err(Error::config("delta source: `poll_interval` needs `continuous = true`; add it, or remove it"));
+                }
+                if let Some(n) = batch_size {
+                    src = src.batch_size(*n);
+                }
+                Ok(match parallelism {
+                    Some(p) => b.source_with_parallelism(src, *p),
+                    None => b.source(src),
+                })
+            }
         }
     }
 }
@@ -1068,7 +1115,7 @@ path = "${OUT}"
                 alternatives += 1;
             }
         }
-        assert_eq!(alternatives, 5, "manifest, generate, delta, iceberg, lance");
+        assert_eq!(alternatives, 6, "manifest, delta, generate; delta, iceberg, lance sinks");
         let _ = std::fs::remove_dir_all(&out);
     }
 

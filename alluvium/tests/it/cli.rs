@@ -20,7 +20,7 @@ fn repo_root() -> PathBuf {
 
 /// Every batch of the files directly under `dir`, each of which must be Parquet but the hidden
 /// ones (`_checkpoints`, `_staging`, …); none while `dir` does not exist.
-fn committed_batches(dir: &Path) -> Vec<alluvium::core::arrow::array::RecordBatch> {
+pub(crate) fn committed_batches(dir: &Path) -> Vec<alluvium::core::arrow::array::RecordBatch> {
     let mut batches = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().to_string();

@@ -3,3 +3,4 @@
 mod cli;
 mod lake;
 mod library;
+mod tables;

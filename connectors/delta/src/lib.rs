@@ -47,6 +47,9 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use serde::{Deserialize, Serialize};
 
+mod source;
+pub use source::DeltaSource;
+
 /// Settings of a [`DeltaSink`].
 #[derive(Debug, Clone)]
 pub struct DeltaSinkConfig {
@@ -125,20 +128,9 @@ impl DeltaSink {
         Ok(self.loc.get_or_init(|| l))
     }
 
-    /// The table handle, loaded; `None` when no table exists there yet.
+    /// The table handle, loaded; `false` when no table exists there yet.
     async fn load(&self) -> Result<(DeltaTable, bool)> {
-        let loc = self.location()?;
-        register_log_stores();
-        let mut table = DeltaTableBuilder::from_url(loc.url.clone())
-            .map_err(|e| self.err("opening", e))?
-            .with_storage_backend(loc.root_store(), loc.url.clone())
-            .build()
-            .map_err(|e| self.err("opening", e))?;
-        match table.load().await {
-            Ok(()) => Ok((table, true)),
-            Err(DeltaTableError::NotATable(_)) => Ok((table, false)),
-            Err(e) => Err(self.err("loading", e)),
-        }
+        load_table(self.location()?).await.map_err(|(doing, e)| self.err(doing, e))
     }
 
     /// Loads the table, creating it (or adding nullable columns) to fit `incoming`; returns the
@@ -183,6 +175,22 @@ impl DeltaSink {
     async fn committed(&self, table: &DeltaTable, ctx: &SinkContext) -> Result<Option<i64>> {
         let state = table.snapshot().map_err(|e| self.err("reading", e))?;
         state.transaction_version(table.log_store().as_ref(), ctx.sink_key()).await.map_err(|e| self.err("reading", e))
+    }
+}
+
+/// The table at `loc`, loaded at its latest version; `false` when there is no table yet. An error
+/// says what was being done.
+async fn load_table(loc: &Location) -> std::result::Result<(DeltaTable, bool), (&'static str, DeltaTableError)> {
+    register_log_stores();
+    let mut table = DeltaTableBuilder::from_url(loc.url.clone())
+        .map_err(|e| ("opening", e))?
+        .with_storage_backend(loc.root_store(), loc.url.clone())
+        .build()
+        .map_err(|e| ("opening", e))?;
+    match table.load().await {
+        Ok(()) => Ok((table, true)),
+        Err(DeltaTableError::NotATable(_)) => Ok((table, false)),
+        Err(e) => Err(("loading", e)),
     }
 }
 

@@ -17,9 +17,11 @@
 //! # Ok::<(), alluvium_core::Error>(())
 //! ```
 //!
-//! Layout: [`config`] (the job-file section, validated without IO), [`sink`] (the format and sink).
+//! Layout: [`config`] (the job-file section, validated without IO), [`sink`] (the format and sink),
+//! [`read`] (a table's Parquet data file as a source split, for the table sources).
 
 pub mod config;
+pub mod read;
 pub mod sink;
 
 pub use config::ParquetSinkConfig;

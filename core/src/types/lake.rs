@@ -78,6 +78,26 @@ pub fn lake_schema(schema: &Schema, types: LakeTypes) -> SchemaRef {
     }
 }
 
+/// The schema a pipeline reads from a table whose schema is `schema`: a struct column with the
+/// fields of an ObjectRef (what [`lake_schema`] stores for one) is an ObjectRef again, so that a
+/// pipeline fed by another's table can fetch what it references. Read batches are cast to it with
+/// [`to_lake`].
+pub fn from_lake_schema(schema: &Schema) -> SchemaRef {
+    let object_ref = crate::types::ObjectRefType::fields();
+    let names = |fields: &Fields| fields.iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+    let fields: Vec<FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Struct(children) if names(children) == names(&object_ref) => {
+                Arc::new(crate::types::ObjectRefType::field(f.name(), f.is_nullable()))
+            }
+            _ => f.clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 /// Casts `batch` to `target` (a schema from [`lake_schema`] or the table's own, matched by column
 /// name). A column the table has and the batch lacks must be nullable and is filled with nulls.
 pub fn to_lake(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
@@ -220,6 +240,14 @@ mod tests {
         // Same schema in, nothing to add; the original (unmapped) batch fits the mapped table too.
         assert_eq!(diff_schema(&schema, &schema, "t").unwrap(), SchemaDiff::default());
         assert_eq!(lake_schema(&batch.schema(), LakeTypes::All), batch.schema());
+        // Read back, the ObjectRef column is an ObjectRef again.
+        let read = from_lake_schema(&schema);
+        let back = to_lake(&out, &read).unwrap();
+        let refs = crate::types::ObjectRefArray::try_new(back.column_by_name("ref").unwrap()).unwrap();
+        let original = crate::types::ObjectRefArray::try_new(batch.column_by_name("ref").unwrap()).unwrap();
+        assert_eq!(refs.get(1), original.get(1));
+        assert_eq!(read.field_with_name("ref").unwrap().extension_type_name(), Some("alluvium.object_ref"));
+        assert_eq!(read.field_with_name("embedding").unwrap(), schema.field_with_name("embedding").unwrap());
     }
 
     #[test]
