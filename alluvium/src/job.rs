@@ -32,7 +32,7 @@
 //! |---|---|---|
 //! | `[source]` | `generate` | deterministic synthetic rows (`rows`, `batch_size`, `payload_bytes`, `split_rows`, `rows_per_second`, `seed`) |
 //! | `[source]` | `objects` | every object under `uri` (a directory or `s3://…/`), `extensions`, `split_objects`, `batch_size` |
-//! | `[source]` | `delta` | a Delta table's rows, or those appended after `since_version`; `continuous` tails it |
+//! | `[source]` | `delta`, `lance` | a table's rows, or those appended after `since_version`; `continuous` tails it |
 //! | `[source]` | `manifest` | the rows of CSV, JSON Lines or Parquet `paths`: `uri_column`, `columns`, `base_uri`, `split_bytes` |
 //! | `[[stages]]` | `fetch`, `hash`, `probe` | object bytes; blake3 hash (streamed); sniffed content type and size |
 //! | `[[stages]]` | `decode_image`, `resize`, `encode_image` | images: `max_pixels`, `target`; `width`, `height`, `fit`; `format`, `quality` |
@@ -225,6 +225,30 @@ pub enum SourceConfig {
         #[serde(default)]
         split_bytes: Option<u64>,
         /// Rows per batch (1024).
+        #[serde(default)]
+        batch_size: Option<usize>,
+        /// Readers (the pipeline's parallelism).
+        #[serde(default)]
+        parallelism: Option<usize>,
+    },
+    /// A Lance dataset: a snapshot, or the rows appended after a version, once or tailing.
+    #[cfg(feature = "lance")]
+    Lance {
+        /// The dataset: a directory or a URL (`s3://bucket/images.lance`).
+        table: String,
+        /// Only these columns, in order (default: all).
+        #[serde(default)]
+        columns: Option<Vec<String>>,
+        /// Only the rows appended by versions after this one (default: the whole dataset).
+        #[serde(default)]
+        since_version: Option<u64>,
+        /// Never end: keep emitting each new version's appends once.
+        #[serde(default)]
+        continuous: bool,
+        /// Continuous mode: time between looks for new versions (`10s`).
+        #[serde(default, with = "opt_duration")]
+        poll_interval: Option<Duration>,
+        /// Rows per batch (8192).
         #[serde(default)]
         batch_size: Option<usize>,
         /// Readers (the pipeline's parallelism).
@@ -786,6 +810,28 @@ impl JobFile {
                 }
                 if let Some(n) = split_bytes {
                     src = src.split_bytes(*n);
+                }
+                if let Some(n) = batch_size {
+                    src = src.batch_size(*n);
+                }
+                Ok(match parallelism {
+                    Some(p) => b.source_with_parallelism(src, *p),
+                    None => b.source(src),
+                })
+            }
+            #[cfg(feature = "lance")]
+            SourceConfig::Lance { table, columns, since_version, continuous, poll_interval, batch_size, parallelism } => {
+                let mut src = alluvium_lance::LanceSource::new(table.clone());
+                if let Some(c) = columns {
+                    src = src.columns(c.clone());
+                }
+                if let Some(v) = since_version {
+                    src = src.since_version(*v);
+                }
+                if *continuous {
+                    src = src.continuous(poll_interval.unwrap_or(Duration::from_secs(10)));
+                } else if poll_interval.is_some() {
+                    return Err(Error::config("lance source: `poll_interval` needs `continuous = true`; add it, or remove it"));
                 }
                 if let Some(n) = batch_size {
                     src = src.batch_size(*n);

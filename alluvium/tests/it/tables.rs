@@ -54,14 +54,17 @@ fn committed_rows(dir: &Path) -> BTreeMap<(i64, String), usize> {
     rows
 }
 
-/// The latest version of the Delta table at `table`, from its log.
-fn delta_version(table: &Path) -> i64 {
-    std::fs::read_dir(table.join("_delta_log"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json")?.parse::<i64>().ok())
-        .max()
-        .unwrap()
+/// The latest version of the table `job` writes, as `alluvium inspect` shows it.
+fn version(job: &Path) -> u64 {
+    version_of(job).unwrap_or_else(|| panic!("no table for {}", job.display()))
+}
+
+/// The latest version, or `None` while the table does not exist.
+fn version_of(job: &Path) -> Option<u64> {
+    let out = bin().args(["inspect", job.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find_map(|l| l.trim().strip_prefix("version "))?;
+    line.split(',').next()?.parse().ok()
 }
 
 fn run(job: &Path) -> String {
@@ -76,9 +79,20 @@ fn start(job: &Path) -> Child {
 
 #[test]
 fn a_pipeline_tails_another_ones_delta_table_exactly_once_across_kills() {
+    tail_and_since("delta", "target_file_bytes = 100000");
+}
+
+#[test]
+fn a_pipeline_tails_another_ones_lance_dataset_exactly_once_across_kills() {
+    tail_and_since("lance", "max_rows_per_file = 3000");
+}
+
+/// Two writers append to a `format` table while a second pipeline tails it (killed twice on the
+/// way); then a bounded read takes just the versions after the first writer's.
+fn tail_and_since(format: &str, sink_options: &str) {
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("table");
-    let sink = format!("type = \"delta\"\ntable = \"{}\"\ntarget_file_bytes = 100000", table.display());
+    let sink = format!("type = \"{format}\"\ntable = \"{}\"\n{sink_options}", table.display());
     let writer = |name: &str, rows: u64, seed: u64| {
         let job = dir.path().join(format!("{name}.toml"));
         let source = format!(
@@ -93,14 +107,14 @@ fn a_pipeline_tails_another_ones_delta_table_exactly_once_across_kills() {
     let out = dir.path().join("out");
     let tail = dir.path().join("tail.toml");
     let source = format!(
-        "type = \"delta\"\ntable = \"{}\"\ncontinuous = true\npoll_interval = \"100ms\"\nbatch_size = 700",
+        "type = \"{format}\"\ntable = \"{}\"\ncontinuous = true\npoll_interval = \"100ms\"\nbatch_size = 700",
         table.display()
     );
     write_job(&tail, "tail", &source, &format!("type = \"parquet\"\npath = \"{}\"", out.display()), &out.join("_checkpoints"));
 
     // The first writer runs while the tail starts, is killed twice and restarts.
     let mut writing = start(&first);
-    while !table.join("_delta_log").exists() {
+    while version_of(&first).is_none() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for pause in [700, 900] {
@@ -111,7 +125,7 @@ fn a_pipeline_tails_another_ones_delta_table_exactly_once_across_kills() {
     }
     let tailing = start(&tail);
     assert!(writing.wait().unwrap().success());
-    let after_first = delta_version(&table);
+    let after_first = version(&first);
     run(&second);
     let t = Instant::now();
     while committed_rows(&out).values().sum::<usize>() < 30_000 {
@@ -130,7 +144,8 @@ fn a_pipeline_tails_another_ones_delta_table_exactly_once_across_kills() {
     // A bounded read of the versions after the first writer's: the second writer's rows, `id` only.
     let since = dir.path().join("since.toml");
     let out2 = dir.path().join("out2");
-    let source = format!("type = \"delta\"\ntable = \"{}\"\nsince_version = {after_first}\ncolumns = [\"id\"]", table.display());
+    let source =
+        format!("type = \"{format}\"\ntable = \"{}\"\nsince_version = {after_first}\ncolumns = [\"id\"]", table.display());
     write_job(
         &since,
         "since",

@@ -42,6 +42,9 @@ use lance::table::format::Fragment;
 use lance::Dataset;
 use serde::{Deserialize, Serialize};
 
+mod source;
+pub use source::LanceSource;
+
 /// The transaction-property key naming the region that committed a version.
 pub const PROPERTY_SINK_KEY: &str = "alluvium.sink-key";
 /// The transaction-property key holding the checkpoint a version committed.
@@ -123,28 +126,29 @@ fn storage_options(uri: &str) -> HashMap<String, String> {
     o
 }
 
+/// The dataset URI of `table`: local paths made absolute (Lance resolves relative paths itself,
+/// but an absolute one keeps messages and restarts unambiguous).
+fn dataset_uri(table: &str) -> Result<String> {
+    let t = table.trim();
+    if t.is_empty() {
+        return Err(Error::config("`table` is empty; set it to a directory or an s3:// URL"));
+    }
+    if let Some(dir) = alluvium_core::store::Location::local_dir(t) {
+        let abs =
+            if dir.is_absolute() { dir } else { std::env::current_dir().map_err(|e| Error::config(e.to_string()))?.join(dir) };
+        return Ok(abs.to_string_lossy().into_owned());
+    }
+    Ok(t.to_string())
+}
+
 impl LanceSink {
     /// A sink for the dataset in `config`.
     pub fn new(config: LanceSinkConfig) -> Self {
         Self { config: Arc::new(config) }
     }
 
-    /// The dataset's URI: local paths made absolute (Lance resolves relative paths itself, but an
-    /// absolute one keeps messages and restarts unambiguous).
     fn uri(&self) -> Result<String> {
-        let t = self.config.table.trim();
-        if t.is_empty() {
-            return Err(Error::config("the lance sink has an empty `table`; set it to a directory or an s3:// URL"));
-        }
-        if let Some(dir) = alluvium_core::store::Location::local_dir(t) {
-            let abs = if dir.is_absolute() {
-                dir
-            } else {
-                std::env::current_dir().map_err(|e| Error::config(e.to_string()))?.join(dir)
-            };
-            return Ok(abs.to_string_lossy().into_owned());
-        }
-        Ok(t.to_string())
+        dataset_uri(&self.config.table).map_err(|e| e.context("lance sink"))
     }
 
     fn what(&self) -> String {
