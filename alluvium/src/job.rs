@@ -233,52 +233,64 @@ pub enum SourceConfig {
     },
     /// A Lance dataset: a snapshot, or the rows appended after a version, once or tailing.
     #[cfg(feature = "lance")]
-    Lance {
-        /// The dataset: a directory or a URL (`s3://bucket/images.lance`).
-        table: String,
-        /// Only these columns, in order (default: all).
-        #[serde(default)]
-        columns: Option<Vec<String>>,
-        /// Only the rows appended by versions after this one (default: the whole dataset).
-        #[serde(default)]
-        since_version: Option<u64>,
-        /// Never end: keep emitting each new version's appends once.
-        #[serde(default)]
-        continuous: bool,
-        /// Continuous mode: time between looks for new versions (`10s`).
-        #[serde(default, with = "opt_duration")]
-        poll_interval: Option<Duration>,
-        /// Rows per batch (8192).
-        #[serde(default)]
-        batch_size: Option<usize>,
-        /// Readers (the pipeline's parallelism).
-        #[serde(default)]
-        parallelism: Option<usize>,
-    },
+    Lance(TableSourceConfig),
     /// A Delta table: a snapshot, or the rows appended after a version, once or tailing.
     #[cfg(feature = "delta")]
-    Delta {
-        /// The table: a directory or a URL (`s3://bucket/tables/t`).
-        table: String,
-        /// Only these columns, in order (default: all).
-        #[serde(default)]
-        columns: Option<Vec<String>>,
-        /// Only the rows appended by versions after this one (default: the whole table).
-        #[serde(default)]
-        since_version: Option<i64>,
-        /// Never end: keep emitting each new version's appends once.
-        #[serde(default)]
-        continuous: bool,
-        /// Continuous mode: time between looks at the log (`10s`).
-        #[serde(default, with = "opt_duration")]
-        poll_interval: Option<Duration>,
-        /// Rows per batch (8192).
-        #[serde(default)]
-        batch_size: Option<usize>,
-        /// Readers (the pipeline's parallelism).
-        #[serde(default)]
-        parallelism: Option<usize>,
-    },
+    Delta(TableSourceConfig),
+}
+
+/// The `[source]` keys of a table source (`delta`, `lance`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSourceConfig {
+    /// The table: a directory or a URL (`s3://bucket/tables/t`).
+    table: String,
+    /// Only these columns, in order (default: all).
+    #[serde(default)]
+    columns: Option<Vec<String>>,
+    /// Only the rows appended by versions after this one (default: the whole table).
+    #[serde(default)]
+    since_version: Option<u64>,
+    /// Never end: keep emitting each new version's appends once.
+    #[serde(default)]
+    continuous: bool,
+    /// Continuous mode: time between looks for new versions (`10s`).
+    #[serde(default, with = "opt_duration")]
+    poll_interval: Option<Duration>,
+    /// Rows per batch (8192).
+    #[serde(default)]
+    batch_size: Option<usize>,
+    /// Readers (the pipeline's parallelism).
+    #[serde(default)]
+    parallelism: Option<usize>,
+}
+
+impl TableSourceConfig {
+    fn read(&self) -> Result<alluvium_core::sources::TableRead> {
+        let mut read = alluvium_core::sources::TableRead::new(self.table.clone());
+        if let Some(c) = &self.columns {
+            read = read.columns(c.clone());
+        }
+        if let Some(v) = self.since_version {
+            read = read.since_version(v);
+        }
+        if self.continuous {
+            read = read.continuous(self.poll_interval.unwrap_or(Duration::from_secs(10)));
+        } else if self.poll_interval.is_some() {
+            return Err(Error::config("source.poll_interval needs `continuous = true`; add it, or remove `poll_interval`"));
+        }
+        if let Some(n) = self.batch_size {
+            read = read.batch_size(n);
+        }
+        Ok(read)
+    }
+
+    fn add<S: alluvium_core::Source>(&self, b: PipelineBuilder, source: S) -> PipelineBuilder {
+        match self.parallelism {
+            Some(p) => b.source_with_parallelism(source, p),
+            None => b.source(source),
+        }
+    }
 }
 
 /// A point in time as job files and the CLI write it: RFC 3339 (`2026-11-01T06:00:00Z`, the `T`
@@ -820,49 +832,9 @@ impl JobFile {
                 })
             }
             #[cfg(feature = "lance")]
-            SourceConfig::Lance { table, columns, since_version, continuous, poll_interval, batch_size, parallelism } => {
-                let mut src = alluvium_lance::LanceSource::new(table.clone());
-                if let Some(c) = columns {
-                    src = src.columns(c.clone());
-                }
-                if let Some(v) = since_version {
-                    src = src.since_version(*v);
-                }
-                if *continuous {
-                    src = src.continuous(poll_interval.unwrap_or(Duration::from_secs(10)));
-                } else if poll_interval.is_some() {
-                    return Err(Error::config("lance source: `poll_interval` needs `continuous = true`; add it, or remove it"));
-                }
-                if let Some(n) = batch_size {
-                    src = src.batch_size(*n);
-                }
-                Ok(match parallelism {
-                    Some(p) => b.source_with_parallelism(src, *p),
-                    None => b.source(src),
-                })
-            }
+            SourceConfig::Lance(t) => Ok(t.add(b, alluvium_lance::LanceSource::new(t.read()?))),
             #[cfg(feature = "delta")]
-            SourceConfig::Delta { table, columns, since_version, continuous, poll_interval, batch_size, parallelism } => {
-                let mut src = alluvium_delta::DeltaSource::new(table.clone());
-                if let Some(c) = columns {
-                    src = src.columns(c.clone());
-                }
-                if let Some(v) = since_version {
-                    src = src.since_version(*v);
-                }
-                if *continuous {
-                    src = src.continuous(poll_interval.unwrap_or(Duration::from_secs(10)));
-                } else if poll_interval.is_some() {
-                    return Err(Error::config("delta source: `poll_interval` needs `continuous = true`; add it, or remove it"));
-                }
-                if let Some(n) = batch_size {
-                    src = src.batch_size(*n);
-                }
-                Ok(match parallelism {
-                    Some(p) => b.source_with_parallelism(src, *p),
-                    None => b.source(src),
-                })
-            }
+            SourceConfig::Delta(t) => Ok(t.add(b, alluvium_delta::DeltaSource::new(t.read()?))),
         }
     }
 }

@@ -1,24 +1,20 @@
 //! `LanceSource`: a Lance dataset as a source, whole or as the data appended after a version.
 //!
-//! ```text
-//!  snapshot        every fragment of the latest version (or of the version at the start)
-//!  since_version   the fragments each `Append` after it added, version by version
-//!  continuous      after that, poll for new versions and emit each one's appends once (tailing)
-//! ```
+//! The read ([`TableRead`]: snapshot, `since_version`, continuous) and the walk over versions
+//! ([`VersionEnumerator`]) are shared with the other table sources.
 //!
 //! Each fragment is a split, read as of the version that added it (so later deletions do not
-//! shift the rows under a resumed reader); a reader's position is the rows it returned. The
-//! enumerator checkpoints the last version it handed out, so a restart neither skips nor repeats
-//! a version. The kind of each version comes from its transaction: only `Append`s flow on; a
+//! shift the rows under a resumed reader); a reader's position is the rows it returned. The kind
+//! of each version comes from its transaction: only `Append`s flow on; a
 //! compaction (`Rewrite`) moves rows already read and is skipped; deletes, updates and overwrites
 //! are not retracted downstream (they are logged as a warning).
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use alluvium_core::arrow::datatypes::{Schema, SchemaRef};
 use alluvium_core::arrow::record_batch::RecordBatch;
-use alluvium_core::{Discovery, Error, Result, Source, Split, SplitEnumerator, SplitReader, State};
+use alluvium_core::sources::{TableRead, TableVersions, VersionEnumerator};
+use alluvium_core::{Error, Result, Source, Split, SplitEnumerator, SplitReader, State};
 use async_trait::async_trait;
 use futures::StreamExt;
 use lance::dataset::scanner::DatasetRecordBatchStream;
@@ -31,44 +27,19 @@ use crate::{storage_options, without_location};
 /// Reads a Lance dataset. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct LanceSource {
-    table: String,
-    columns: Option<Vec<String>>,
-    since: Option<u64>,
-    poll: Option<Duration>,
-    batch_size: usize,
+    read: TableRead,
     /// The projected schema, known once the dataset was opened.
     schema: Arc<OnceLock<SchemaRef>>,
 }
 
 impl LanceSource {
-    /// Every row of the dataset at `table` (a directory or URL), as of its latest version.
-    pub fn new(table: impl Into<String>) -> Self {
-        Self { table: table.into(), columns: None, since: None, poll: None, batch_size: 8192, schema: Default::default() }
-    }
-    /// Only these columns, in this order.
-    pub fn columns(mut self, columns: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.columns = Some(columns.into_iter().map(Into::into).collect());
-        self
-    }
-    /// Only the rows appended by the versions after `version` (not the snapshot).
-    pub fn since_version(mut self, version: u64) -> Self {
-        self.since = Some(version);
-        self
-    }
-    /// Never ends: after the snapshot (or the versions after `since_version`), polls for new
-    /// versions every `poll` and emits each one's appends once.
-    pub fn continuous(mut self, poll: Duration) -> Self {
-        self.poll = Some(poll.max(Duration::from_millis(10)));
-        self
-    }
-    /// Rows per batch (8192).
-    pub fn batch_size(mut self, n: usize) -> Self {
-        self.batch_size = n.max(1);
-        self
+    /// Reads the dataset `read` names (a directory or URL).
+    pub fn new(read: TableRead) -> Self {
+        Self { read, schema: Default::default() }
     }
 
     fn what(&self) -> String {
-        format!("Lance dataset `{}`", alluvium_core::error::redact(&self.table))
+        format!("Lance dataset `{}`", alluvium_core::error::redact(&self.read.table))
     }
 
     fn err(&self, doing: &str, e: lance::Error) -> Error {
@@ -77,7 +48,7 @@ impl LanceSource {
     }
 
     fn uri(&self) -> Result<String> {
-        crate::dataset_uri(&self.table).map_err(|e| e.context("lance source `table`"))
+        crate::dataset_uri(&self.read.table).map_err(|e| e.context("lance source `table`"))
     }
 
     /// The dataset at its latest version (`None`: there is none yet); sets the schema.
@@ -94,23 +65,7 @@ impl LanceSource {
         };
         if self.schema.get().is_none() {
             let full = alluvium_core::types::lake::from_lake_schema(&Schema::from(ds.schema()));
-            let schema = match &self.columns {
-                None => full,
-                Some(cols) => Arc::new(Schema::new(
-                    cols.iter()
-                        .map(|c| {
-                            full.field_with_name(c).cloned().map_err(|_| {
-                                let names: Vec<&str> = full.fields().iter().map(|f| f.name().as_str()).collect();
-                                Error::config(format!(
-                                    "lance source `columns`: {} has no column `{c}`; it has {}",
-                                    self.what(),
-                                    names.join(", ")
-                                ))
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()?,
-                )),
-            };
+            let schema = self.read.project(full, &self.what())?;
             let _ = self.schema.set(schema);
         }
         Ok(Some(ds))
@@ -126,15 +81,6 @@ impl LanceSource {
 struct FragmentSplit {
     version: u64,
     fragment: u64,
-}
-
-/// Durable discovery state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct EnumState {
-    /// The last version whose fragments were handed out.
-    version: Option<u64>,
-    /// A bounded read stops after this version (the latest when it started).
-    until: Option<u64>,
 }
 
 #[async_trait]
@@ -154,12 +100,7 @@ impl Source for LanceSource {
     }
 
     async fn enumerator(&self, restored: Option<State>) -> Result<Box<dyn SplitEnumerator>> {
-        let state = match restored {
-            Some(s) => serde_json::from_value(s)
-                .map_err(|e| Error::checkpoint(format!("lance source: the checkpointed enumerator state is malformed: {e}")))?,
-            None => EnumState::default(),
-        };
-        Ok(Box::new(Enumerator { source: self.clone(), state }))
+        Ok(Box::new(VersionEnumerator::new(Versions(self.clone()), &self.read, restored)?))
     }
 
     async fn open(&self, split: &Split, position: Option<&State>) -> Result<Box<dyn SplitReader>> {
@@ -176,33 +117,50 @@ impl Source for LanceSource {
         scan.project(&names)
             .and_then(|s| s.limit(None, (done > 0).then_some(done as i64)))
             .map_err(|e| self.err("scanning", e))?
-            .batch_size(self.batch_size);
+            .batch_size(self.read.batch_size);
         let stream = scan.try_into_stream().await.map_err(|e| self.err("scanning", e))?;
         Ok(Box::new(Reader { stream, schema: self.schema(), done, source: self.clone() }))
     }
 }
 
-struct Enumerator {
-    source: LanceSource,
-    state: EnumState,
+/// What the versions of the dataset hold.
+struct Versions(LanceSource);
+
+fn splits(version: u64, fragments: impl IntoIterator<Item = u64>) -> Vec<Split> {
+    fragments
+        .into_iter()
+        .map(|fragment| Split {
+            id: format!("v{version}/f{fragment}"),
+            payload: serde_json::to_value(FragmentSplit { version, fragment }).expect("serializable"),
+        })
+        .collect()
 }
 
-impl Enumerator {
-    fn splits(version: u64, fragments: impl IntoIterator<Item = u64>) -> Discovery {
-        Discovery::Splits(
-            fragments
-                .into_iter()
-                .map(|fragment| Split {
-                    id: format!("v{version}/f{fragment}"),
-                    payload: serde_json::to_value(FragmentSplit { version, fragment }).expect("serializable"),
-                })
-                .collect(),
-        )
+impl Versions {
+    async fn latest_dataset(&self) -> Result<Dataset> {
+        self.0.open().await?.ok_or_else(|| Error::config(format!("{} is gone", self.0.what())))
+    }
+}
+
+#[async_trait]
+impl TableVersions for Versions {
+    fn what(&self) -> String {
+        self.0.what()
+    }
+
+    async fn latest(&self) -> Result<Option<u64>> {
+        Ok(self.0.open().await?.map(|ds| ds.version().version))
+    }
+
+    async fn snapshot(&self, version: u64) -> Result<Vec<Split>> {
+        let ds = self.0.at(&self.latest_dataset().await?, version).await?;
+        Ok(splits(version, ds.fragments().iter().map(|f| f.id)))
     }
 
     /// The fragments version `v` appended (none for any other kind of version).
-    async fn appended(&self, latest: &Dataset, v: u64) -> Result<Vec<u64>> {
-        let src = &self.source;
+    async fn appended(&self, v: u64) -> Result<Vec<Split>> {
+        let src = &self.0;
+        let latest = self.latest_dataset().await?;
         let txn = latest.read_transaction_by_version(v).await.map_err(|e| src.err(&format!("reading version {v} of"), e))?;
         let Some(txn) = txn else {
             return Err(Error::external(format!(
@@ -214,9 +172,9 @@ impl Enumerator {
             Operation::Append { .. } => {
                 // Lance numbers an append's fragments when it commits: those above the previous
                 // version's highest id.
-                let before = if v > 1 { src.at(latest, v - 1).await?.manifest().max_fragment_id() } else { None };
-                let after = src.at(latest, v).await?;
-                Ok(after.fragments().iter().map(|f| f.id).filter(|id| before.is_none_or(|b| *id > b)).collect())
+                let before = if v > 1 { src.at(&latest, v - 1).await?.manifest().max_fragment_id() } else { None };
+                let after = src.at(&latest, v).await?;
+                Ok(splits(v, after.fragments().iter().map(|f| f.id).filter(|id| before.is_none_or(|b| *id > b))))
             }
             Operation::Rewrite { .. }
             | Operation::CreateIndex { .. }
@@ -228,45 +186,6 @@ impl Enumerator {
                 Ok(Vec::new())
             }
         }
-    }
-}
-
-#[async_trait]
-impl SplitEnumerator for Enumerator {
-    async fn discover(&mut self) -> Result<Discovery> {
-        let Some(latest) = self.source.open().await? else {
-            return match self.source.poll {
-                Some(poll) => Ok(Discovery::Idle(poll)),
-                None => Err(Error::config(format!("there is no {}; check `table`", self.source.what()))),
-            };
-        };
-        let newest = latest.version().version;
-        if self.source.poll.is_none() && self.state.until.is_none() {
-            self.state.until = Some(newest);
-        }
-        let target = self.state.until.unwrap_or(newest);
-        let Some(mut at) = self.state.version.or(self.source.since) else {
-            let ds = self.source.at(&latest, target).await?;
-            let ids: Vec<u64> = ds.fragments().iter().map(|f| f.id).collect();
-            self.state.version = Some(target);
-            return Ok(Self::splits(target, ids));
-        };
-        while at < target {
-            at += 1;
-            let ids = self.appended(&latest, at).await?;
-            self.state.version = Some(at);
-            if !ids.is_empty() {
-                return Ok(Self::splits(at, ids));
-            }
-        }
-        Ok(match self.source.poll {
-            Some(poll) => Discovery::Idle(poll),
-            None => Discovery::Exhausted,
-        })
-    }
-
-    fn snapshot(&self) -> State {
-        serde_json::to_value(&self.state).expect("serializable")
     }
 }
 

@@ -1,5 +1,7 @@
-//! Built-in sources.
+//! Built-in sources, and what table sources share.
 
 mod generate;
+pub mod table;
 
 pub use generate::Generate;
+pub use table::{TableRead, TableVersions, VersionEnumerator};
