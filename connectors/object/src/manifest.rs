@@ -38,7 +38,7 @@
 use std::sync::Arc;
 
 use alluvium_core::arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatchOptions, StringArray, UInt64Array};
-use alluvium_core::arrow::compute::{cast, concat_batches, filter_record_batch};
+use alluvium_core::arrow::compute::{cast, concat_batches, filter_record_batch, take_record_batch};
 use alluvium_core::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use alluvium_core::arrow::error::ArrowError;
 use alluvium_core::arrow::record_batch::RecordBatch;
@@ -71,15 +71,12 @@ pub enum ManifestFormat {
 }
 
 impl ManifestFormat {
+    const ALL: [Self; 3] = [Self::Csv, Self::Jsonl, Self::Parquet];
+
     /// The format a file name says (`.csv`, `.tsv`, `.jsonl`, `.ndjson`, `.json`, `.parquet`).
     pub fn of(name: &str) -> Option<Self> {
         let ext = name.rsplit('.').next()?.to_ascii_lowercase();
-        match ext.as_str() {
-            "csv" | "tsv" => Some(Self::Csv),
-            "jsonl" | "ndjson" | "json" => Some(Self::Jsonl),
-            "parquet" | "pq" => Some(Self::Parquet),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|f| f.extensions().contains(&ext.as_str()))
     }
 
     fn extensions(self) -> &'static [&'static str] {
@@ -186,10 +183,8 @@ impl ManifestSource {
         let mut files = Vec::new();
         for p in &self.paths {
             if p.ends_with('/') || std::path::Path::new(p).is_dir() {
-                let exts = match self.format {
-                    Some(f) => f.extensions().to_vec(),
-                    None => vec!["csv", "tsv", "jsonl", "ndjson", "json", "parquet", "pq"],
-                };
+                let formats = self.format.map_or(ManifestFormat::ALL.to_vec(), |f| vec![f]);
+                let exts = formats.iter().flat_map(|f| f.extensions().iter().copied());
                 let mut listed = ObjectStoreSource::prefix(self.registry.clone(), p.clone()).extensions(exts).list().await?;
                 listed.sort_by(|a, b| a.uri.cmp(&b.uri));
                 files.extend(listed.into_iter().map(|e| FileEntry { uri: e.uri, size: e.size, etag: e.etag }));
@@ -215,12 +210,15 @@ impl ManifestSource {
         }
     }
 
-    /// The types the file's columns are read as: the declared ones, the URI column as text.
-    fn declared(&self, name: &str) -> Option<DataType> {
-        if name == self.uri_column {
-            return Some(DataType::Utf8);
-        }
-        self.columns.iter().find(|f| f.name() == name).map(|f| f.data_type().clone())
+    /// The error for a manifest file without a wanted column; `has` are the columns it has.
+    fn missing(&self, file: &FileEntry, column: &str, has: &[impl AsRef<str>]) -> Error {
+        let has: Vec<&str> = has.iter().map(AsRef::as_ref).collect();
+        let uri_hint = if column == self.uri_column { " or set `uri_column`" } else { "" };
+        Error::config(format!(
+            "manifest `{}` has no column `{column}` (it has: {}); fix `columns`{uri_hint}",
+            file.uri,
+            has.join(", ")
+        ))
     }
 
     /// The columns read from a file: the URI column, then the declared ones.
@@ -326,19 +324,18 @@ impl Source for ManifestSource {
     async fn open(&self, split: &Split, position: Option<&State>) -> Result<Box<dyn SplitReader>> {
         let part: Part = serde_json::from_value(split.payload.clone())
             .map_err(|e| Error::checkpoint(format!("manifest source: split `{}` is malformed: {e}", split.id)))?;
-        let position = |what| -> Result<Option<Position>> {
-            position.map(|p| serde_json::from_value(p.clone())).transpose().map_err(|e| {
-                Error::checkpoint(format!("manifest source: the position in {what} `{}` is malformed: {e}", split.id))
-            })
-        };
+        let position: Option<Position> = position
+            .map(|p| serde_json::from_value(p.clone()))
+            .transpose()
+            .map_err(|e| Error::checkpoint(format!("manifest source: the position in split `{}` is malformed: {e}", split.id)))?;
         match part {
             Part::Text { file, format, start, end, first_line, header } => {
-                let at = position("split")?.unwrap_or(Position { offset: start, line: first_line, rows: 0 });
+                let at = position.unwrap_or(Position { offset: start, line: first_line, rows: 0 });
                 let reader = TextReader::open(self.clone(), file, format, header, at, end).await?;
                 Ok(Box::new(reader))
             }
             Part::Parquet { file, from, to, first_row } => {
-                let done = position("split")?.map_or(0, |p| p.rows);
+                let done = position.map_or(0, |p| p.rows);
                 Ok(Box::new(ParquetReader::open(self.clone(), file, from..to, first_row, done).await?))
             }
         }
@@ -621,6 +618,13 @@ fn resolve_uri(raw: Option<&str>, base: Option<&Url>, column: &str) -> std::resu
     }
 }
 
+/// The indices below `n` that are not among the failed `bad` ones, in order: where the rows of a
+/// batch made of the survivors came from.
+fn survivors(n: usize, bad: &[(usize, String)]) -> Vec<usize> {
+    let failed: std::collections::HashSet<usize> = bad.iter().map(|(i, _)| *i).collect();
+    (0..n).filter(|i| !failed.contains(i)).collect()
+}
+
 /// At most this much of a rejected line is kept in its dead letter.
 const MAX_REJECTED_TEXT: usize = 64 << 10;
 
@@ -674,10 +678,7 @@ impl TextReader {
         let (batch, mut bad) = self.decode.lines(&chunk, &lines)?;
         let (rows, unusable) = self.rows.finish(&batch)?;
         // `batch` rows are the lines that decoded, in order; map their indices back to lines.
-        let decoded: Vec<usize> = {
-            let failed: std::collections::HashSet<usize> = bad.iter().map(|(i, _)| *i).collect();
-            (0..lines.len()).filter(|i| !failed.contains(i)).collect()
-        };
+        let decoded = survivors(lines.len(), &bad);
         bad.extend(unusable.into_iter().map(|(r, why)| (decoded[r], why)));
         bad.sort_by_key(|(i, _)| *i);
         let rejects = bad
@@ -703,12 +704,9 @@ impl TextReader {
 impl SplitReader for TextReader {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
-            let complete = memchr::memrchr(b'\n', &self.buf).map(|i| i + 1);
-            let enough =
-                complete.is_some_and(|n| memchr::memchr_iter(b'\n', &self.buf[..n]).count() >= self.rows.source.batch_size);
-            if enough {
-                let n = memchr::memchr_iter(b'\n', &self.buf).nth(self.rows.source.batch_size - 1).expect("counted") + 1;
-                return self.take(n).map(Some);
+            // A batch ends after the `batch_size`th whole line.
+            if let Some(end) = memchr::memchr_iter(b'\n', &self.buf).nth(self.rows.source.batch_size - 1) {
+                return self.take(end + 1).map(Some);
             }
             if self.eof {
                 return if self.buf.is_empty() { Ok(None) } else { self.take(self.buf.len()).map(Some) };
@@ -742,22 +740,15 @@ impl LineDecoder {
             ManifestFormat::Jsonl => Ok(Self::Json { schema: wanted }),
             ManifestFormat::Csv => {
                 let names: Vec<String> = header.unwrap_or_else(|| wanted.fields().iter().map(|f| f.name().clone()).collect());
-                let fields: Vec<Field> =
-                    names.iter().map(|n| Field::new(n, source.declared(n).unwrap_or(DataType::Utf8), true)).collect();
+                // Undeclared columns are read as text (and not kept).
+                let fields: Vec<Field> = names
+                    .iter()
+                    .map(|n| Field::new(n, wanted.field_with_name(n).map_or(DataType::Utf8, |f| f.data_type().clone()), true))
+                    .collect();
                 let projection = wanted
                     .fields()
                     .iter()
-                    .map(|f| {
-                        names.iter().position(|n| n == f.name()).ok_or_else(|| {
-                            Error::config(format!(
-                                "manifest `{}` has no column `{}` (its header: {}); fix `columns`{}",
-                                file.uri,
-                                f.name(),
-                                names.join(", "),
-                                if f.name() == &source.uri_column { " or set `uri_column`" } else { "" }
-                            ))
-                        })
-                    })
+                    .map(|f| names.iter().position(|n| n == f.name()).ok_or_else(|| source.missing(file, f.name(), &names)))
                     .collect::<Result<_>>()?;
                 Ok(Self::Csv { schema: Arc::new(Schema::new(fields)), projection, delimiter: source.delimiter_for(&file.uri) })
             }
@@ -907,13 +898,8 @@ impl ParquetReader {
             .iter()
             .map(|f| {
                 file_schema.index_of(f.name()).map_err(|_| {
-                    Error::config(format!(
-                        "manifest `{}` has no column `{}` (it has: {}); fix `columns`{}",
-                        file.uri,
-                        f.name(),
-                        file_schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
-                        if f.name() == &source.uri_column { " or set `uri_column`" } else { "" }
-                    ))
+                    let names: Vec<&String> = file_schema.fields().iter().map(|f| f.name()).collect();
+                    source.missing(&file, f.name(), &names)
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -955,12 +941,9 @@ impl SplitReader for ParquetReader {
         let Some(raw) = self.stream.next().await else { return Ok(None) };
         let raw = raw.map_err(|e| Error::data(format!("reading manifest `{}`: {e}", self.rows.file.uri)))?;
         let (typed, mut bad) = self.typed(&raw)?;
-        let keep: Vec<bool> = {
-            let failed: std::collections::HashSet<usize> = bad.iter().map(|(r, _)| *r).collect();
-            (0..typed.num_rows()).map(|r| !failed.contains(&r)).collect()
-        };
-        let kept_rows: Vec<usize> = (0..typed.num_rows()).filter(|r| keep[*r]).collect();
-        let (rows, unusable) = self.rows.finish(&filter_record_batch(&typed, &keep.into())?)?;
+        let kept_rows = survivors(typed.num_rows(), &bad);
+        let kept = take_record_batch(&typed, &UInt64Array::from_iter_values(kept_rows.iter().map(|r| *r as u64)))?;
+        let (rows, unusable) = self.rows.finish(&kept)?;
         bad.extend(unusable.into_iter().map(|(r, why)| (kept_rows[r], why)));
         bad.sort_by_key(|(r, _)| *r);
         bad.dedup_by_key(|(r, _)| *r);
