@@ -361,6 +361,10 @@ async fn spawn_tasks(
     let mut inputs = inputs.into_iter();
     let mut outputs = outputs.into_iter();
 
+    // Each task's dead letters, opened on its first one; `writer` names the task.
+    let dead_letters =
+        |writer: String| DeadLetters { sink: plan.dead_letters.clone(), ctx: run.sink_ctx(region, epoch, writer), writer: None };
+
     // Source readers.
     let _ = inputs.next();
     let source_outputs = outputs.next().expect("source outputs");
@@ -386,11 +390,7 @@ async fn spawn_tasks(
             splits_rx,
             triggers: trx,
             outputs: Outputs::new(outs, metrics.clone()),
-            dead_letters: DeadLetters {
-                sink: plan.dead_letters.clone(),
-                ctx: run.sink_ctx(region, epoch, format!("source-{reader}")),
-                writer: None,
-            },
+            dead_letters: dead_letters(format!("source-{reader}")),
             events: events.clone(),
             metrics,
         };
@@ -413,11 +413,7 @@ async fn spawn_tasks(
                 region,
                 epoch,
             };
-            let dead_letters = DeadLetters {
-                sink: plan.dead_letters.clone(),
-                ctx: run.sink_ctx(region, epoch, format!("{}-{}", stage.name, subtask)),
-                writer: None,
-            };
+            let dead_letters = dead_letters(format!("{}-{}", stage.name, subtask));
             let io = StageIo {
                 ctx,
                 gate: InputGate::new(ins),
