@@ -14,14 +14,12 @@
 //! clear error; the tables Alluvium writes use none of them. The columns come from the table's
 //! schema (projected with `columns`); structs with the fields of an ObjectRef are ObjectRefs again.
 
-use std::sync::{Arc, OnceLock};
-
-use alluvium_core::arrow::datatypes::{Schema, SchemaRef};
-use alluvium_core::sources::{TableRead, TableVersions, VersionEnumerator};
+use alluvium_core::arrow::datatypes::SchemaRef;
+use alluvium_core::sources::{rows_done, TableRead, TableVersions, VersionEnumerator};
 use alluvium_core::store::Location;
 use alluvium_core::types::lake::from_lake_schema;
 use alluvium_core::{Error, Result, Source, Split, SplitEnumerator, SplitReader, State};
-use alluvium_parquet::read::{rows_done, DataFileReader};
+use alluvium_parquet::read::DataFileReader;
 use async_trait::async_trait;
 use deltalake::DeltaTable;
 use object_store::ObjectStoreExt;
@@ -31,14 +29,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone)]
 pub struct DeltaSource {
     read: TableRead,
-    /// The projected schema, known once the table was opened.
-    schema: Arc<OnceLock<SchemaRef>>,
 }
 
 impl DeltaSource {
     /// Reads the table `read` names (a directory or URL).
     pub fn new(read: TableRead) -> Self {
-        Self { read, schema: Default::default() }
+        Self { read }
     }
 
     fn what(&self) -> String {
@@ -79,8 +75,7 @@ impl DeltaSource {
             )));
         }
         let full = from_lake_schema(crate::table_schema(&table)?.as_ref());
-        let schema = self.read.project(full, &self.what())?;
-        let _ = self.schema.set(schema);
+        self.read.learn_schema(full, &self.what())?;
         Ok(Some(table))
     }
 }
@@ -99,10 +94,9 @@ impl Source for DeltaSource {
         "delta".into()
     }
 
-    /// The projected table schema once the table has been opened (by the enumerator or a
-    /// reader); an empty schema before.
+    /// See [`TableRead::schema`].
     fn schema(&self) -> SchemaRef {
-        self.schema.get().cloned().unwrap_or_else(|| Arc::new(Schema::empty()))
+        self.read.schema()
     }
 
     fn validate(&self) -> Result<()> {
@@ -118,7 +112,7 @@ impl Source for DeltaSource {
         let file: DataFile = serde_json::from_value(split.payload.clone())
             .map_err(|e| Error::checkpoint(format!("delta source: split `{}` is malformed: {e}", split.id)))?;
         let loc = self.location()?;
-        if self.schema.get().is_none() {
+        if !self.read.knows_schema() {
             self.load(&loc).await?;
         }
         let what = format!("{} file `{}` (version {})", self.what(), file.path, file.version);

@@ -9,11 +9,9 @@
 //! compaction (`Rewrite`) moves rows already read and is skipped; deletes, updates and overwrites
 //! are not retracted downstream (they are logged as a warning).
 
-use std::sync::{Arc, OnceLock};
-
 use alluvium_core::arrow::datatypes::{Schema, SchemaRef};
 use alluvium_core::arrow::record_batch::RecordBatch;
-use alluvium_core::sources::{TableRead, TableVersions, VersionEnumerator};
+use alluvium_core::sources::{rows_done, rows_position, TableRead, TableVersions, VersionEnumerator};
 use alluvium_core::{Error, Result, Source, Split, SplitEnumerator, SplitReader, State};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -28,14 +26,12 @@ use crate::{storage_options, without_location};
 #[derive(Debug, Clone)]
 pub struct LanceSource {
     read: TableRead,
-    /// The projected schema, known once the dataset was opened.
-    schema: Arc<OnceLock<SchemaRef>>,
 }
 
 impl LanceSource {
     /// Reads the dataset `read` names (a directory or URL).
     pub fn new(read: TableRead) -> Self {
-        Self { read, schema: Default::default() }
+        Self { read }
     }
 
     fn what(&self) -> String {
@@ -63,11 +59,7 @@ impl LanceSource {
             Err(lance::Error::DatasetNotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.err("opening", e)),
         };
-        if self.schema.get().is_none() {
-            let full = alluvium_core::types::lake::from_lake_schema(&Schema::from(ds.schema()));
-            let schema = self.read.project(full, &self.what())?;
-            let _ = self.schema.set(schema);
-        }
+        self.read.learn_schema(alluvium_core::types::lake::from_lake_schema(&Schema::from(ds.schema())), &self.what())?;
         Ok(Some(ds))
     }
 
@@ -89,10 +81,9 @@ impl Source for LanceSource {
         "lance".into()
     }
 
-    /// The projected schema once the dataset has been opened (by the enumerator or a reader);
-    /// an empty schema before.
+    /// See [`TableRead::schema`].
     fn schema(&self) -> SchemaRef {
-        self.schema.get().cloned().unwrap_or_else(|| Arc::new(Schema::empty()))
+        self.read.schema()
     }
 
     fn validate(&self) -> Result<()> {
@@ -111,7 +102,7 @@ impl Source for LanceSource {
         let fragment = ds.get_fragment(part.fragment as usize).ok_or_else(|| {
             Error::checkpoint(format!("{}: version {} has no fragment {}", self.what(), part.version, part.fragment))
         })?;
-        let done = position.and_then(|p| p.get("rows")?.as_u64()).unwrap_or(0);
+        let done = rows_done(position);
         let names: Vec<String> = self.schema().fields().iter().map(|f| f.name().clone()).collect();
         let mut scan = fragment.scan();
         scan.project(&names)
@@ -207,6 +198,6 @@ impl SplitReader for Reader {
     }
 
     fn position(&self) -> State {
-        serde_json::json!({ "rows": self.done })
+        rows_position(self.done)
     }
 }

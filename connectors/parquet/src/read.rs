@@ -29,7 +29,7 @@ pub struct DataFileReader {
 
 impl DataFileReader {
     /// Opens `path` (of `size` bytes) in `store`, skipping the first `skip` rows (a restored
-    /// position). `what` names the file in errors.
+    /// position, [`alluvium_core::sources::rows_done`]). `what` names the file in errors.
     pub async fn open(
         store: Arc<dyn ObjectStore>,
         path: Path,
@@ -66,11 +66,6 @@ impl SplitReader for DataFileReader {
     }
 
     fn position(&self) -> State {
-        serde_json::json!({ "rows": self.done })
+        alluvium_core::sources::rows_position(self.done)
     }
-}
-
-/// The rows a position of a [`DataFileReader`] says were read (0 without one).
-pub fn rows_done(position: Option<&State>) -> u64 {
-    position.and_then(|p| p.get("rows")?.as_u64()).unwrap_or(0)
 }

@@ -4,4 +4,4 @@ mod generate;
 pub mod table;
 
 pub use generate::Generate;
-pub use table::{TableRead, TableVersions, VersionEnumerator};
+pub use table::{rows_done, rows_position, TableRead, TableVersions, VersionEnumerator};

@@ -11,7 +11,7 @@
 //! rest. Its checkpointed state is the last version handed out (and, for a bounded read, the
 //! version it stops at), so a restart neither skips nor repeats a version.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arrow::datatypes::{Schema, SchemaRef};
@@ -34,12 +34,14 @@ pub struct TableRead {
     pub poll: Option<Duration>,
     /// Rows per batch.
     pub batch_size: usize,
+    /// The projected schema, known once the table was opened (shared by clones).
+    schema: Arc<OnceLock<SchemaRef>>,
 }
 
 impl TableRead {
     /// Every row of `table` as of its latest version, in batches of 8192.
     pub fn new(table: impl Into<String>) -> Self {
-        Self { table: table.into(), columns: None, since_version: None, poll: None, batch_size: 8192 }
+        Self { table: table.into(), columns: None, since_version: None, poll: None, batch_size: 8192, schema: Default::default() }
     }
     /// Only these columns, in this order.
     pub fn columns(mut self, columns: impl IntoIterator<Item = impl Into<String>>) -> Self {
@@ -63,8 +65,27 @@ impl TableRead {
         self
     }
 
-    /// `full` (the table's schema) projected to the wanted columns; `what` names the table.
-    pub fn project(&self, full: SchemaRef, what: &str) -> Result<SchemaRef> {
+    /// Learns the table's schema `full` (the first time it is opened): keeps it projected to
+    /// the wanted columns; `what` names the table in errors.
+    pub fn learn_schema(&self, full: SchemaRef, what: &str) -> Result<()> {
+        if self.schema.get().is_none() {
+            let _ = self.schema.set(self.project(full, what)?);
+        }
+        Ok(())
+    }
+
+    /// Whether [`TableRead::learn_schema`] has been called.
+    pub fn knows_schema(&self) -> bool {
+        self.schema.get().is_some()
+    }
+
+    /// The projected schema of what is read: known once the table was opened (by the enumerator
+    /// or a reader), an empty schema before. What table sources return as `Source::schema`.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.get().cloned().unwrap_or_else(|| Arc::new(Schema::empty()))
+    }
+
+    fn project(&self, full: SchemaRef, what: &str) -> Result<SchemaRef> {
         let Some(cols) = &self.columns else { return Ok(full) };
         let fields = cols
             .iter()
@@ -77,6 +98,16 @@ impl TableRead {
             .collect::<Result<Vec<_>>>()?;
         Ok(Arc::new(Schema::new(fields)))
     }
+}
+
+/// The position of a reader of a table's split: the rows it has returned.
+pub fn rows_position(rows: u64) -> State {
+    serde_json::json!({ "rows": rows })
+}
+
+/// The rows a [`rows_position`] says were read (0 without one).
+pub fn rows_done(position: Option<&State>) -> u64 {
+    position.and_then(|p| p.get("rows")?.as_u64()).unwrap_or(0)
 }
 
 /// What a table format tells the [`VersionEnumerator`].
