@@ -32,7 +32,7 @@
 //! |---|---|---|
 //! | `[source]` | `generate` | deterministic synthetic rows (`rows`, `batch_size`, `payload_bytes`, `split_rows`, `rows_per_second`, `seed`) |
 //! | `[source]` | `objects` | every object under `uri` (a directory or `s3://…/`), `extensions`, `split_objects`, `batch_size` |
-//! | `[source]` | `delta`, `lance` | a table's rows, or those appended after `since_version`; `continuous` tails it |
+//! | `[source]` | `delta`, `lance`, `iceberg` | a table's rows, or those appended after `since_version`; `continuous` tails it (iceberg: `catalog`) |
 //! | `[source]` | `manifest` | the rows of CSV, JSON Lines or Parquet `paths`: `uri_column`, `columns`, `base_uri`, `split_bytes` |
 //! | `[[stages]]` | `fetch`, `hash`, `probe` | object bytes; blake3 hash (streamed); sniffed content type and size |
 //! | `[[stages]]` | `decode_image`, `resize`, `encode_image` | images: `max_pixels`, `target`; `width`, `height`, `fit`; `format`, `quality` |
@@ -237,14 +237,30 @@ pub enum SourceConfig {
     /// A Delta table: a snapshot, or the rows appended after a version, once or tailing.
     #[cfg(feature = "delta")]
     Delta(TableSourceConfig),
+    /// An Iceberg table in a catalog: a snapshot, or the rows appended after a snapshot id, once
+    /// or tailing.
+    #[cfg(feature = "iceberg")]
+    Iceberg(TableSourceConfig),
 }
 
-/// The `[source]` keys of a table source (`delta`, `lance`).
+/// The `[source]` keys of a table source (`delta`, `lance`, `iceberg`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableSourceConfig {
-    /// The table: a directory or a URL (`s3://bucket/tables/t`).
+    /// The table: a directory or a URL (`s3://bucket/tables/t`); for Iceberg `namespace.table`.
     table: String,
+    /// Iceberg: the catalog, a SQLite file, a postgres:// URL or a REST http(s):// URL.
+    #[serde(default)]
+    catalog: Option<String>,
+    /// Iceberg: the warehouse to ask a REST catalog for (SQL catalogs need none to read).
+    #[serde(default)]
+    warehouse: Option<String>,
+    /// Iceberg: the catalog's name (`alluvium`).
+    #[serde(default)]
+    catalog_name: Option<String>,
+    /// Iceberg: properties for the catalog client (REST: `token`, `credential`, `header.NAME`, …).
+    #[serde(default)]
+    catalog_properties: std::collections::HashMap<String, String>,
     /// Only these columns, in order (default: all).
     #[serde(default)]
     columns: Option<Vec<String>>,
@@ -283,6 +299,38 @@ impl TableSourceConfig {
             read = read.batch_size(n);
         }
         Ok(read)
+    }
+
+    /// Delta and Lance tables are named by their location alone.
+    #[cfg(any(feature = "delta", feature = "lance"))]
+    fn without_catalog(&self, kind: &str) -> Result<&Self> {
+        if self.catalog.is_some()
+            || self.warehouse.is_some()
+            || self.catalog_name.is_some()
+            || !self.catalog_properties.is_empty()
+        {
+            return Err(Error::config(format!(
+                "source: `catalog`, `warehouse`, `catalog_name` and `catalog_properties` are for iceberg tables; a {kind} \
+                 table is named by its location in `table` alone, so remove them"
+            )));
+        }
+        Ok(self)
+    }
+
+    /// The Iceberg catalog the keys name.
+    #[cfg(feature = "iceberg")]
+    fn catalog(&self) -> Result<std::sync::Arc<alluvium_catalog::IcebergCatalog>> {
+        let uri = self.catalog.as_deref().ok_or_else(|| {
+            Error::config(
+                "iceberg source: `catalog` is missing; set it to the catalog's SQLite file, postgres:// or REST http(s):// URL",
+            )
+        })?;
+        crate::lake::iceberg_catalog(
+            uri,
+            self.warehouse.as_deref().unwrap_or_default(),
+            &self.catalog_name,
+            &self.catalog_properties,
+        )
     }
 
     fn add<S: alluvium_core::Source>(&self, b: PipelineBuilder, source: S) -> PipelineBuilder {
@@ -832,9 +880,15 @@ impl JobFile {
                 })
             }
             #[cfg(feature = "lance")]
-            SourceConfig::Lance(t) => Ok(t.add(b, alluvium_lance::LanceSource::new(t.read()?))),
+            SourceConfig::Lance(t) => Ok(t.add(b, alluvium_lance::LanceSource::new(t.without_catalog("lance")?.read()?))),
             #[cfg(feature = "delta")]
-            SourceConfig::Delta(t) => Ok(t.add(b, alluvium_delta::DeltaSource::new(t.read()?))),
+            SourceConfig::Delta(t) => Ok(t.add(b, alluvium_delta::DeltaSource::new(t.without_catalog("delta")?.read()?))),
+            #[cfg(feature = "iceberg")]
+            SourceConfig::Iceberg(t) => {
+                let source = alluvium_iceberg::IcebergSource::new(t.read()?, t.catalog()?);
+                alluvium_core::Source::validate(&source).map_err(|e| e.context("key `source.table`"))?;
+                Ok(t.add(b, source))
+            }
         }
     }
 }
@@ -1133,7 +1187,7 @@ path = "${OUT}"
                 alternatives += 1;
             }
         }
-        assert_eq!(alternatives, 6, "manifest, delta, generate; delta, iceberg, lance sinks");
+        assert_eq!(alternatives, 7, "manifest, delta, iceberg, generate; delta, iceberg, lance sinks");
         let _ = std::fs::remove_dir_all(&out);
     }
 

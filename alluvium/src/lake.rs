@@ -118,12 +118,7 @@ impl IcebergConfig {
     pub fn build(&self) -> Result<Arc<dyn Sink>> {
         non_empty(&self.catalog, "catalog", "iceberg", "./warehouse/catalog.db")?;
         non_empty(&self.warehouse, "warehouse", "iceberg", "./warehouse")?;
-        let mut catalog = alluvium_catalog::IcebergCatalogConfig::new(self.catalog.clone(), self.warehouse.clone());
-        catalog.kind().map_err(|e| e.context("key `catalog`"))?;
-        if let Some(n) = &self.catalog_name {
-            catalog.name = n.clone();
-        }
-        catalog.properties.extend(self.catalog_properties.clone());
+        let catalog = iceberg_catalog(&self.catalog, &self.warehouse, &self.catalog_name, &self.catalog_properties)?;
         let mut c = alluvium_iceberg::IcebergSinkConfig::new(self.table.clone());
         c.parquet = parquet(&self.compression, self.row_group_bytes)?;
         if let Some(b) = self.target_file_bytes {
@@ -132,10 +127,27 @@ impl IcebergConfig {
         if let Some(g) = self.orphan_grace {
             c.orphan_grace = g;
         }
-        let sink = alluvium_iceberg::IcebergSink::new(c, Arc::new(alluvium_catalog::IcebergCatalog::new(catalog)));
+        let sink = alluvium_iceberg::IcebergSink::new(c, catalog);
         sink.validate().map_err(|e| e.context("key `table`"))?;
         Ok(Arc::new(sink))
     }
+}
+
+/// The Iceberg catalog at `uri` (a `warehouse` may be empty for a reader), connected on first use.
+#[cfg(feature = "iceberg")]
+pub(crate) fn iceberg_catalog(
+    uri: &str,
+    warehouse: &str,
+    name: &Option<String>,
+    properties: &std::collections::HashMap<String, String>,
+) -> Result<Arc<alluvium_catalog::IcebergCatalog>> {
+    let mut catalog = alluvium_catalog::IcebergCatalogConfig::new(uri, warehouse);
+    catalog.kind().map_err(|e| e.context("key `catalog`"))?;
+    if let Some(n) = name {
+        catalog.name = n.clone();
+    }
+    catalog.properties.extend(properties.clone());
+    Ok(Arc::new(alluvium_catalog::IcebergCatalog::new(catalog)))
 }
 
 /// `type = "lance"`.

@@ -40,7 +40,8 @@ pub struct IcebergCatalogConfig {
     pub name: String,
     /// The catalog: a SQLite file, a PostgreSQL URL or a REST URL (see the [crate docs](crate)).
     pub uri: String,
-    /// Where new tables' files go: a directory or an `s3://` URL.
+    /// Where new tables' files go: a directory or an `s3://` URL; for a REST catalog, the
+    /// warehouse to ask for. Empty: none (enough to read tables).
     pub warehouse: String,
     /// Extra catalog properties (REST credentials, pool sizes).
     pub properties: HashMap<String, String>,
@@ -98,9 +99,10 @@ impl IcebergCatalogConfig {
             Error::external(format!("cannot open the iceberg catalog {}: {}", self.describe(), redact(&e.to_string())))
                 .with_retryable(true)
         };
-        let warehouse = self.warehouse_url()?;
         let mut props = self.properties.clone();
-        props.insert("warehouse".into(), warehouse);
+        if !self.warehouse.trim().is_empty() {
+            props.insert("warehouse".into(), self.warehouse_url()?);
+        }
         match self.kind()? {
             kind @ (CatalogKind::Sqlite | CatalogKind::Postgres) => {
                 if kind == CatalogKind::Postgres {

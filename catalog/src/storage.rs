@@ -5,11 +5,10 @@
 //! rest of Alluvium, so tables live on local disk or S3 alike. Uploads stream as multipart uploads;
 //! reads are ranged GETs.
 
-use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use alluvium_core::store::Location;
+use alluvium_core::store::ObjectStores;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -36,7 +35,7 @@ impl StorageFactory for ObjectStorageFactory {
 pub struct ObjectStorage {
     /// Stores by `scheme://authority`, opened on first use.
     #[serde(skip)]
-    stores: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
+    stores: ObjectStores,
 }
 
 fn io_err(what: &str, path: &str, e: impl std::fmt::Display) -> iceberg::Error {
@@ -54,27 +53,7 @@ fn io_err(what: &str, path: &str, e: impl std::fmt::Display) -> iceberg::Error {
 impl ObjectStorage {
     /// The store holding `path` and the object's path within it.
     fn resolve(&self, path: &str) -> iceberg::Result<(Arc<dyn ObjectStore>, Path)> {
-        let local = |p: &str| -> iceberg::Result<(Arc<dyn ObjectStore>, Path)> {
-            let object = Path::from_absolute_path(p).map_err(|e| io_err("bad local path", p, e))?;
-            Ok((Arc::new(object_store::local::LocalFileSystem::new()), object))
-        };
-        if path.starts_with('/') {
-            return local(path);
-        }
-        let url = url::Url::parse(path).map_err(|e| io_err("bad path", path, e))?;
-        if url.scheme() == "file" {
-            let p = url.to_file_path().map_err(|_| io_err("bad file URL", path, "not absolute"))?;
-            return local(&p.to_string_lossy());
-        }
-        let root = format!("{}://{}", url.scheme(), url.authority());
-        let object = Path::from_url_path(url.path()).map_err(|e| io_err("bad path", path, e))?;
-        let mut stores = self.stores.lock().expect("store cache");
-        if let Some(s) = stores.get(&root) {
-            return Ok((s.clone(), object));
-        }
-        let loc = Location::parse(&root).map_err(|e| io_err("cannot open", &root, e))?;
-        stores.insert(root, loc.store.clone());
-        Ok((loc.store, object))
+        self.stores.resolve(path).map_err(|e| io_err("cannot open", path, e))
     }
 }
 

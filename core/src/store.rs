@@ -6,7 +6,8 @@
 //! are resolved by `object_store::parse_url`. Credentials never appear in errors: URLs are
 //! redacted.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -120,5 +121,47 @@ impl Location {
             Ok(u) if u.scheme().len() > 1 => None,
             _ => Some(std::path::PathBuf::from(location)),
         }
+    }
+}
+
+/// Stores for objects named by full URIs (`/abs/file`, `file:///abs/file`, `s3://bucket/key`, …),
+/// as lake metadata names its files: one store per `scheme://authority`, opened on first use and
+/// kept.
+#[derive(Default, Clone)]
+pub struct ObjectStores {
+    stores: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
+}
+
+impl std::fmt::Debug for ObjectStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectStores")
+    }
+}
+
+impl ObjectStores {
+    /// The store holding the object at `uri` and the object's path within it.
+    pub fn resolve(&self, uri: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+        let bad = |why: String| Error::config(format!("`{}` is not an object's location: {why}", redact(uri)));
+        let local = |p: &str| -> Result<(Arc<dyn ObjectStore>, Path)> {
+            let object = Path::from_absolute_path(p).map_err(|e| bad(e.to_string()))?;
+            Ok((Arc::new(LocalFileSystem::new()), object))
+        };
+        if uri.starts_with('/') {
+            return local(uri);
+        }
+        let url = Url::parse(uri).map_err(|e| bad(e.to_string()))?;
+        if url.scheme() == "file" {
+            let p = url.to_file_path().map_err(|_| bad("a file:// URL must hold an absolute path".into()))?;
+            return local(&p.to_string_lossy());
+        }
+        let root = format!("{}://{}", url.scheme(), url.authority());
+        let object = Path::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+        let mut stores = self.stores.lock().expect("store cache");
+        if let Some(s) = stores.get(&root) {
+            return Ok((s.clone(), object));
+        }
+        let store = Location::parse(&root)?.store;
+        stores.insert(root, store.clone());
+        Ok((store, object))
     }
 }

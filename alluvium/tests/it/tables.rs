@@ -79,20 +79,34 @@ fn start(job: &Path) -> Child {
 
 #[test]
 fn a_pipeline_tails_another_ones_delta_table_exactly_once_across_kills() {
-    tail_and_since("delta", "target_file_bytes = 100000");
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!("table = \"{}\"", dir.path().join("table").display());
+    tail_and_since(&dir, "delta", &table, "target_file_bytes = 100000");
 }
 
 #[test]
 fn a_pipeline_tails_another_ones_lance_dataset_exactly_once_across_kills() {
-    tail_and_since("lance", "max_rows_per_file = 3000");
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!("table = \"{}\"", dir.path().join("table").display());
+    tail_and_since(&dir, "lance", &table, "max_rows_per_file = 3000");
 }
 
-/// Two writers append to a `format` table while a second pipeline tails it (killed twice on the
-/// way); then a bounded read takes just the versions after the first writer's.
-fn tail_and_since(format: &str, sink_options: &str) {
+#[test]
+fn a_pipeline_tails_another_ones_iceberg_table_exactly_once_across_kills() {
     let dir = tempfile::tempdir().unwrap();
-    let table = dir.path().join("table");
-    let sink = format!("type = \"{format}\"\ntable = \"{}\"\n{sink_options}", table.display());
+    let table = format!(
+        "table = \"default.t\"\ncatalog = \"{}\"\nwarehouse = \"{}\"",
+        dir.path().join("catalog.db").display(),
+        dir.path().join("warehouse").display()
+    );
+    tail_and_since(&dir, "iceberg", &table, "target_file_bytes = 100000");
+}
+
+/// Two writers append to a `format` table (named by the keys `table`) while a second pipeline
+/// tails it (killed twice on the way); then a bounded read takes just the versions after the
+/// first writer's.
+fn tail_and_since(dir: &tempfile::TempDir, format: &str, table: &str, sink_options: &str) {
+    let sink = format!("type = \"{format}\"\n{table}\n{sink_options}");
     let writer = |name: &str, rows: u64, seed: u64| {
         let job = dir.path().join(format!("{name}.toml"));
         let source = format!(
@@ -106,10 +120,7 @@ fn tail_and_since(format: &str, sink_options: &str) {
 
     let out = dir.path().join("out");
     let tail = dir.path().join("tail.toml");
-    let source = format!(
-        "type = \"{format}\"\ntable = \"{}\"\ncontinuous = true\npoll_interval = \"100ms\"\nbatch_size = 700",
-        table.display()
-    );
+    let source = format!("type = \"{format}\"\n{table}\ncontinuous = true\npoll_interval = \"100ms\"\nbatch_size = 700");
     write_job(&tail, "tail", &source, &format!("type = \"parquet\"\npath = \"{}\"", out.display()), &out.join("_checkpoints"));
 
     // The first writer runs while the tail starts, is killed twice and restarts.
@@ -144,8 +155,7 @@ fn tail_and_since(format: &str, sink_options: &str) {
     // A bounded read of the versions after the first writer's: the second writer's rows, `id` only.
     let since = dir.path().join("since.toml");
     let out2 = dir.path().join("out2");
-    let source =
-        format!("type = \"{format}\"\ntable = \"{}\"\nsince_version = {after_first}\ncolumns = [\"id\"]", table.display());
+    let source = format!("type = \"{format}\"\n{table}\nsince_version = {after_first}\ncolumns = [\"id\"]");
     write_job(
         &since,
         "since",
@@ -160,4 +170,105 @@ fn tail_and_since(format: &str, sink_options: &str) {
     ids.sort();
     assert_eq!(ids, (0..10_000).collect::<Vec<_>>(), "{summary}");
     assert!(batches.iter().all(|b| b.column(0).null_count() == 0));
+}
+
+/// The ids of the rows `job` commits to its Parquet output `out`, sorted.
+fn ids_read(job: &Path, out: &Path) -> Vec<i64> {
+    run(job);
+    let mut ids: Vec<i64> = committed_rows(out).into_iter().flat_map(|((id, _), n)| std::iter::repeat_n(id, n)).collect();
+    ids.sort();
+    ids
+}
+
+/// A table another implementation wrote (pyiceberg: partitioned, with a copy-on-write delete
+/// between appends) read whole, from a snapshot on, and from before the first snapshot.
+#[test]
+fn an_iceberg_table_pyiceberg_wrote_is_read_whole_and_from_a_snapshot_on() {
+    let Some(py) = alluvium_integration::python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys, pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.schema import Schema
+from pyiceberg.types import NestedField, LongType, StringType
+from pyiceberg.partitioning import PartitionSpec, PartitionField
+from pyiceberg.transforms import IdentityTransform
+root = sys.argv[1]
+cat = SqlCatalog("alluvium", uri="sqlite:///" + root + "/catalog.db", warehouse="file://" + root + "/warehouse")
+cat.create_namespace("default")
+schema = Schema(NestedField(1, "id", LongType(), required=False), NestedField(2, "payload", StringType(), required=False))
+spec = PartitionSpec(PartitionField(source_id=2, field_id=1000, transform=IdentityTransform(), name="payload"))
+t = cat.create_table("default.foreign", schema=schema, partition_spec=spec)
+arrow = pa.schema([pa.field("id", pa.int64()), pa.field("payload", pa.string())])
+def append(lo, hi):
+    t.append(pa.table({"id": list(range(lo, hi)), "payload": ["ab"[i % 2] for i in range(lo, hi)]}, schema=arrow))
+    return t.current_snapshot().snapshot_id
+first = append(0, 100)
+second = append(100, 200)
+t.delete("id < 50")
+deleted = t.current_snapshot().snapshot_id
+append(200, 300)
+print(first, second, deleted)
+"#;
+    let text = alluvium_integration::python_run(&py, script, &[dir.path().to_str().unwrap()]);
+    let snaps: Vec<u64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let catalog = dir.path().join("catalog.db");
+    let read = |name: &str, keys: &str| {
+        let (job, out) = (dir.path().join(format!("{name}.toml")), dir.path().join(name));
+        let source = format!("type = \"iceberg\"\ntable = \"default.foreign\"\ncatalog = \"{}\"\n{keys}", catalog.display());
+        let sink = format!("type = \"parquet\"\npath = \"{}\"", out.display());
+        write_job(&job, name, &source, &sink, &out.join("_checkpoints"));
+        ids_read(&job, &out)
+    };
+    assert_eq!(read("whole", ""), (50..300).collect::<Vec<_>>(), "the current snapshot: the delete applied");
+    // The appends after `first`; the delete's snapshots are skipped (they rewrite rows read before).
+    assert_eq!(read("second-on", &format!("since_version = {}", snaps[0])), (100..300).collect::<Vec<_>>());
+    assert_eq!(read("after-delete", &format!("since_version = {}", snaps[2])), (200..300).collect::<Vec<_>>());
+    assert_eq!(read("every-append", "since_version = 0"), (0..300).collect::<Vec<_>>());
+    // A snapshot id that is not in the table's history is a config error naming it.
+    let job = dir.path().join("bad.toml");
+    let source =
+        format!("type = \"iceberg\"\ntable = \"default.foreign\"\ncatalog = \"{}\"\nsince_version = 12345", catalog.display());
+    write_job(
+        &job,
+        "bad",
+        &source,
+        &format!("type = \"parquet\"\npath = \"{}\"", dir.path().join("bad").display()),
+        &dir.path().join("bad-ck"),
+    );
+    let out = bin().args(["run", job.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("12345") && err.contains("since_version"), "{err}");
+}
+
+/// A Delta table another implementation wrote (deltalake, with a copy-on-write delete between
+/// appends): read whole, and its appends after a version, the delete's version skipped.
+#[test]
+fn a_delta_table_deltalake_wrote_is_read_whole_and_from_a_version_on() {
+    let Some(py) = alluvium_integration::python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("foreign");
+    let script = r#"
+import sys, os, pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+path = sys.argv[1]
+def append(lo, hi):
+    write_deltalake(path, pa.table({"id": pa.array(range(lo, hi), pa.int64()), "payload": ["ab"[i % 2] for i in range(lo, hi)]}), mode="append")
+append(0, 100)
+append(100, 200)
+DeltaTable(path).delete("id < 50")
+append(200, 300)
+print(DeltaTable(path).version())
+sys.stdout.flush(); os._exit(0)
+"#;
+    let text = alluvium_integration::python_run(&py, script, &[table.to_str().unwrap()]);
+    assert_eq!(text.trim(), "3", "versions 0, 1 (append), 2 (delete), 3 (append)");
+    let read = |name: &str, keys: &str| {
+        let (job, out) = (dir.path().join(format!("{name}.toml")), dir.path().join(name));
+        let source = format!("type = \"delta\"\ntable = \"{}\"\n{keys}", table.display());
+        write_job(&job, name, &source, &format!("type = \"parquet\"\npath = \"{}\"", out.display()), &out.join("_checkpoints"));
+        ids_read(&job, &out)
+    };
+    assert_eq!(read("whole", ""), (50..300).collect::<Vec<_>>(), "the latest version: the delete applied");
+    assert_eq!(read("appends", "since_version = 0"), (100..300).collect::<Vec<_>>(), "versions 1 and 3");
 }

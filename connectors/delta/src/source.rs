@@ -8,9 +8,10 @@
 //! each committed row once. Each data file is a split; its reader's position is the rows it
 //! returned ([`alluvium_parquet::read`]), so a restored reader resumes inside the file.
 //!
-//! Only appends flow on: a compaction (`dataChange = false`) rewrites rows already read and is
-//! skipped, and rows a version deletes or updates are not retracted downstream (the version is
-//! logged as a warning). Partitioned tables, deletion vectors and column mapping are refused with a
+//! Only appends flow on, as with Spark's `skipChangeCommits`: a compaction (`dataChange = false`)
+//! rewrites rows already read and is skipped; a version that deletes or updates rows (a `remove`
+//! with `dataChange = true`) is skipped with a warning, as the files it adds hold rows read
+//! before (copy-on-write) and the rows it removes cannot be retracted downstream. Partitioned tables, deletion vectors and column mapping are refused with a
 //! clear error; the tables Alluvium writes use none of them. The columns come from the table's
 //! schema (projected with `columns`); structs with the fields of an ObjectRef are ObjectRefs again.
 
@@ -192,7 +193,12 @@ impl TableVersions for Versions {
                 let path = percent_encoding::percent_decode_str(raw).decode_utf8_lossy().to_string();
                 files.push(DataFile { path, size: add["size"].as_u64().unwrap_or(0), version: v as i64 });
             } else if action.get("remove").is_some_and(|r| r["dataChange"].as_bool() != Some(false)) {
-                tracing::warn!(table = %self.what(), version = v, "the version removes data; the delta source passes on appends only");
+                tracing::warn!(
+                    table = %self.what(),
+                    version = v,
+                    "skipping the version: it changes or removes rows, and the delta source passes on appends only"
+                );
+                return Ok(Vec::new());
             }
         }
         Ok(splits(files))

@@ -1,4 +1,4 @@
-//! The exactly-once Apache Iceberg sink.
+//! The exactly-once Apache Iceberg sink, and the Iceberg table source ([`source`]).
 //!
 //! ```text
 //!  write      ──▶ TABLE/data/part-INSTANCE-rR-eE-WRITER-S.parquet  (streamed; invisible: in no snapshot)
@@ -28,6 +28,8 @@
 //! own streamed Parquet writer, with Iceberg field ids in the Parquet schema, so any Iceberg reader
 //! maps columns without a name mapping.
 
+pub mod source;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +50,8 @@ use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableCreation, TableIdent};
 use serde::{Deserialize, Serialize};
+
+pub use source::IcebergSource;
 
 /// Opens a catalog. Connecting is lazy (on a region's first write or commit), so an unreachable
 /// catalog fails the region, which retries with backoff, instead of the whole job at start.
@@ -98,12 +102,12 @@ impl IcebergSinkConfig {
 #[derive(Clone)]
 pub struct IcebergSink {
     config: Arc<IcebergSinkConfig>,
-    catalog: Arc<dyn CatalogConnector>,
+    table: CatalogTable,
 }
 
 impl std::fmt::Debug for IcebergSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IcebergSink({} in {})", self.config.table, self.catalog.describe())
+        write!(f, "IcebergSink({})", self.table.what())
     }
 }
 
@@ -123,49 +127,21 @@ fn files_of(c: &Committable) -> Result<IcebergFiles> {
 impl IcebergSink {
     /// A sink writing `config.table` in the catalog `catalog` opens.
     pub fn new(config: IcebergSinkConfig, catalog: Arc<dyn CatalogConnector>) -> Self {
-        Self { config: Arc::new(config), catalog }
-    }
-
-    fn what(&self) -> String {
-        format!("Iceberg table `{}` in {}", self.config.table, self.catalog.describe())
-    }
-
-    fn err(&self, doing: &str, e: iceberg::Error) -> Error {
-        let retryable = !matches!(e.kind(), iceberg::ErrorKind::FeatureUnsupported);
-        Error::external(format!("{doing} {}: {}", self.what(), redact(&without_headers(&e.to_string()))))
-            .with_retryable(retryable)
-    }
-
-    fn ident(&self) -> Result<TableIdent> {
-        let parts: Vec<&str> = self.config.table.split('.').collect();
-        if parts.len() < 2 || parts.iter().any(|p| p.trim().is_empty()) {
-            return Err(Error::config(format!(
-                "iceberg sink `table` is `{}`; write it as `namespace.table` (for example `default.images`)",
-                self.config.table
-            )));
-        }
-        TableIdent::from_strs(parts).map_err(|e| Error::config(format!("iceberg sink `table`: {e}")))
-    }
-
-    async fn load(&self, catalog: &dyn Catalog) -> Result<Option<Table>> {
-        let ident = self.ident()?;
-        match catalog.table_exists(&ident).await {
-            Ok(false) => Ok(None),
-            Ok(true) => catalog.load_table(&ident).await.map(Some).map_err(|e| self.err("loading", e)),
-            Err(e) => Err(self.err("looking up", e)),
-        }
+        let table = CatalogTable { name: config.table.clone(), catalog };
+        Self { config: Arc::new(config), table }
     }
 
     /// Loads the table, creating it (or adding nullable columns) to fit `incoming`.
     async fn ensure_table(&self, incoming: &Schema) -> Result<Table> {
-        let catalog = self.catalog.connect().await?;
+        let catalog = self.table.catalog.connect().await?;
         let mapped = lake_schema(incoming, LakeTypes::Widened);
-        let table = match self.load(catalog.as_ref()).await? {
+        let table = match self.table.load(catalog.as_ref()).await? {
             Some(t) => t,
             None => self.create(catalog.as_ref(), &mapped).await?,
         };
-        let current = Arc::new(schema_to_arrow_schema(table.metadata().current_schema()).map_err(|e| self.err("reading", e))?);
-        let diff = diff_schema(&current, &mapped, &self.what())?;
+        let current =
+            Arc::new(schema_to_arrow_schema(table.metadata().current_schema()).map_err(|e| self.table.err("reading", e))?);
+        let diff = diff_schema(&current, &mapped, &self.table.what())?;
         if diff.added.is_empty() {
             return Ok(table);
         }
@@ -173,22 +149,28 @@ impl IcebergSink {
         let mut action = Transaction::new(&table).update_schema();
         for f in &diff.added {
             let typed = arrow_schema_to_schema_auto_assign_ids(&Schema::new(vec![f.clone()]))
-                .map_err(|e| Error::config(format!("{}: column `{}`: {e}", self.what(), f.name())))?;
+                .map_err(|e| Error::config(format!("{}: column `{}`: {e}", self.table.what(), f.name())))?;
             let field = typed.as_struct().fields()[0].clone();
             action = action.add_column(AddColumn::optional(f.name(), (*field.field_type).clone()));
         }
-        let tx = action.apply(Transaction::new(&table)).map_err(|e| self.err("evolving", e))?;
+        let tx = action.apply(Transaction::new(&table)).map_err(|e| self.table.err("evolving", e))?;
         match tx.commit(catalog.as_ref()).await {
             Ok(t) => {
-                tracing::info!(table = %self.what(), columns = ?names, "added nullable columns");
+                tracing::info!(table = %self.table.what(), columns = ?names, "added nullable columns");
                 Ok(t)
             }
             // Added concurrently by another writer: the reloaded table must fit now.
             Err(_) => {
-                let t = self.load(catalog.as_ref()).await?.ok_or_else(|| Error::external(format!("{} vanished", self.what())))?;
-                let current = schema_to_arrow_schema(t.metadata().current_schema()).map_err(|e| self.err("reading", e))?;
-                if !diff_schema(&current, &mapped, &self.what())?.added.is_empty() {
-                    return Err(Error::external(format!("{}: adding columns {names:?} failed", self.what())).with_retryable(true));
+                let t = self
+                    .table
+                    .load(catalog.as_ref())
+                    .await?
+                    .ok_or_else(|| Error::external(format!("{} vanished", self.table.what())))?;
+                let current = schema_to_arrow_schema(t.metadata().current_schema()).map_err(|e| self.table.err("reading", e))?;
+                if !diff_schema(&current, &mapped, &self.table.what())?.added.is_empty() {
+                    return Err(
+                        Error::external(format!("{}: adding columns {names:?} failed", self.table.what())).with_retryable(true)
+                    );
                 }
                 Ok(t)
             }
@@ -196,15 +178,15 @@ impl IcebergSink {
     }
 
     async fn create(&self, catalog: &dyn Catalog, schema: &Schema) -> Result<Table> {
-        let ident = self.ident()?;
+        let ident = self.table.ident()?;
         let iceberg_schema = arrow_schema_to_schema_auto_assign_ids(schema)
-            .map_err(|e| Error::config(format!("{}: the pipeline's schema has no Iceberg equivalent: {e}", self.what())))?;
+            .map_err(|e| Error::config(format!("{}: the pipeline's schema has no Iceberg equivalent: {e}", self.table.what())))?;
         let ns = ident.namespace().clone();
-        if !catalog.namespace_exists(&ns).await.map_err(|e| self.err("looking up the namespace of", e))? {
+        if !catalog.namespace_exists(&ns).await.map_err(|e| self.table.err("looking up the namespace of", e))? {
             // Another writer may create it at the same time.
             if let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await {
                 if !catalog.namespace_exists(&ns).await.unwrap_or(false) {
-                    return Err(self.err("creating the namespace of", e));
+                    return Err(self.table.err("creating the namespace of", e));
                 }
             }
         }
@@ -222,12 +204,12 @@ impl IcebergSink {
             TableCreation::builder().name(ident.name().to_string()).schema(iceberg_schema).properties(properties).build();
         match catalog.create_table(&ns, creation).await {
             Ok(t) => {
-                tracing::info!(table = %self.what(), location = %redact(t.metadata().location()), "created the table");
+                tracing::info!(table = %self.table.what(), location = %redact(t.metadata().location()), "created the table");
                 Ok(t)
             }
-            Err(e) => match self.load(catalog).await? {
+            Err(e) => match self.table.load(catalog).await? {
                 Some(t) => Ok(t),
-                None => Err(self.err("creating", e)),
+                None => Err(self.table.err("creating", e)),
             },
         }
     }
@@ -248,9 +230,9 @@ impl IcebergSink {
     async fn live_files(&self, table: &Table) -> Result<HashSet<String>> {
         let mut live = HashSet::new();
         let Some(snapshot) = table.metadata().current_snapshot() else { return Ok(live) };
-        let list = table.manifest_list_reader(snapshot).load().await.map_err(|e| self.err("reading", e))?;
+        let list = table.manifest_list_reader(snapshot).load().await.map_err(|e| self.table.err("reading", e))?;
         for m in list.entries() {
-            let manifest = m.load_manifest(table.file_io()).await.map_err(|e| self.err("reading", e))?;
+            let manifest = m.load_manifest(table.file_io()).await.map_err(|e| self.table.err("reading", e))?;
             for e in manifest.entries() {
                 if e.is_alive() {
                     live.insert(e.data_file().file_path().to_string());
@@ -258,6 +240,47 @@ impl IcebergSink {
             }
         }
         Ok(live)
+    }
+}
+
+/// A table in a catalog, as the sink and the source find it.
+#[derive(Clone)]
+pub(crate) struct CatalogTable {
+    /// `namespace.table`.
+    pub(crate) name: String,
+    pub(crate) catalog: Arc<dyn CatalogConnector>,
+}
+
+impl CatalogTable {
+    pub(crate) fn what(&self) -> String {
+        format!("Iceberg table `{}` in {}", self.name, self.catalog.describe())
+    }
+
+    pub(crate) fn err(&self, doing: &str, e: iceberg::Error) -> Error {
+        let retryable = !matches!(e.kind(), iceberg::ErrorKind::FeatureUnsupported);
+        Error::external(format!("{doing} {}: {}", self.what(), redact(&without_headers(&e.to_string()))))
+            .with_retryable(retryable)
+    }
+
+    pub(crate) fn ident(&self) -> Result<TableIdent> {
+        let parts: Vec<&str> = self.name.split('.').collect();
+        if parts.len() < 2 || parts.iter().any(|p| p.trim().is_empty()) {
+            return Err(Error::config(format!(
+                "iceberg `table` is `{}`; write it as `namespace.table` (for example `default.images`)",
+                self.name
+            )));
+        }
+        TableIdent::from_strs(parts).map_err(|e| Error::config(format!("iceberg `table`: {e}")))
+    }
+
+    /// The table; `None` when the catalog has no such table.
+    pub(crate) async fn load(&self, catalog: &dyn Catalog) -> Result<Option<Table>> {
+        let ident = self.ident()?;
+        match catalog.table_exists(&ident).await {
+            Ok(false) => Ok(None),
+            Ok(true) => catalog.load_table(&ident).await.map(Some).map_err(|e| self.err("loading", e)),
+            Err(e) => Err(self.err("looking up", e)),
+        }
     }
 }
 
@@ -272,23 +295,23 @@ impl Sink for IcebergSink {
     }
 
     fn validate(&self) -> Result<()> {
-        self.ident().map(|_| ())
+        self.table.ident().map(|_| ())
     }
 
     fn location(&self) -> Option<String> {
-        Some(format!("iceberg:{}:{}", self.catalog.describe(), self.config.table))
+        Some(format!("iceberg:{}:{}", self.table.catalog.describe(), self.table.name))
     }
 
     async fn inspect(&self) -> Result<TableInfo> {
-        let catalog = self.catalog.connect().await?;
-        let mut info = TableInfo { format: "iceberg".into(), table: self.what(), ..Default::default() };
-        let Some(table) = self.load(catalog.as_ref()).await? else { return Ok(info) };
+        let catalog = self.table.catalog.connect().await?;
+        let mut info = TableInfo { format: "iceberg".into(), table: self.table.what(), ..Default::default() };
+        let Some(table) = self.table.load(catalog.as_ref()).await? else { return Ok(info) };
         let md = table.metadata();
         let summary_number = |s: &iceberg::spec::Snapshot, key: &str| {
             s.summary().additional_properties.get(key).and_then(|v| v.parse::<u64>().ok())
         };
         info.exists = true;
-        info.schema = Some(Arc::new(schema_to_arrow_schema(md.current_schema()).map_err(|e| self.err("reading", e))?));
+        info.schema = Some(Arc::new(schema_to_arrow_schema(md.current_schema()).map_err(|e| self.table.err("reading", e))?));
         if let Some(current) = md.current_snapshot() {
             info.version = Some(current.snapshot_id());
             info.rows = summary_number(current, "total-records");
@@ -328,13 +351,13 @@ impl Sink for IcebergSink {
         if paths.is_empty() {
             return Ok(());
         }
-        let catalog = self.catalog.connect().await?;
+        let catalog = self.table.catalog.connect().await?;
         let key = ctx.sink_key();
-        let table = self.load(catalog.as_ref()).await?.ok_or_else(|| {
+        let table = self.table.load(catalog.as_ref()).await?.ok_or_else(|| {
             Error::checkpoint(format!(
                 "{} is gone, but checkpoint {checkpoint} of region {} has files to commit to it; it was dropped outside \
                  Alluvium",
-                self.what(),
+                self.table.what(),
                 ctx.region
             ))
         })?;
@@ -364,21 +387,21 @@ impl Sink for IcebergSink {
             .add_data_files(files)
             .set_snapshot_properties(summary)
             .apply(tx)
-            .map_err(|e| self.err("committing to", e))?;
+            .map_err(|e| self.table.err("committing to", e))?;
         let tx = tx
             .update_table_properties()
             .set(format!("{COMMIT_PROPERTY_PREFIX}{key}"), checkpoint.to_string())
             .apply(tx)
-            .map_err(|e| self.err("committing to", e))?;
+            .map_err(|e| self.table.err("committing to", e))?;
         match tx.commit(catalog.as_ref()).await {
             Ok(_) => {
                 tracing::debug!(region = ctx.region, checkpoint, "committed to the iceberg table");
                 Ok(())
             }
             Err(e) => {
-                let error = self.err(&format!("committing region {} checkpoint {checkpoint} to", ctx.region), e);
+                let error = self.table.err(&format!("committing region {} checkpoint {checkpoint} to", ctx.region), e);
                 // The outcome may be unknown: the table tells.
-                if let Some(t) = self.load(catalog.as_ref()).await? {
+                if let Some(t) = self.table.load(catalog.as_ref()).await? {
                     if Self::committed(&t, &key).is_some_and(|c| c >= checkpoint) {
                         tracing::info!(region = ctx.region, checkpoint, "the commit landed despite an error: {error}");
                         return Ok(());
@@ -390,10 +413,10 @@ impl Sink for IcebergSink {
     }
 
     async fn recover(&self, ctx: &SinkContext, pending: &[Committable]) -> Result<()> {
-        let catalog = self.catalog.connect().await?;
-        let Some(table) = self.load(catalog.as_ref()).await? else { return Ok(()) };
+        let catalog = self.table.catalog.connect().await?;
+        let Some(table) = self.table.load(catalog.as_ref()).await? else { return Ok(()) };
         let data = join(table.metadata().location(), "data");
-        let loc = Location::parse(&data).map_err(|e| e.context(self.what()))?;
+        let loc = Location::parse(&data).map_err(|e| e.context(self.table.what()))?;
         // Data file names are unique in the table's data folder, so names identify them.
         let name = |path: &str| path.rsplit('/').next().unwrap_or_default().to_string();
         let mut keep = HashSet::new();
@@ -408,7 +431,7 @@ impl Sink for IcebergSink {
         let live: HashSet<String> = self.live_files(&table).await?.iter().map(|p| name(p)).collect();
         let orphans: Vec<_> = candidates.into_iter().filter(|p| !live.contains(p.filename().unwrap_or_default())).collect();
         if !orphans.is_empty() {
-            tracing::info!(region = ctx.region, files = orphans.len(), table = %self.what(), "deleting data files of failed attempts");
+            tracing::info!(region = ctx.region, files = orphans.len(), table = %self.table.what(), "deleting data files of failed attempts");
         }
         delete_files(&loc, orphans).await
     }
@@ -435,18 +458,19 @@ impl SinkWriter for IcebergWriter {
         }
         if self.open.as_ref().is_none_or(|o| o.incoming != batch.schema()) {
             let table = self.sink.ensure_table(&batch.schema()).await?;
-            let target =
-                Arc::new(schema_to_arrow_schema(table.metadata().current_schema()).map_err(|e| self.sink.err("reading", e))?);
+            let target = Arc::new(
+                schema_to_arrow_schema(table.metadata().current_schema()).map_err(|e| self.sink.table.err("reading", e))?,
+            );
             let data = join(table.metadata().location(), "data");
             match &mut self.open {
                 // Same table, new columns: keep the files written so far.
                 Some(o) if o.data == data => {
-                    o.files.roll().await.map_err(|e| e.context(self.sink.what()))?;
+                    o.files.roll().await.map_err(|e| e.context(self.sink.table.what()))?;
                     o.incoming = batch.schema();
                     o.target = target;
                 }
                 _ => {
-                    let loc = Location::parse(&data).map_err(|e| e.context(self.sink.what()))?;
+                    let loc = Location::parse(&data).map_err(|e| e.context(self.sink.table.what()))?;
                     let files = RollingWriter::new(
                         Arc::new(self.sink.config.parquet.clone()),
                         loc,
@@ -459,13 +483,13 @@ impl SinkWriter for IcebergWriter {
             }
         }
         let open = self.open.as_mut().expect("opened above");
-        let batch = to_lake(&batch, &open.target).map_err(|e| e.context(self.sink.what()))?;
-        open.files.write(&batch).await.map_err(|e| e.context(self.sink.what()))
+        let batch = to_lake(&batch, &open.target).map_err(|e| e.context(self.sink.table.what()))?;
+        open.files.write(&batch).await.map_err(|e| e.context(self.sink.table.what()))
     }
 
     async fn prepare(&mut self, _checkpoint: u64) -> Result<Option<Committable>> {
         let Some(open) = self.open.as_mut() else { return Ok(None) };
-        let files = open.files.finish().await.map_err(|e| e.context(self.sink.what()))?;
+        let files = open.files.finish().await.map_err(|e| e.context(self.sink.table.what()))?;
         if files.is_empty() {
             return Ok(None);
         }

@@ -1,4 +1,4 @@
-//! What table sources (Delta, Lance) share: the settings of a read and the enumerator that walks
+//! What table sources (Delta, Lance, Iceberg) share: the settings of a read and the enumerator that walks
 //! a table's versions.
 //!
 //! ```text
@@ -121,6 +121,11 @@ pub trait TableVersions: Send + Sync + 'static {
     async fn snapshot(&self, version: u64) -> Result<Vec<Split>>;
     /// Splits that read the rows `version` appended; none for a version of another kind.
     async fn appended(&self, version: u64) -> Result<Vec<Split>>;
+    /// The version after `version` on the way to `target` (`None` at `target`). Versions count up
+    /// by one by default; a format whose versions are ids (Iceberg snapshots) walks its history.
+    async fn after(&self, version: u64, target: u64) -> Result<Option<u64>> {
+        Ok((version < target).then_some(version + 1))
+    }
 }
 
 /// Durable discovery state.
@@ -172,8 +177,8 @@ impl<T: TableVersions> SplitEnumerator for VersionEnumerator<T> {
             return Ok(Discovery::Splits(splits));
         };
         // The versions after `at`, up to one with appends at a time.
-        while at < target {
-            at += 1;
+        while let Some(next) = self.versions.after(at, target).await? {
+            at = next;
             let splits = self.versions.appended(at).await?;
             self.state.version = Some(at);
             if !splits.is_empty() {
