@@ -31,7 +31,7 @@
 //! | section | `type` | what |
 //! |---|---|---|
 //! | `[source]` | `generate` | deterministic synthetic rows (`rows`, `batch_size`, `payload_bytes`, `split_rows`, `rows_per_second`, `seed`) |
-//! | `[source]` | `objects` | every object under `uri` (a directory or `s3://…/`), `extensions`, `split_objects`, `batch_size` |
+//! | `[source]` | `objects` | every object under `uri` (a directory or `s3://…/`), `extensions`, globs, key ranges, time windows, `continuous`; or from an S3 Inventory report (`inventory`, `as_of`) |
 //! | `[source]` | `delta`, `lance`, `iceberg` | a table's rows, or those appended after `since_version`; `continuous` tails it (iceberg: `catalog`) |
 //! | `[source]` | `manifest` | the rows of CSV, JSON Lines or Parquet `paths`: `uri_column`, `columns`, `base_uri`, `split_bytes` |
 //! | `[[stages]]` | `fetch`, `hash`, `probe` | object bytes; blake3 hash (streamed); sniffed content type and size |
@@ -190,6 +190,14 @@ pub enum SourceConfig {
         /// (`5m`); later ones are missed.
         #[serde(default, with = "opt_duration")]
         max_lateness: Option<Duration>,
+        /// Take the objects from this S3 Inventory report (its configuration's folder, or a
+        /// `manifest.json`) instead of listing `uri`.
+        #[serde(default)]
+        inventory: Option<String>,
+        /// With an inventory of all versions: each key as it was at this time (RFC 3339 or
+        /// `YYYY-MM-DD`), with its version id.
+        #[serde(default)]
+        as_of: Option<String>,
         /// Readers (the pipeline's parallelism).
         #[serde(default)]
         parallelism: Option<usize>,
@@ -794,6 +802,8 @@ impl JobFile {
                 continuous,
                 poll_interval,
                 max_lateness,
+                inventory,
+                as_of,
                 parallelism,
             } => {
                 let mut src = alluvium_object::ObjectStoreSource::prefix(registry.clone(), uri.clone())
@@ -818,6 +828,12 @@ impl JobFile {
                 }
                 if let Some(e) = extensions {
                     src = src.extensions(e.clone());
+                }
+                if let Some(inv) = inventory.as_deref().filter(|i| !i.trim().is_empty()) {
+                    src = src.inventory(inv);
+                }
+                if let Some(t) = parse_time("source.as_of", as_of.as_deref().unwrap_or_default())? {
+                    src = src.as_of(t);
                 }
                 if let Some(n) = split_objects {
                     src = src.split_objects(*n);
@@ -1192,6 +1208,18 @@ path = "${OUT}"
     }
 
     #[test]
+    fn as_of_needs_an_inventory() {
+        let job = JOB.replace(
+            "type = \"generate\"\nrows = ${ROWS:-10}",
+            "type = \"objects\"\nuri = \"s3://b/p/\"\nas_of = \"2026-11-01\"",
+        );
+        let e = JobFile::parse_with_env(&job, &[], env).unwrap().build().unwrap_err().to_string();
+        assert!(e.contains("`as_of` needs an `inventory`"), "{e}");
+        let e = JobFile::parse_with_env(&job.replace("2026-11-01", "last week"), &[], env).unwrap().build().unwrap_err();
+        assert!(e.to_string().contains("source.as_of"), "{e}");
+    }
+
+    #[test]
     fn in_flight_settings_are_for_async_stages_only() {
         let job =
             JobFile::parse_with_env(&JOB.replace("edge = \"forward\"", "edge = \"forward\"\nbatches_in_flight = 8"), &[], env)
@@ -1219,6 +1247,8 @@ http_allow_hosts = ["*.example.com"]
 type = "objects"
 uri = "s3://bucket/photos/"
 extensions = ["jpg"]
+inventory = "s3://inventories/bucket/daily/"
+as_of = "2026-11-01"
 [[stages]]
 type = "probe"
 [[stages]]

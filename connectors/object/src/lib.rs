@@ -17,18 +17,19 @@
 //!
 //! * [`Hash`](struct@Hash) and [`Probe`] — the content hash (streamed, constant memory) and the sniffed content
 //!   type and size of each object, without keeping its bytes.
-//! * [`ObjectStoreSource`] — every object under a prefix as ObjectRef rows (a bounded listing, or
-//!   continuous discovery).
+//! * [`ObjectStoreSource`] — every object under a prefix as ObjectRef rows (a bounded listing, an
+//!   S3 Inventory report ([`inventory`]), or continuous discovery).
 //! * [`ManifestSource`] — the rows of CSV, JSON Lines or Parquet manifests as ObjectRef rows, read
 //!   in parallel, with malformed rows as dead letters.
 //!
 //! Layout: [`config`] (typed settings, validated without IO), [`access`], [`registry`], [`fetch`],
-//! [`hash`], [`source`], [`manifest`].
+//! [`hash`], [`source`], [`inventory`], [`manifest`].
 
 pub mod access;
 pub mod config;
 pub mod fetch;
 pub mod hash;
+pub mod inventory;
 pub mod manifest;
 pub mod registry;
 pub mod source;

@@ -21,6 +21,11 @@
 //! arrives: the first split goes out after the first page, so time to first row does not grow
 //! with the prefix, and a restore asks the store to start after the last key handed out. Local
 //! directories (walked in no order) and continuous re-listings are listed whole first.
+//!
+//! **An S3 Inventory report** ([`ObjectStoreSource::inventory`], [`crate::inventory`]) replaces the
+//! listing of a bucket too large to list: its data files are streamed in order, the same filters
+//! apply, and the checkpointed position is the file and row reached. With [`ObjectStoreSource::as_of`],
+//! an inventory of all versions gives each key as it was at a time, pinned to its version id.
 
 use std::sync::Arc;
 
@@ -59,6 +64,10 @@ pub struct ObjectStoreSource {
     /// Continuous discovery: re-list every `poll`; objects may show up to `lateness` after their
     /// modification time.
     continuous: Option<(std::time::Duration, std::time::Duration)>,
+    /// Read this S3 Inventory report instead of listing.
+    inventory: Option<String>,
+    /// With an inventory of all versions: each key's newest version at or before this time (µs).
+    as_of_us: Option<i64>,
 }
 
 fn glob_set(patterns: &[String], key: &str) -> Result<Option<globset::GlobSet>> {
@@ -91,7 +100,28 @@ impl ObjectStoreSource {
             end_before: None,
             partition_columns: Vec::new(),
             continuous: None,
+            inventory: None,
+            as_of_us: None,
         }
+    }
+    /// Takes the objects from an S3 Inventory report instead of listing the prefix (for buckets
+    /// too large to list): `uri` is the inventory configuration's folder
+    /// (`s3://dest/PREFIX/SOURCE-BUCKET/CONFIG-ID/`, the newest report is read) or a report's
+    /// `manifest.json`. The report's rows pass the same filters as a listing. See
+    /// [`crate::inventory`].
+    pub fn inventory(mut self, uri: impl Into<String>) -> Self {
+        self.inventory = Some(uri.into());
+        self
+    }
+    /// With an [`inventory`](Self::inventory) that includes all versions: reads each key as it
+    /// was at `time` (its newest version then, with its version id; none if it was deleted or
+    /// not yet written): a versioned bucket backfilled as of a point in time.
+    pub fn as_of(mut self, time: std::time::SystemTime) -> Self {
+        self.as_of_us = Some(match time.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_micros() as i64,
+            Err(e) => -(e.duration().as_micros() as i64),
+        });
+        self
     }
     /// Never ends: re-lists the prefix every `poll` and emits each new or overwritten object once
     /// (an overwrite is a new ETag or modification time). The checkpointed record of what was emitted is a watermark
@@ -177,24 +207,44 @@ impl ObjectStoreSource {
         Ok(listing
             .map_err(move |e| Error::from(e).context(context.clone()))
             .try_filter_map(move |m| {
-                let name = m.location.as_ref().to_ascii_lowercase();
-                let modified = m.last_modified.timestamp_millis();
-                let key =
-                    m.location.as_ref().strip_prefix(prefix.as_ref()).unwrap_or(m.location.as_ref()).trim_start_matches('/');
-                let in_window = src.modified.0.is_none_or(|t| modified >= t) && src.modified.1.is_none_or(|t| modified < t);
-                let wanted = in_window
-                    && src.wanted(key)
-                    && (src.extensions.is_empty() || src.extensions.iter().any(|e| name.ends_with(&format!(".{e}"))));
-                let partitions = partition_values(key, &src.partition_columns);
-                futures::future::ready(Ok(wanted.then(|| Entry {
+                let found = Entry {
                     uri: format!("{base}{}", m.location),
                     size: m.size,
                     etag: m.e_tag,
+                    version: None,
                     modified_us: Some(m.last_modified.timestamp_micros()),
-                    partitions,
-                })))
+                    partitions: Vec::new(),
+                };
+                futures::future::ready(Ok(src.keep(prefix.as_ref(), m.location.as_ref(), found)))
             })
             .boxed())
+    }
+
+    /// `found` (the object at `path` in its store) if it passes the filters, with its partition
+    /// values.
+    fn keep(&self, prefix: &str, path: &str, mut found: Entry) -> Option<Entry> {
+        let key = path.strip_prefix(prefix).unwrap_or(path).trim_start_matches('/');
+        let name = path.to_ascii_lowercase();
+        let modified = found.modified_us.unwrap_or(0).div_euclid(1000);
+        let in_window = self.modified.0.is_none_or(|t| modified >= t) && self.modified.1.is_none_or(|t| modified < t);
+        let wanted = in_window
+            && self.wanted(key)
+            && (self.extensions.is_empty() || self.extensions.iter().any(|e| name.ends_with(&format!(".{e}"))));
+        found.partitions = partition_values(key, &self.partition_columns);
+        wanted.then_some(found)
+    }
+
+    /// Opens the inventory walk, from `cursor`, checked to list the bucket of `uri`.
+    async fn walk(&self, inventory: &str, cursor: Option<crate::inventory::Cursor>) -> Result<crate::inventory::Walk> {
+        let inv = crate::inventory::Inventory::open(&self.registry, inventory).await?;
+        let url = self.url()?;
+        if url.scheme() == "file" || url.host_str() != Some(inv.source_bucket.as_str()) {
+            return Err(Error::config(format!(
+                "objects source: inventory `{}` lists bucket `{}`, but `uri` is `{}`; set `uri` to s3://{}/ or a prefix in it",
+                inv.manifest, inv.source_bucket, self.uri, inv.source_bucket
+            )));
+        }
+        Ok(crate::inventory::Walk::new(inv, self.registry.clone(), self.as_of_us, cursor))
     }
 
     /// Lists the prefix: the wanted objects, in no particular order.
@@ -236,6 +286,9 @@ pub(crate) struct Entry {
     pub(crate) uri: String,
     pub(crate) size: u64,
     pub(crate) etag: Option<String>,
+    /// The version id (objects from an inventory of all versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
     /// Last modified, µs since the Unix epoch.
     #[serde(default)]
     modified_us: Option<i64>,
@@ -278,6 +331,17 @@ impl Source for ObjectStoreSource {
                 "objects source `partition_columns`: `{bad}` is not a usable column name (`ref` and `last_modified` are taken)"
             )));
         }
+        if self.inventory.is_some() && self.continuous.is_some() {
+            return Err(Error::config(
+                "objects source: an `inventory` is a bounded listing; remove `continuous`, or the inventory to list the prefix",
+            ));
+        }
+        if self.as_of_us.is_some() && self.inventory.is_none() {
+            return Err(Error::config(
+                "objects source: `as_of` needs an `inventory` that includes all versions (S3 lists versions only that way \
+                 here); add `inventory`, or remove `as_of`",
+            ));
+        }
         Ok(())
     }
 
@@ -291,7 +355,19 @@ impl Source for ObjectStoreSource {
                     Error::checkpoint(format!("objects source: the checkpointed listing state is malformed: {e}"))
                 })?),
             };
-        Ok(Box::new(Enumerator { source: self.clone(), after, listed: None, continuous, listed_at: None, pages: None }))
+        let walk = match &self.inventory {
+            Some(inv) => {
+                let cursor = match restored.as_ref().and_then(|s| s.get("inventory")) {
+                    Some(c) => Some(serde_json::from_value(c.clone()).map_err(|e| {
+                        Error::checkpoint(format!("objects source: the checkpointed inventory position is malformed: {e}"))
+                    })?),
+                    None => None,
+                };
+                Some(self.walk(inv, cursor).await?)
+            }
+            None => None,
+        };
+        Ok(Box::new(Enumerator { source: self.clone(), after, listed: None, continuous, listed_at: None, pages: None, walk }))
     }
 
     async fn open(&self, split: &Split, position: Option<&State>) -> Result<Box<dyn SplitReader>> {
@@ -314,6 +390,8 @@ struct Enumerator {
     listed_at: Option<std::time::Instant>,
     /// Bounded mode on a store that lists in order: the listing, consumed as it arrives.
     pages: Option<futures::stream::BoxStream<'static, Result<Entry>>>,
+    /// Bounded mode from an inventory report.
+    walk: Option<crate::inventory::Walk>,
 }
 
 /// The checkpointed record of a continuous listing: bounded by the objects modified within
@@ -338,7 +416,45 @@ impl Enumerator {
         (Split { id, payload: serde_json::to_value(split).expect("serializable") }, emitted)
     }
 
+    /// The next split of an inventory's objects.
+    async fn discover_inventory(&mut self) -> Result<Discovery> {
+        let walk = self.walk.as_mut().expect("inventory");
+        let url = self.source.url()?;
+        let bucket = url.host_str().unwrap_or_default().to_string();
+        // Keys under the prefix as a folder, as a listing takes it.
+        let mut prefix = percent_encoding::percent_decode_str(url.path()).decode_utf8_lossy().trim_start_matches('/').to_string();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        let base = format!("{}://{bucket}/", url.scheme());
+        let start = walk.cursor();
+        let mut split = Vec::with_capacity(self.source.split_objects.min(4096));
+        while split.len() < self.source.split_objects {
+            let Some(row) = walk.next().await? else { break };
+            if !row.key.starts_with(&prefix) {
+                continue;
+            }
+            let found = Entry {
+                uri: format!("{base}{}", row.key),
+                size: row.size,
+                etag: row.etag,
+                version: row.version,
+                modified_us: row.modified_us,
+                partitions: Vec::new(),
+            };
+            split.extend(self.source.keep(&prefix, &row.key, found));
+        }
+        if split.is_empty() {
+            return Ok(Discovery::Exhausted);
+        }
+        let id = format!("inventory-{}-{}", start.file, start.row);
+        Ok(Discovery::Splits(vec![Split { id, payload: serde_json::to_value(split).expect("serializable") }]))
+    }
+
     async fn discover_bounded(&mut self) -> Result<Discovery> {
+        if self.walk.is_some() {
+            return self.discover_inventory().await;
+        }
         if self.source.sorted_listing() {
             return self.discover_streaming().await;
         }
@@ -439,7 +555,10 @@ impl SplitEnumerator for Enumerator {
     fn snapshot(&self) -> State {
         match &self.continuous {
             Some(c) => serde_json::json!({ "continuous": c }),
-            None => serde_json::json!({ "after": self.after }),
+            None => match &self.walk {
+                Some(w) => serde_json::json!({ "inventory": w.cursor() }),
+                None => serde_json::json!({ "after": self.after }),
+            },
         }
     }
 }
@@ -461,11 +580,14 @@ impl SplitReader for Reader {
         let refs: StructArray = self.entries[self.next..end]
             .iter()
             .map(|e| {
-                let r = ObjectRef::new(e.uri.clone()).size(e.size);
-                match &e.etag {
-                    Some(t) => r.etag(t.clone()),
-                    None => r,
+                let mut r = ObjectRef::new(e.uri.clone()).size(e.size);
+                if let Some(t) = &e.etag {
+                    r = r.etag(t.clone());
                 }
+                if let Some(v) = &e.version {
+                    r = r.version(v.clone());
+                }
+                r
             })
             .collect();
         let rows = &self.entries[self.next..end];

@@ -4,6 +4,7 @@ mod azure;
 mod common;
 mod files;
 mod http;
+mod inventory;
 mod manifest;
 mod s3;
 mod source;
