@@ -190,6 +190,9 @@ pub enum SourceConfig {
         /// (`5m`); later ones are missed.
         #[serde(default, with = "opt_duration")]
         max_lateness: Option<Duration>,
+        /// Utf8 columns of the objects' user metadata (`x-amz-meta-NAME`): one HEAD per object.
+        #[serde(default)]
+        metadata: Vec<String>,
         /// Take the objects from this S3 Inventory report (its configuration's folder, or a
         /// `manifest.json`) instead of listing `uri`.
         #[serde(default)]
@@ -802,6 +805,7 @@ impl JobFile {
                 continuous,
                 poll_interval,
                 max_lateness,
+                metadata,
                 inventory,
                 as_of,
                 parallelism,
@@ -810,7 +814,8 @@ impl JobFile {
                     .include(include)?
                     .exclude(exclude)?
                     .key_range(start_after.clone(), end_before.clone())
-                    .partition_columns(partition_columns.clone());
+                    .partition_columns(partition_columns.clone())
+                    .metadata(metadata.clone());
                 if *continuous {
                     src = src.continuous(
                         poll_interval.unwrap_or(Duration::from_secs(10)),
@@ -1249,6 +1254,7 @@ uri = "s3://bucket/photos/"
 extensions = ["jpg"]
 inventory = "s3://inventories/bucket/daily/"
 as_of = "2026-11-01"
+metadata = ["owner"]
 [[stages]]
 type = "probe"
 [[stages]]

@@ -7,7 +7,8 @@
 //! size the listing saw, so an object changed after listing becomes a dead letter at fetch time.
 //!
 //! Each row also has `last_modified` (µs, UTC) and, with `partition_columns`, one Utf8 column per
-//! Hive-style `name=value` segment of the key. `include`/`exclude` globs and a key range
+//! Hive-style `name=value` segment of the key; with `metadata`, one per user-metadata name (read
+//! by the readers with a HEAD per object). `include`/`exclude` globs and a key range
 //! (`key_range`) select keys relative to the prefix. `modified_between` keeps the objects last modified in a time window (what `alluvium backfill`
 //! sets per window).
 //!
@@ -32,10 +33,12 @@ use std::sync::Arc;
 use alluvium_core::arrow::array::{ArrayRef, StringArray, StructArray, TimestampMicrosecondArray};
 use alluvium_core::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use alluvium_core::arrow::record_batch::RecordBatch;
+use alluvium_core::source::Rejected;
 use alluvium_core::types::{ObjectRef, ObjectRefType};
-use alluvium_core::{Discovery, Error, Result, Source, Split, SplitEnumerator, SplitReader, State};
+use alluvium_core::{Discovery, Error, ErrorKind, Result, RowFailure, Source, Split, SplitEnumerator, SplitReader, State};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
+use object_store::{Attribute, Attributes, GetOptions};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -64,6 +67,8 @@ pub struct ObjectStoreSource {
     /// Continuous discovery: re-list every `poll`; objects may show up to `lateness` after their
     /// modification time.
     continuous: Option<(std::time::Duration, std::time::Duration)>,
+    /// User metadata (`x-amz-meta-NAME` on S3) read into Utf8 columns of these names.
+    metadata: Vec<String>,
     /// Read this S3 Inventory report instead of listing.
     inventory: Option<String>,
     /// With an inventory of all versions: each key's newest version at or before this time (µs).
@@ -100,6 +105,7 @@ impl ObjectStoreSource {
             end_before: None,
             partition_columns: Vec::new(),
             continuous: None,
+            metadata: Vec::new(),
             inventory: None,
             as_of_us: None,
         }
@@ -154,6 +160,15 @@ impl ObjectStoreSource {
     /// (`dt=2026-11-01/country=fr/x.jpg`); null where the key has no such segment.
     pub fn partition_columns(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.partition_columns = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds a nullable Utf8 column per name with the object's user metadata of that name
+    /// (`x-amz-meta-NAME` on S3; what the store's HEAD returns elsewhere): one HEAD request per
+    /// object, made by the readers, 16 at a time, pinned to the listed ETag. An object gone or
+    /// changed since it was listed becomes a dead letter with the reason.
+    pub fn metadata(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.metadata = names.into_iter().map(|n| n.into().to_ascii_lowercase()).collect();
         self
     }
 
@@ -316,7 +331,7 @@ impl Source for ObjectStoreSource {
             ObjectRefType::field("ref", false),
             Field::new("last_modified", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
         ];
-        fields.extend(self.partition_columns.iter().map(|n| Field::new(n, DataType::Utf8, true)));
+        fields.extend(self.partition_columns.iter().chain(&self.metadata).map(|n| Field::new(n, DataType::Utf8, true)));
         Arc::new(Schema::new(fields))
     }
 
@@ -329,6 +344,15 @@ impl Source for ObjectStoreSource {
         {
             return Err(Error::config(format!(
                 "objects source `partition_columns`: `{bad}` is not a usable column name (`ref` and `last_modified` are taken)"
+            )));
+        }
+        let mut taken: Vec<&str> = vec!["ref", "last_modified"];
+        taken.extend(self.partition_columns.iter().map(String::as_str));
+        if let Some(bad) = self.metadata.iter().find(|n| n.is_empty() || taken.contains(&n.as_str())) {
+            return Err(Error::config(format!(
+                "objects source `metadata`: `{bad}` is not a usable column name (taken by {}); user metadata becomes a \
+                 column of its own name",
+                taken.join(", ")
             )));
         }
         if self.inventory.is_some() && self.continuous.is_some() {
@@ -374,7 +398,7 @@ impl Source for ObjectStoreSource {
         let entries: Vec<Entry> = serde_json::from_value(split.payload.clone())
             .map_err(|e| Error::checkpoint(format!("objects source: split `{}` is malformed: {e}", split.id)))?;
         let next = position.and_then(|p| p.get("next").and_then(|v| v.as_u64())).unwrap_or(0) as usize;
-        Ok(Box::new(Reader { entries, next, batch_size: self.batch_size, schema: self.schema() }))
+        Ok(Box::new(Reader { source: self.clone(), entries, next, schema: self.schema(), rejected: None }))
     }
 }
 
@@ -564,10 +588,49 @@ impl SplitEnumerator for Enumerator {
 }
 
 struct Reader {
+    source: ObjectStoreSource,
     entries: Vec<Entry>,
     next: usize,
-    batch_size: usize,
     schema: SchemaRef,
+    /// Objects gone or changed before their metadata was read.
+    rejected: Option<Rejected>,
+}
+
+impl Reader {
+    /// The user metadata of each object (HEAD requests, pinned to the listed ETag/version), or
+    /// why it could not be read: gone or changed since listing.
+    async fn metadata(&self, rows: &[Entry]) -> Result<Vec<std::result::Result<Attributes, String>>> {
+        let pins: Vec<(String, Option<String>, Option<String>, u64)> =
+            rows.iter().map(|e| (e.uri.clone(), e.etag.clone(), e.version.clone(), e.size)).collect();
+        let registry = self.source.registry.clone();
+        futures::stream::iter(pins)
+            .map(move |(uri, etag, version, size)| {
+                let registry = registry.clone();
+                async move {
+                    let (store, path) = match registry.resolve(&uri).await? {
+                        Ok(sp) => sp,
+                        Err(refused) => return Ok(Err(refused.0)),
+                    };
+                    let opts = GetOptions { head: true, if_match: etag.clone(), version, ..Default::default() };
+                    // Stores that ignore `If-Match` still return the ETag, which is compared too
+                    // (and the size, for listings without ETags).
+                    match store.get_opts(&path, opts).await {
+                        Ok(got) if (etag.is_none() || got.meta.e_tag == etag) && got.meta.size == size => Ok(Ok(got.attributes)),
+                        Ok(_) => Ok(Err("metadata: the object changed since it was listed (ETag/version pin)".into())),
+                        Err(object_store::Error::NotFound { .. }) => {
+                            Ok(Err("metadata: the object is gone since it was listed".into()))
+                        }
+                        Err(object_store::Error::Precondition { .. }) => {
+                            Ok(Err("metadata: the object changed since it was listed (ETag/version pin)".into()))
+                        }
+                        Err(err) => Err(Error::from(err).context(format!("reading the metadata of {uri}"))),
+                    }
+                }
+            })
+            .buffered(16)
+            .try_collect()
+            .await
+    }
 }
 
 #[async_trait]
@@ -576,8 +639,35 @@ impl SplitReader for Reader {
         if self.next >= self.entries.len() {
             return Ok(None);
         }
-        let end = (self.next + self.batch_size).min(self.entries.len());
-        let refs: StructArray = self.entries[self.next..end]
+        let end = (self.next + self.source.batch_size).min(self.entries.len());
+        let mut rows: Vec<&Entry> = self.entries[self.next..end].iter().collect();
+        let mut metadata = Vec::new();
+        if !self.source.metadata.is_empty() {
+            let found = self.metadata(&self.entries[self.next..end]).await?;
+            let mut bad = Vec::new();
+            let mut kept = Vec::new();
+            for (e, m) in rows.into_iter().zip(found) {
+                match m {
+                    Ok(attributes) => {
+                        kept.push(e);
+                        metadata.push(attributes);
+                    }
+                    Err(why) => bad.push((e.uri.as_str(), why)),
+                }
+            }
+            rows = kept;
+            if !bad.is_empty() {
+                let records = RecordBatch::try_from_iter([(
+                    "uri",
+                    Arc::new(StringArray::from_iter_values(bad.iter().map(|b| b.0))) as ArrayRef,
+                )])
+                .expect("fixed schema");
+                let failures =
+                    bad.into_iter().enumerate().map(|(i, (_, why))| RowFailure::new(i, ErrorKind::Data, why)).collect();
+                self.rejected = Some(Rejected { records, failures });
+            }
+        }
+        let refs: StructArray = rows
             .iter()
             .map(|e| {
                 let mut r = ObjectRef::new(e.uri.clone()).size(e.size);
@@ -590,11 +680,15 @@ impl SplitReader for Reader {
                 r
             })
             .collect();
-        let rows = &self.entries[self.next..end];
         let modified = TimestampMicrosecondArray::from_iter(rows.iter().map(|e| e.modified_us)).with_timezone("UTC");
         let mut columns: Vec<ArrayRef> = vec![Arc::new(refs), Arc::new(modified)];
-        for i in 0..self.schema.fields().len() - 2 {
+        for i in 0..self.source.partition_columns.len() {
             let values: StringArray = rows.iter().map(|e| e.partitions.get(i).cloned().flatten()).collect();
+            columns.push(Arc::new(values));
+        }
+        for name in &self.source.metadata {
+            let key = Attribute::Metadata(name.clone().into());
+            let values: StringArray = metadata.iter().map(|a| a.get(&key).map(|v| v.to_string())).collect();
             columns.push(Arc::new(values));
         }
         self.next = end;
@@ -603,5 +697,9 @@ impl SplitReader for Reader {
 
     fn position(&self) -> State {
         serde_json::json!({ "next": self.next })
+    }
+
+    fn rejected(&mut self) -> Option<Rejected> {
+        self.rejected.take()
     }
 }
