@@ -33,6 +33,7 @@ pub mod inventory;
 pub mod manifest;
 pub mod registry;
 pub mod source;
+mod walk;
 
 pub use access::AccessPolicy;
 pub use config::StoreConfig;

@@ -18,10 +18,11 @@
 //! emitted) plus the objects emitted within `lateness` of it, so the state stays small however
 //! many objects pass, and a restart neither skips nor repeats objects.
 //!
-//! A bounded listing of a store that lists in key order (S3, GCS, Azure) is consumed as it
-//! arrives: the first split goes out after the first page, so time to first row does not grow
-//! with the prefix, and a restore asks the store to start after the last key handed out. Local
-//! directories (walked in no order) and continuous re-listings are listed whole first.
+//! A bounded listing of a store that lists in key order (S3, GCS, Azure, and local directories,
+//! walked in key order by [`crate::walk`]) is consumed as it arrives: the first split goes out
+//! after the first page, so time to first row does not grow with the prefix, and a restore asks
+//! the store to start after the last key handed out. Continuous re-listings are listed whole
+//! first.
 //!
 //! **An S3 Inventory report** ([`ObjectStoreSource::inventory`], [`crate::inventory`]) replaces the
 //! listing of a bucket too large to list: its data files are streamed in order, the same filters
@@ -214,13 +215,22 @@ impl ObjectStoreSource {
             Err(refused) => return Err(Error::config(format!("objects source `{}`: {}", src.uri, refused.0))),
         };
         let base = src.base()?;
-        let listing = match offset.and_then(|uri| uri.strip_prefix(base.as_str())) {
-            Some(key) => store.list_with_offset(Some(&prefix), &object_store::path::Path::from(key)),
-            None => store.list(Some(&prefix)),
+        let url = src.url()?;
+        let offset = offset.and_then(|uri| uri.strip_prefix(base.as_str()));
+        let listing = if url.scheme() == "file" {
+            let root =
+                url.to_file_path().map_err(|_| Error::config(format!("objects source: `{}` is not a directory", src.uri)))?;
+            let after = offset.map(|k| k.strip_prefix(prefix.as_ref()).unwrap_or(k).trim_start_matches('/').to_string());
+            crate::walk::sorted(store, root, after)
+        } else {
+            let context = format!("listing {}", src.uri);
+            let listing = match offset {
+                Some(key) => store.list_with_offset(Some(&prefix), &object_store::path::Path::from(key)),
+                None => store.list(Some(&prefix)),
+            };
+            listing.map_err(move |e| Error::from(e).context(context.clone())).boxed()
         };
-        let context = format!("listing {}", src.uri);
         Ok(listing
-            .map_err(move |e| Error::from(e).context(context.clone()))
             .try_filter_map(move |m| {
                 let found = Entry {
                     uri: format!("{base}{}", m.location),
@@ -268,9 +278,10 @@ impl ObjectStoreSource {
     }
 
     /// Whether the store lists keys in order, so a listing can be consumed as it arrives (S3, GCS
-    /// and Azure do; a local directory walk does not, and is listed whole and sorted).
+    /// and Azure do, and local directories are walked in order, [`crate::walk`]; others are
+    /// listed whole and sorted).
     fn sorted_listing(&self) -> bool {
-        self.url().is_ok_and(|u| matches!(u.scheme(), "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure" | "adl"))
+        self.url().is_ok_and(|u| matches!(u.scheme(), "file" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure" | "adl"))
     }
 
     /// `self.uri` as a URL: a plain local path becomes an absolute `file://` URL.
