@@ -345,10 +345,15 @@ impl TableSourceConfig {
     }
 
     fn add<S: alluvium_core::Source>(&self, b: PipelineBuilder, source: S) -> PipelineBuilder {
-        match self.parallelism {
-            Some(p) => b.source_with_parallelism(source, p),
-            None => b.source(source),
-        }
+        add_source(b, source, self.parallelism)
+    }
+}
+
+/// Adds `source` with its own `parallelism`, or the pipeline's.
+fn add_source<S: alluvium_core::Source>(b: PipelineBuilder, source: S, parallelism: Option<usize>) -> PipelineBuilder {
+    match parallelism {
+        Some(p) => b.source_with_parallelism(source, p),
+        None => b.source(source),
     }
 }
 
@@ -784,10 +789,7 @@ impl JobFile {
                 if let Some(v) = seed {
                     g = g.seed(*v);
                 }
-                Ok(match parallelism {
-                    Some(p) => b.source_with_parallelism(g, *p),
-                    None => b.source(g),
-                })
+                Ok(add_source(b, g, *parallelism))
             }
             #[cfg(feature = "object")]
             SourceConfig::Objects {
@@ -846,10 +848,7 @@ impl JobFile {
                 if let Some(n) = batch_size {
                     src = src.batch_size(*n);
                 }
-                Ok(match parallelism {
-                    Some(p) => b.source_with_parallelism(src, *p),
-                    None => b.source(src),
-                })
+                Ok(add_source(b, src, *parallelism))
             }
             #[cfg(feature = "object")]
             SourceConfig::Manifest {
@@ -895,10 +894,7 @@ impl JobFile {
                 if let Some(n) = batch_size {
                     src = src.batch_size(*n);
                 }
-                Ok(match parallelism {
-                    Some(p) => b.source_with_parallelism(src, *p),
-                    None => b.source(src),
-                })
+                Ok(add_source(b, src, *parallelism))
             }
             #[cfg(feature = "lance")]
             SourceConfig::Lance(t) => Ok(t.add(b, alluvium_lance::LanceSource::new(t.without_catalog("lance")?.read()?))),

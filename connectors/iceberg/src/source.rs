@@ -153,10 +153,6 @@ fn version(id: i64) -> Result<u64> {
 }
 
 impl Versions {
-    fn what(&self) -> String {
-        self.source.table.what()
-    }
-
     async fn table(&self) -> Result<Table> {
         if let Some(t) = self.table.lock().expect("table").clone() {
             return Ok(t);

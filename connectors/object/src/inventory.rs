@@ -137,10 +137,7 @@ impl Inventory {
         }
         // Data file keys are relative to the destination bucket, which holds the manifest.
         let url = Url::parse(&manifest).map_err(|e| Error::config(format!("inventory `{manifest}`: {e}")))?;
-        let root = match url.scheme() {
-            "file" => "file:///".to_string(),
-            s => format!("{s}://{}/", url.host_str().unwrap_or_default()),
-        };
+        let root = crate::source::store_root(&url);
         let files = json.files.iter().map(|f| format!("{root}{}", f.key.trim_start_matches('/'))).collect();
         Ok(Self { manifest, source_bucket: json.source_bucket, parquet, columns, files })
     }

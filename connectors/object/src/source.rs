@@ -76,6 +76,23 @@ pub struct ObjectStoreSource {
     as_of_us: Option<i64>,
 }
 
+/// `t` in µs since the Unix epoch (negative before it).
+fn epoch_us(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i64,
+        Err(e) => -(e.duration().as_micros() as i64),
+    }
+}
+
+/// The URI of the root of `url`'s store (`s3://bucket/`, `file:///`), to which object paths are
+/// appended.
+pub(crate) fn store_root(url: &Url) -> String {
+    match url.scheme() {
+        "file" => "file:///".to_string(),
+        s => format!("{s}://{}/", url.host_str().unwrap_or_default()),
+    }
+}
+
 fn glob_set(patterns: &[String], key: &str) -> Result<Option<globset::GlobSet>> {
     if patterns.is_empty() {
         return Ok(None);
@@ -124,10 +141,7 @@ impl ObjectStoreSource {
     /// was at `time` (its newest version then, with its version id; none if it was deleted or
     /// not yet written): a versioned bucket backfilled as of a point in time.
     pub fn as_of(mut self, time: std::time::SystemTime) -> Self {
-        self.as_of_us = Some(match time.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => d.as_micros() as i64,
-            Err(e) => -(e.duration().as_micros() as i64),
-        });
+        self.as_of_us = Some(epoch_us(time));
         self
     }
     /// Never ends: re-lists the prefix every `poll` and emits each new or overwritten object once
@@ -183,10 +197,7 @@ impl ObjectStoreSource {
     /// Keeps only objects last modified at or after `since` and before `before` (a backfill
     /// window over an append-only prefix).
     pub fn modified_between(mut self, since: Option<std::time::SystemTime>, before: Option<std::time::SystemTime>) -> Self {
-        let ms = |t: std::time::SystemTime| match t.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => d.as_millis() as i64,
-            Err(e) => -(e.duration().as_millis() as i64),
-        };
+        let ms = |t| epoch_us(t) / 1000;
         self.modified = (since.map(ms), before.map(ms));
         self
     }
@@ -299,11 +310,7 @@ impl ObjectStoreSource {
 
     /// The URI of `location` in the store behind `self.uri`.
     fn base(&self) -> Result<String> {
-        let url = self.url()?;
-        Ok(match url.scheme() {
-            "file" => "file:///".to_string(),
-            s => format!("{s}://{}/", url.host_str().unwrap_or_default()),
-        })
+        Ok(store_root(&self.url()?))
     }
 }
 
@@ -455,13 +462,12 @@ impl Enumerator {
     async fn discover_inventory(&mut self) -> Result<Discovery> {
         let walk = self.walk.as_mut().expect("inventory");
         let url = self.source.url()?;
-        let bucket = url.host_str().unwrap_or_default().to_string();
+        let base = self.source.base()?;
         // Keys under the prefix as a folder, as a listing takes it.
         let mut prefix = percent_encoding::percent_decode_str(url.path()).decode_utf8_lossy().trim_start_matches('/').to_string();
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
-        let base = format!("{}://{bucket}/", url.scheme());
         let start = walk.cursor();
         let mut split = Vec::with_capacity(self.source.split_objects.min(4096));
         while split.len() < self.source.split_objects {
@@ -598,6 +604,9 @@ impl SplitEnumerator for Enumerator {
     }
 }
 
+/// Why an object's metadata was not read: it is not the object listed.
+const CHANGED: &str = "metadata: the object changed since it was listed (ETag/version pin)";
+
 struct Reader {
     source: ObjectStoreSource,
     entries: Vec<Entry>,
@@ -627,12 +636,9 @@ impl Reader {
                     // (and the size, for listings without ETags).
                     match store.get_opts(&path, opts).await {
                         Ok(got) if (etag.is_none() || got.meta.e_tag == etag) && got.meta.size == size => Ok(Ok(got.attributes)),
-                        Ok(_) => Ok(Err("metadata: the object changed since it was listed (ETag/version pin)".into())),
+                        Ok(_) | Err(object_store::Error::Precondition { .. }) => Ok(Err(CHANGED.into())),
                         Err(object_store::Error::NotFound { .. }) => {
                             Ok(Err("metadata: the object is gone since it was listed".into()))
-                        }
-                        Err(object_store::Error::Precondition { .. }) => {
-                            Ok(Err("metadata: the object changed since it was listed (ETag/version pin)".into()))
                         }
                         Err(err) => Err(Error::from(err).context(format!("reading the metadata of {uri}"))),
                     }

@@ -55,6 +55,8 @@ pub(crate) fn sorted(
         }
         Ok(None)
     });
+    // The metadata as the store's own listing gives it (its ETag is the store's to compute, and
+    // fetches compare it), at the cost of a second `stat` per file.
     keys.map_ok(move |path| {
         let store = store.clone();
         async move {
