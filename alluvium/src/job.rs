@@ -31,7 +31,7 @@
 //! | section | `type` | what |
 //! |---|---|---|
 //! | `[source]` | `generate` | deterministic synthetic rows (`rows`, `batch_size`, `payload_bytes`, `split_rows`, `rows_per_second`, `seed`) |
-//! | `[source]` | `objects` | every object under `uri` (a directory or `s3://…/`), `extensions`, globs, key ranges, time windows, `continuous`; or from an S3 Inventory report (`inventory`, `as_of`) |
+//! | `[source]` | `objects` | every object under `uri` (a directory or `s3://…/`), `extensions`, globs, key ranges, time windows, `continuous`; user metadata and S3 tags as columns; a versioned bucket `as_of` a time; or an S3 Inventory report (`inventory`) |
 //! | `[source]` | `delta`, `lance`, `iceberg` | a table's rows, or those appended after `since_version`; `continuous` tails it (iceberg: `catalog`) |
 //! | `[source]` | `manifest` | the rows of CSV, JSON Lines or Parquet `paths`: `uri_column`, `columns`, `base_uri`, `split_bytes` |
 //! | `[[stages]]` | `fetch`, `hash`, `probe` | object bytes; blake3 hash (streamed); sniffed content type and size |
@@ -193,12 +193,16 @@ pub enum SourceConfig {
         /// Utf8 columns of the objects' user metadata (`x-amz-meta-NAME`): one HEAD per object.
         #[serde(default)]
         metadata: Vec<String>,
+        /// Utf8 columns of the objects' S3 tags: one `GetObjectTagging` per object.
+        #[serde(default)]
+        tags: Vec<String>,
         /// Take the objects from this S3 Inventory report (its configuration's folder, or a
         /// `manifest.json`) instead of listing `uri`.
         #[serde(default)]
         inventory: Option<String>,
-        /// With an inventory of all versions: each key as it was at this time (RFC 3339 or
-        /// `YYYY-MM-DD`), with its version id.
+        /// A versioned S3 bucket as it was at this time (RFC 3339 or `YYYY-MM-DD`): each key's
+        /// version then, with its version id (from `ListObjectVersions`, or an inventory of all
+        /// versions).
         #[serde(default)]
         as_of: Option<String>,
         /// Readers (the pipeline's parallelism).
@@ -808,6 +812,7 @@ impl JobFile {
                 poll_interval,
                 max_lateness,
                 metadata,
+                tags,
                 inventory,
                 as_of,
                 parallelism,
@@ -817,7 +822,8 @@ impl JobFile {
                     .exclude(exclude)?
                     .key_range(start_after.clone(), end_before.clone())
                     .partition_columns(partition_columns.clone())
-                    .metadata(metadata.clone());
+                    .metadata(metadata.clone())
+                    .tags(tags.clone());
                 if *continuous {
                     src = src.continuous(
                         poll_interval.unwrap_or(Duration::from_secs(10)),
@@ -1209,13 +1215,16 @@ path = "${OUT}"
     }
 
     #[test]
-    fn as_of_needs_an_inventory() {
+    fn as_of_and_tags_need_s3() {
         let job = JOB.replace(
             "type = \"generate\"\nrows = ${ROWS:-10}",
-            "type = \"objects\"\nuri = \"s3://b/p/\"\nas_of = \"2026-11-01\"",
+            "type = \"objects\"\nuri = \"gs://b/p/\"\nas_of = \"2026-11-01\"",
         );
         let e = JobFile::parse_with_env(&job, &[], env).unwrap().build().unwrap_err().to_string();
-        assert!(e.contains("`as_of` needs an `inventory`"), "{e}");
+        assert!(e.contains("`as_of`") && e.contains("gs://b/p/") && e.contains("remove `as_of`"), "{e}");
+        let tags = job.replace("as_of = \"2026-11-01\"", "tags = [\"team\"]");
+        let e = JobFile::parse_with_env(&tags, &[], env).unwrap().build().unwrap_err().to_string();
+        assert!(e.contains("`tags`") && e.contains("S3"), "{e}");
         let e = JobFile::parse_with_env(&job.replace("2026-11-01", "last week"), &[], env).unwrap().build().unwrap_err();
         assert!(e.to_string().contains("source.as_of"), "{e}");
     }
@@ -1251,6 +1260,7 @@ extensions = ["jpg"]
 inventory = "s3://inventories/bucket/daily/"
 as_of = "2026-11-01"
 metadata = ["owner"]
+tags = ["license"]
 [[stages]]
 type = "probe"
 [[stages]]

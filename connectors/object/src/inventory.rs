@@ -79,8 +79,8 @@ pub(crate) struct Row {
     /// The key, decoded.
     pub(crate) key: String,
     pub(crate) version: Option<String>,
-    latest: bool,
-    delete_marker: bool,
+    pub(crate) latest: bool,
+    pub(crate) delete_marker: bool,
     pub(crate) size: u64,
     /// Last modified, µs since the Unix epoch.
     pub(crate) modified_us: Option<i64>,
@@ -250,13 +250,14 @@ impl Walk {
 }
 
 /// The version of a key to read: the latest (not a delete marker), or the newest at or before
-/// `as_of_us` unless that is a delete marker.
-fn choose(group: Vec<Row>, as_of_us: Option<i64>) -> Option<Row> {
+/// `as_of_us` unless that is a delete marker. Versions written within one tick of the clock
+/// (S3 times have a second's precision) keep the order they are given in, which for a listing
+/// is S3's: newest first.
+pub(crate) fn choose(mut group: Vec<Row>, as_of_us: Option<i64>) -> Option<Row> {
+    group.sort_by_key(|r| std::cmp::Reverse((r.modified_us, r.latest)));
     let row = match as_of_us {
         None => group.into_iter().find(|r| r.latest)?,
-        Some(t) => {
-            group.into_iter().filter(|r| r.modified_us.is_some_and(|m| m <= t)).max_by_key(|r| (r.modified_us, r.latest))?
-        }
+        Some(t) => group.into_iter().find(|r| r.modified_us.is_some_and(|m| m <= t))?,
     };
     (!row.delete_marker).then_some(row)
 }

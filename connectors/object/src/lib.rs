@@ -23,7 +23,8 @@
 //!   in parallel, with malformed rows as dead letters.
 //!
 //! Layout: [`config`] (typed settings, validated without IO), [`access`], [`registry`], [`fetch`],
-//! [`hash`], [`source`], [`inventory`], [`manifest`].
+//! [`hash`], [`source`], [`inventory`], [`s3`] (S3 calls beyond `object_store`: versions, tags),
+//! [`manifest`].
 
 pub mod access;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod hash;
 pub mod inventory;
 pub mod manifest;
 pub mod registry;
+pub mod s3;
 pub mod source;
 mod walk;
 

@@ -19,11 +19,13 @@ use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, R
 use url::Url;
 
 use crate::config::StoreConfig;
+use crate::s3::S3Api;
 
 /// Resolves URIs to stores. Cheap to share (`Arc`).
 pub struct ObjectStoreRegistry {
     config: StoreConfig,
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    s3_apis: Mutex<HashMap<String, S3Api>>,
 }
 
 impl std::fmt::Debug for ObjectStoreRegistry {
@@ -46,7 +48,7 @@ impl Default for ObjectStoreRegistry {
 impl ObjectStoreRegistry {
     /// A registry with `config`.
     pub fn new(config: StoreConfig) -> Self {
-        Self { config, stores: Mutex::new(HashMap::new()) }
+        Self { config, stores: Mutex::new(HashMap::new()), s3_apis: Mutex::new(HashMap::new()) }
     }
 
     /// The settings.
@@ -78,6 +80,35 @@ impl ObjectStoreRegistry {
         Ok(store)
     }
 
+    /// The settings of the S3 store of `bucket`: the environment, then `[io.s3]`.
+    fn s3_builder(&self, bucket: &str) -> Result<object_store::aws::AmazonS3Builder> {
+        let mut b = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(self.retry())
+            .with_config(object_store::aws::AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), self.timeout());
+        for (k, v) in &self.config.s3 {
+            let key = object_store::aws::AmazonS3ConfigKey::from_str(k).map_err(|_| {
+                Error::config(format!(
+                    "[io.s3] has an unknown key `{k}`; see object_store's AmazonS3ConfigKey (endpoint, region, allow_http, access_key_id, …)"
+                ))
+            })?;
+            b = b.with_config(key, v);
+        }
+        Ok(b)
+    }
+
+    /// The S3 calls `object_store` does not make (versions, tags) on `bucket`, configured like
+    /// its store. Built once per bucket.
+    pub fn s3_api(&self, bucket: &str) -> Result<S3Api> {
+        let mut apis = self.s3_apis.lock().expect("registry lock");
+        if let Some(api) = apis.get(bucket) {
+            return Ok(api.clone());
+        }
+        let api = S3Api::new(self.s3_builder(bucket)?, bucket, self.config.max_retries, self.config.request_timeout)?;
+        apis.insert(bucket.to_string(), api.clone());
+        Ok(api)
+    }
+
     /// The store and path of `uri`, after the access policy allowed it. `Ok(Err(refused))` for a
     /// reference this policy or this build cannot read; `Err` for a misconfigured registry.
     pub async fn resolve(&self, uri: &str) -> Result<std::result::Result<(Arc<dyn ObjectStore>, Path), Refused>> {
@@ -100,16 +131,12 @@ impl ObjectStoreRegistry {
                 Ok(Ok((store, path)))
             }
             "s3" | "s3a" => {
-                let store = self.cached(&format!("s3://{}", bucket()), || {
-                    let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket()).with_retry(self.retry())
-                        .with_config(object_store::aws::AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), self.timeout());
-                    for (k, v) in &self.config.s3 {
-                        let key = object_store::aws::AmazonS3ConfigKey::from_str(k)
-                            .map_err(|_| Error::config(format!("[io.s3] has an unknown key `{k}`; see object_store's AmazonS3ConfigKey (endpoint, region, allow_http, access_key_id, …)")))?;
-                        b = b.with_config(key, v);
-                    }
-                    Ok(Arc::new(b.build().map_err(|e| Error::config(format!("cannot configure S3 for bucket `{}`", bucket())).with_source(e))?))
-                })?;
+                let store =
+                    self.cached(&format!("s3://{}", bucket()), || {
+                        Ok(Arc::new(self.s3_builder(&bucket())?.build().map_err(|e| {
+                            Error::config(format!("cannot configure S3 for bucket `{}`", bucket())).with_source(e)
+                        })?))
+                    })?;
                 Ok(path().map(|p| (store, p)))
             }
             "gs" => {

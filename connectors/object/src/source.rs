@@ -8,7 +8,7 @@
 //!
 //! Each row also has `last_modified` (µs, UTC) and, with `partition_columns`, one Utf8 column per
 //! Hive-style `name=value` segment of the key; with `metadata`, one per user-metadata name (read
-//! by the readers with a HEAD per object). `include`/`exclude` globs and a key range
+//! by the readers with a HEAD per object); with `tags`, one per S3 object tag ([`crate::s3`]). `include`/`exclude` globs and a key range
 //! (`key_range`) select keys relative to the prefix. `modified_between` keeps the objects last modified in a time window (what `alluvium backfill`
 //! sets per window).
 //!
@@ -26,8 +26,11 @@
 //!
 //! **An S3 Inventory report** ([`ObjectStoreSource::inventory`], [`crate::inventory`]) replaces the
 //! listing of a bucket too large to list: its data files are streamed in order, the same filters
-//! apply, and the checkpointed position is the file and row reached. With [`ObjectStoreSource::as_of`],
-//! an inventory of all versions gives each key as it was at a time, pinned to its version id.
+//! apply, and the checkpointed position is the file and row reached.
+//!
+//! **A versioned S3 bucket as of a time** ([`ObjectStoreSource::as_of`]): each key at its newest
+//! version then, pinned to its version id, from `ListObjectVersions` in key order (so it streams
+//! and restores like a listing) or from an inventory of all versions.
 
 use std::sync::Arc;
 
@@ -70,6 +73,8 @@ pub struct ObjectStoreSource {
     continuous: Option<(std::time::Duration, std::time::Duration)>,
     /// User metadata (`x-amz-meta-NAME` on S3) read into Utf8 columns of these names.
     metadata: Vec<String>,
+    /// S3 object tags read into Utf8 columns of these names.
+    tags: Vec<String>,
     /// Read this S3 Inventory report instead of listing.
     inventory: Option<String>,
     /// With an inventory of all versions: each key's newest version at or before this time (µs).
@@ -124,6 +129,7 @@ impl ObjectStoreSource {
             partition_columns: Vec::new(),
             continuous: None,
             metadata: Vec::new(),
+            tags: Vec::new(),
             inventory: None,
             as_of_us: None,
         }
@@ -137,9 +143,10 @@ impl ObjectStoreSource {
         self.inventory = Some(uri.into());
         self
     }
-    /// With an [`inventory`](Self::inventory) that includes all versions: reads each key as it
-    /// was at `time` (its newest version then, with its version id; none if it was deleted or
-    /// not yet written): a versioned bucket backfilled as of a point in time.
+    /// Reads each key of a versioned S3 bucket as it was at `time`: its newest version then, with
+    /// its version id (none if it was deleted or not yet written), so a backfill sees the bucket
+    /// as of a point in time. The versions come from `ListObjectVersions` ([`crate::s3`]), or
+    /// from the [`inventory`](Self::inventory) when one is given (it must include all versions).
     pub fn as_of(mut self, time: std::time::SystemTime) -> Self {
         self.as_of_us = Some(epoch_us(time));
         self
@@ -187,6 +194,15 @@ impl ObjectStoreSource {
         self
     }
 
+    /// Adds a nullable Utf8 column per name with the S3 object tag of that name (case-sensitive):
+    /// one `GetObjectTagging` request per object, made by the readers, 16 at a time, for the
+    /// listed version when the reference has one. An object gone since it was listed becomes a
+    /// dead letter with the reason.
+    pub fn tags(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.tags = names.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Whether the key (relative to the prefix) passes the globs and the key range.
     fn wanted(&self, key: &str) -> bool {
         self.include.as_ref().is_none_or(|g| g.is_match(key))
@@ -228,30 +244,33 @@ impl ObjectStoreSource {
         let base = src.base()?;
         let url = src.url()?;
         let offset = offset.and_then(|uri| uri.strip_prefix(base.as_str()));
-        let listing = if url.scheme() == "file" {
+        let listing = if let (Some(at), None) = (src.as_of_us, &src.inventory) {
+            let api = src.registry.s3_api(url.host_str().unwrap_or_default())?;
+            let mut folder = prefix.to_string();
+            if !folder.is_empty() {
+                folder.push('/');
+            }
+            let base = base.clone();
+            api.as_of(&folder, offset, at).map_ok(move |row| Entry::version(&base, row)).boxed()
+        } else if url.scheme() == "file" {
             let root =
                 url.to_file_path().map_err(|_| Error::config(format!("objects source: `{}` is not a directory", src.uri)))?;
             let after = offset.map(|k| k.strip_prefix(prefix.as_ref()).unwrap_or(k).trim_start_matches('/').to_string());
-            crate::walk::sorted(store, root, after)
+            let base = base.clone();
+            crate::walk::sorted(store, root, after).map_ok(move |m| Entry::listed(&base, m)).boxed()
         } else {
             let context = format!("listing {}", src.uri);
             let listing = match offset {
                 Some(key) => store.list_with_offset(Some(&prefix), &object_store::path::Path::from(key)),
                 None => store.list(Some(&prefix)),
             };
-            listing.map_err(move |e| Error::from(e).context(context.clone())).boxed()
+            let base = base.clone();
+            listing.map_ok(move |m| Entry::listed(&base, m)).map_err(move |e| Error::from(e).context(context.clone())).boxed()
         };
         Ok(listing
-            .try_filter_map(move |m| {
-                let found = Entry {
-                    uri: format!("{base}{}", m.location),
-                    size: m.size,
-                    etag: m.e_tag,
-                    version: None,
-                    modified_us: Some(m.last_modified.timestamp_micros()),
-                    partitions: Vec::new(),
-                };
-                futures::future::ready(Ok(src.keep(prefix.as_ref(), m.location.as_ref(), found)))
+            .try_filter_map(move |found| {
+                let key = found.uri.get(base.len()..).unwrap_or_default().to_string();
+                futures::future::ready(Ok(src.keep(prefix.as_ref(), &key, found)))
             })
             .boxed())
     }
@@ -330,6 +349,31 @@ pub(crate) struct Entry {
     partitions: Vec<Option<String>>,
 }
 
+impl Entry {
+    /// An object as a listing gave it (`base` is its store's root URI).
+    fn listed(base: &str, m: object_store::ObjectMeta) -> Self {
+        Entry {
+            uri: format!("{base}{}", m.location),
+            size: m.size,
+            etag: m.e_tag,
+            version: None,
+            modified_us: Some(m.last_modified.timestamp_micros()),
+            partitions: Vec::new(),
+        }
+    }
+    /// An object version from an inventory or a versions listing.
+    fn version(base: &str, row: crate::inventory::Row) -> Self {
+        Entry {
+            uri: format!("{base}{}", row.key),
+            size: row.size,
+            etag: row.etag,
+            version: row.version,
+            modified_us: row.modified_us,
+            partitions: Vec::new(),
+        }
+    }
+}
+
 /// The value of each `name` in the key's `name=value` segments.
 fn partition_values(key: &str, names: &[String]) -> Vec<Option<String>> {
     names
@@ -349,7 +393,9 @@ impl Source for ObjectStoreSource {
             ObjectRefType::field("ref", false),
             Field::new("last_modified", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
         ];
-        fields.extend(self.partition_columns.iter().chain(&self.metadata).map(|n| Field::new(n, DataType::Utf8, true)));
+        fields.extend(
+            self.partition_columns.iter().chain(&self.metadata).chain(&self.tags).map(|n| Field::new(n, DataType::Utf8, true)),
+        );
         Arc::new(Schema::new(fields))
     }
 
@@ -357,32 +403,40 @@ impl Source for ObjectStoreSource {
         if self.uri.trim().is_empty() {
             return Err(Error::config("objects source: `uri` is empty; set a directory or a URL such as s3://bucket/prefix/"));
         }
-        if let Some(bad) =
-            self.partition_columns.iter().find(|n| n.as_str() == "ref" || n.as_str() == "last_modified" || n.is_empty())
-        {
+        let mut taken: Vec<&str> = vec!["ref", "last_modified"];
+        for (key, names) in [("partition_columns", &self.partition_columns), ("metadata", &self.metadata), ("tags", &self.tags)] {
+            if let Some(bad) = names.iter().find(|n| n.is_empty() || taken.contains(&n.as_str())) {
+                return Err(Error::config(format!(
+                    "objects source `{key}`: `{bad}` is not a usable column name (taken by {}); each becomes a column \
+                     of its own name",
+                    taken.join(", ")
+                )));
+            }
+            taken.extend(names.iter().map(String::as_str));
+        }
+        let s3 = self.url().is_ok_and(|u| matches!(u.scheme(), "s3" | "s3a"));
+        if !self.tags.is_empty() && !s3 {
             return Err(Error::config(format!(
-                "objects source `partition_columns`: `{bad}` is not a usable column name (`ref` and `last_modified` are taken)"
+                "objects source `tags`: object tags are an S3 feature and `uri` is `{}`; remove `tags`",
+                self.uri
             )));
         }
-        let mut taken: Vec<&str> = vec!["ref", "last_modified"];
-        taken.extend(self.partition_columns.iter().map(String::as_str));
-        if let Some(bad) = self.metadata.iter().find(|n| n.is_empty() || taken.contains(&n.as_str())) {
-            return Err(Error::config(format!(
-                "objects source `metadata`: `{bad}` is not a usable column name (taken by {}); user metadata becomes a \
-                 column of its own name",
-                taken.join(", ")
-            )));
+        if self.as_of_us.is_some() && self.continuous.is_some() {
+            return Err(Error::config(
+                "objects source: `as_of` reads the bucket as it was at one time, a bounded listing; remove `continuous` or `as_of`",
+            ));
         }
         if self.inventory.is_some() && self.continuous.is_some() {
             return Err(Error::config(
                 "objects source: an `inventory` is a bounded listing; remove `continuous`, or the inventory to list the prefix",
             ));
         }
-        if self.as_of_us.is_some() && self.inventory.is_none() {
-            return Err(Error::config(
-                "objects source: `as_of` needs an `inventory` that includes all versions (S3 lists versions only that way \
-                 here); add `inventory`, or remove `as_of`",
-            ));
+        if self.as_of_us.is_some() && self.inventory.is_none() && !s3 {
+            return Err(Error::config(format!(
+                "objects source `as_of`: object versions are read from S3 (or an S3 Inventory of all versions) and `uri` \
+                 is `{}`; remove `as_of`",
+                self.uri
+            )));
         }
         Ok(())
     }
@@ -475,15 +529,8 @@ impl Enumerator {
             if !row.key.starts_with(&prefix) {
                 continue;
             }
-            let found = Entry {
-                uri: format!("{base}{}", row.key),
-                size: row.size,
-                etag: row.etag,
-                version: row.version,
-                modified_us: row.modified_us,
-                partitions: Vec::new(),
-            };
-            split.extend(self.source.keep(&prefix, &row.key, found));
+            let key = row.key.clone();
+            split.extend(self.source.keep(&prefix, &key, Entry::version(&base, row)));
         }
         if split.is_empty() {
             return Ok(Discovery::Exhausted);
@@ -612,36 +659,66 @@ struct Reader {
     entries: Vec<Entry>,
     next: usize,
     schema: SchemaRef,
-    /// Objects gone or changed before their metadata was read.
+    /// Objects gone or changed before their metadata or tags were read.
     rejected: Option<Rejected>,
 }
 
+/// What the readers add to a listed object: its user metadata and tags.
+#[derive(Default)]
+struct Extras {
+    metadata: Attributes,
+    tags: Vec<(String, String)>,
+}
+
 impl Reader {
-    /// The user metadata of each object (HEAD requests, pinned to the listed ETag/version), or
-    /// why it could not be read: gone or changed since listing.
-    async fn metadata(&self, rows: &[Entry]) -> Result<Vec<std::result::Result<Attributes, String>>> {
+    /// The user metadata (HEAD requests, pinned to the listed ETag/version) and tags of each
+    /// object, or why they could not be read: gone or changed since listing.
+    async fn extras(&self, rows: &[Entry]) -> Result<Vec<std::result::Result<Extras, String>>> {
         let pins: Vec<(String, Option<String>, Option<String>, u64)> =
             rows.iter().map(|e| (e.uri.clone(), e.etag.clone(), e.version.clone(), e.size)).collect();
+        let (metadata, tags) = (!self.source.metadata.is_empty(), !self.source.tags.is_empty());
         let registry = self.source.registry.clone();
+        let (base, url) = (self.source.base()?, self.source.url()?);
+        let api = match tags {
+            true => Some(registry.s3_api(url.host_str().unwrap_or_default())?),
+            false => None,
+        };
         futures::stream::iter(pins)
             .map(move |(uri, etag, version, size)| {
-                let registry = registry.clone();
+                let (registry, api, key) = (registry.clone(), api.clone(), uri.get(base.len()..).unwrap_or_default().to_string());
                 async move {
-                    let (store, path) = match registry.resolve(&uri).await? {
-                        Ok(sp) => sp,
-                        Err(refused) => return Ok(Err(refused.0)),
-                    };
-                    let opts = GetOptions { head: true, if_match: etag.clone(), version, ..Default::default() };
-                    // Stores that ignore `If-Match` still return the ETag, which is compared too
-                    // (and the size, for listings without ETags).
-                    match store.get_opts(&path, opts).await {
-                        Ok(got) if (etag.is_none() || got.meta.e_tag == etag) && got.meta.size == size => Ok(Ok(got.attributes)),
-                        Ok(_) | Err(object_store::Error::Precondition { .. }) => Ok(Err(CHANGED.into())),
-                        Err(object_store::Error::NotFound { .. }) => {
-                            Ok(Err("metadata: the object is gone since it was listed".into()))
+                    let mut extras = Extras::default();
+                    if metadata {
+                        let (store, path) = match registry.resolve(&uri).await? {
+                            Ok(sp) => sp,
+                            Err(refused) => return Ok(Err(refused.0)),
+                        };
+                        let opts =
+                            GetOptions { head: true, if_match: etag.clone(), version: version.clone(), ..Default::default() };
+                        // Stores that ignore `If-Match` still return the ETag, which is compared
+                        // too (and the size, for listings without ETags).
+                        match store.get_opts(&path, opts).await {
+                            Ok(got) if (etag.is_none() || got.meta.e_tag == etag) && got.meta.size == size => {
+                                extras.metadata = got.attributes
+                            }
+                            Ok(_) | Err(object_store::Error::Precondition { .. }) => return Ok(Err(CHANGED.into())),
+                            Err(object_store::Error::NotFound { .. }) => {
+                                return Ok(Err("metadata: the object is gone since it was listed".into()))
+                            }
+                            Err(err) => return Err(Error::from(err).context(format!("reading the metadata of {uri}"))),
                         }
-                        Err(err) => Err(Error::from(err).context(format!("reading the metadata of {uri}"))),
                     }
+                    if let Some(api) = api {
+                        match api
+                            .tags(&key, version.as_deref())
+                            .await
+                            .map_err(|e| e.context(format!("reading the tags of {uri}")))?
+                        {
+                            Some(t) => extras.tags = t,
+                            None => return Ok(Err("tags: the object is gone since it was listed".into())),
+                        }
+                    }
+                    Ok(Ok(extras))
                 }
             })
             .buffered(16)
@@ -658,16 +735,16 @@ impl SplitReader for Reader {
         }
         let end = (self.next + self.source.batch_size).min(self.entries.len());
         let mut rows: Vec<&Entry> = self.entries[self.next..end].iter().collect();
-        let mut metadata = Vec::new();
-        if !self.source.metadata.is_empty() {
-            let found = self.metadata(&self.entries[self.next..end]).await?;
+        let mut extras = Vec::new();
+        if !self.source.metadata.is_empty() || !self.source.tags.is_empty() {
+            let found = self.extras(&self.entries[self.next..end]).await?;
             let mut bad = Vec::new();
             let mut kept = Vec::new();
-            for (e, m) in rows.into_iter().zip(found) {
-                match m {
-                    Ok(attributes) => {
+            for (e, x) in rows.into_iter().zip(found) {
+                match x {
+                    Ok(x) => {
                         kept.push(e);
-                        metadata.push(attributes);
+                        extras.push(x);
                     }
                     Err(why) => bad.push((e.uri.as_str(), why)),
                 }
@@ -705,7 +782,12 @@ impl SplitReader for Reader {
         }
         for name in &self.source.metadata {
             let key = Attribute::Metadata(name.clone().into());
-            let values: StringArray = metadata.iter().map(|a| a.get(&key).map(|v| v.to_string())).collect();
+            let values: StringArray = extras.iter().map(|x| x.metadata.get(&key).map(|v| v.to_string())).collect();
+            columns.push(Arc::new(values));
+        }
+        for name in &self.source.tags {
+            let values: StringArray =
+                extras.iter().map(|x| x.tags.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())).collect();
             columns.push(Arc::new(values));
         }
         self.next = end;

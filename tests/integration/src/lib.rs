@@ -5,6 +5,9 @@
 //!   ranged GET and conditional PUT) on a free port of 127.0.0.1, with a fresh bucket per call to
 //!   [`S3Server::bucket`]. The binary comes from `ALLUVIUM_S3S_FS`, or
 //!   `~/.cache/alluvium/s3s/bin/s3s-fs` where `.ci/run` installs it.
+//! * [`MotoS3Server`]: moto's S3 server (`moto[server]` from PyPI, in the cross-readers' venv),
+//!   the second S3 implementation, for the calls s3s-fs does not implement: object versions
+//!   (`ListObjectVersions`) and tags. [`MotoS3Server::bucket`] makes a fresh versioned bucket.
 //! * [`AzuriteServer`]: Azurite (Microsoft's Azure Storage emulator, from npm) on a free port, with
 //!   a fresh container per call to [`AzuriteServer::container`]. The binary comes from
 //!   `ALLUVIUM_AZURITE`, or `~/.cache/alluvium/azurite/node_modules/.bin/azurite-blob`.
@@ -110,16 +113,82 @@ impl S3Server {
 
     /// The environment variables that point an AWS client (and `object_store`) at this server.
     pub fn env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ENDPOINT", self.endpoint.as_str()),
-            ("AWS_ACCESS_KEY_ID", self.access_key.as_str()),
-            ("AWS_SECRET_ACCESS_KEY", self.secret_key.as_str()),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ALLOW_HTTP", "true"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        s3_env(&self.endpoint, &self.access_key, &self.secret_key)
+    }
+}
+
+/// The environment variables that point an AWS client (and `object_store`) at an S3 server.
+fn s3_env(endpoint: &str, access_key: &str, secret_key: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT", endpoint),
+        ("AWS_ACCESS_KEY_ID", access_key),
+        ("AWS_SECRET_ACCESS_KEY", secret_key),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// moto's S3 server on a free port of 127.0.0.1, stopped on drop: an S3 implementation with
+/// versioning, delete markers and tags, which s3s-fs lacks. It does not check signatures.
+pub struct MotoS3Server {
+    child: Child,
+    python: String,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl MotoS3Server {
+    /// Starts the server from the cross-readers' Python (`moto[server]`), or returns `None` when
+    /// that Python is missing (outside CI).
+    pub fn start() -> Option<Self> {
+        let python = python()?;
+        let port = free_port();
+        let child = Command::new(&python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start moto's S3 server with {python}: {e}"));
+        let server = Self { child, python, endpoint: format!("http://127.0.0.1:{port}") };
+        wait_listening(port, "moto's S3 server", Duration::from_secs(60));
+        Some(server)
+    }
+
+    /// The environment variables that point an AWS client (and `object_store`) at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        s3_env(&self.endpoint, "testing", "testing")
+    }
+
+    /// Runs `script` with boto3 in scope as `s3`, a client of this server, and `args` as
+    /// `sys.argv[1:]`; returns its standard output.
+    pub fn boto3(&self, script: &str, args: &[&str]) -> String {
+        let script = format!(
+            "import sys, time, boto3\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id='testing', \
+             aws_secret_access_key='testing', region_name='us-east-1')\n{script}",
+            self.endpoint
+        );
+        python_run(&self.python, &script, args)
+    }
+
+    /// Creates a fresh bucket with versioning enabled and returns its name.
+    pub fn bucket(&self) -> String {
+        let name = format!("test-{:x}", rand::random::<u64>());
+        self.boto3(
+            "s3.create_bucket(Bucket=sys.argv[1])\n\
+             s3.put_bucket_versioning(Bucket=sys.argv[1], VersioningConfiguration={'Status': 'Enabled'})",
+            &[&name],
+        );
+        name
+    }
+}
+
+impl Drop for MotoS3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

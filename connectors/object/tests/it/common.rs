@@ -39,9 +39,13 @@ pub fn failure(out: &Output, row: usize) -> String {
 /// A registry for the S3 server `s3` with the secret `secret` (a wrong one to test refusals);
 /// one retry, so refusals fail fast.
 pub fn registry(s3: &alluvium_integration::S3Server, secret: &str) -> std::sync::Arc<alluvium_object::ObjectStoreRegistry> {
+    registry_at(&s3.endpoint, &s3.access_key, secret)
+}
+
+/// A registry for the S3 server at `endpoint` with these keys; one retry, so refusals fail fast.
+pub fn registry_at(endpoint: &str, key: &str, secret: &str) -> std::sync::Arc<alluvium_object::ObjectStoreRegistry> {
     let cfg: alluvium_object::StoreConfig = toml::from_str(&format!(
-        "max_retries = 1\nretry_timeout = \"5s\"\n[s3]\nendpoint = '{}'\naccess_key_id = '{}'\nsecret_access_key = '{}'\nregion = 'us-east-1'\nallow_http = 'true'\n",
-        s3.endpoint, s3.access_key, secret
+        "max_retries = 1\nretry_timeout = \"5s\"\n[s3]\nendpoint = '{endpoint}'\naccess_key_id = '{key}'\nsecret_access_key = '{secret}'\nregion = 'us-east-1'\nallow_http = 'true'\n",
     ))
     .unwrap();
     std::sync::Arc::new(alluvium_object::ObjectStoreRegistry::new(cfg))

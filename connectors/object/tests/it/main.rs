@@ -1,4 +1,5 @@
-//! Object IO against real stores: an S3 server, Azurite (Azure), local files, an HTTP server.
+//! Object IO against real stores: an S3 server (s3s-fs; moto's for versions and tags), Azurite
+//! (Azure), local files, an HTTP server.
 
 mod azure;
 mod common;
@@ -8,3 +9,4 @@ mod inventory;
 mod manifest;
 mod s3;
 mod source;
+mod versions;
