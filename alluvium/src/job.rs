@@ -502,6 +502,26 @@ pub enum StageConfig {
         #[serde(default)]
         fit: Option<FitConfig>,
     },
+    /// ObjectRef → `video` (`alluvium.video`: duration, fps, codec, size, rotation), by FFmpeg.
+    #[cfg(feature = "video")]
+    ProbeVideo {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// The ObjectRef column (`ref`).
+        #[serde(default)]
+        column: Option<String>,
+    },
+    /// Videos → frame rows (`source`, `frame_index`, `pts_ms`, `keyframe`, `image`), streamed.
+    #[cfg(feature = "video")]
+    ExtractFrames {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// Sampling, size, encoding, limits.
+        #[serde(flatten)]
+        frames: ExtractFramesConfig,
+    },
     /// Encodes the decoded `image` into an `alluvium.image` column.
     #[cfg(feature = "formats")]
     EncodeImage {
@@ -518,6 +538,58 @@ pub enum StageConfig {
         #[serde(default)]
         output: Option<String>,
     },
+}
+
+/// `[[stages]] type = "extract_frames"`: which frames, at what size, in what encoding.
+#[cfg(feature = "video")]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractFramesConfig {
+    /// The videos' ObjectRef column (`ref`), or a `probe_video` column.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// Frames per second to keep (the default sampling: 1).
+    #[serde(default)]
+    pub fps: Option<f64>,
+    /// Keep frames 0, N, 2N, …
+    #[serde(default)]
+    pub every_nth: Option<u64>,
+    /// Keep keyframes only (decodes only them: fast).
+    #[serde(default)]
+    pub keyframes: Option<bool>,
+    /// Keep the first frame at or after each of these times (ms).
+    #[serde(default)]
+    pub timestamps_ms: Option<Vec<i64>>,
+    /// Keep the first frame of each scene: a luma-histogram change over this fraction (0.3).
+    #[serde(default)]
+    pub scene_threshold: Option<f64>,
+    /// Frames come out this many pixels on the shorter side (224; never enlarged)…
+    #[serde(default)]
+    pub short_side: Option<u32>,
+    /// …or within `[width, height]`, keeping the aspect ratio…
+    #[serde(default)]
+    pub fit: Option<[u32; 2]>,
+    /// …or at the video's own size.
+    #[serde(default)]
+    pub original_size: Option<bool>,
+    /// `jpeg` (default), `png` or `webp`.
+    #[serde(default)]
+    pub format: Option<EncodeFormat>,
+    /// JPEG quality 1–100 (90).
+    #[serde(default)]
+    pub quality: Option<u8>,
+    /// Frame rows per output batch (64).
+    #[serde(default)]
+    pub frames_per_batch: Option<usize>,
+    /// Videos with more pixels per frame become dead letters (80,000,000).
+    #[serde(default)]
+    pub max_pixels: Option<u64>,
+    /// Give up on one video after this long (`10m`).
+    #[serde(default, with = "opt_duration")]
+    pub time_budget: Option<Duration>,
+    /// Decoder threads per video (1: one core per lane).
+    #[serde(default)]
+    pub threads: Option<usize>,
 }
 
 /// `fit` of a resize stage.
@@ -998,6 +1070,13 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
             };
             (common, Stage::from(alluvium_formats::Resize::to(*width, *height).fit(fit)))
         }
+        #[cfg(feature = "video")]
+        StageConfig::ProbeVideo { common, column } => {
+            let p = alluvium_formats::ProbeVideo::new(registry.clone());
+            (common, Stage::from(p.column(column.clone().unwrap_or_else(|| "ref".into()))))
+        }
+        #[cfg(feature = "video")]
+        StageConfig::ExtractFrames { common, frames } => (common, Stage::from(frames.build(registry)?)),
         #[cfg(feature = "formats")]
         StageConfig::EncodeImage { common, format, quality, output } => {
             if quality.is_some_and(|q| q == 0 || q > 100) {
@@ -1016,6 +1095,74 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
         }
     };
     with_common(stage, common)
+}
+
+#[cfg(feature = "video")]
+impl ExtractFramesConfig {
+    fn build(&self, registry: &Registry) -> Result<alluvium_formats::ExtractFrames> {
+        use alluvium_formats::{FrameSize, ImageFormat, Sampling};
+        let c = self;
+        let mut modes = Vec::new();
+        if let Some(r) = c.fps {
+            modes.push(("fps", Sampling::PerSecond(r)));
+        }
+        if let Some(n) = c.every_nth {
+            modes.push(("every_nth", Sampling::EveryNth(n)));
+        }
+        if c.keyframes == Some(true) {
+            modes.push(("keyframes", Sampling::Keyframes));
+        }
+        if let Some(t) = &c.timestamps_ms {
+            modes.push(("timestamps_ms", Sampling::Timestamps(t.clone())));
+        }
+        if let Some(t) = c.scene_threshold {
+            modes.push(("scene_threshold", Sampling::SceneChanges(t)));
+        }
+        if modes.len() > 1 {
+            let names: Vec<&str> = modes.iter().map(|m| m.0).collect();
+            return Err(Error::config(format!(
+                "extract_frames: `{}` each choose the frames; keep one of them",
+                names.join("`, `")
+            )));
+        }
+        let sampling = modes.pop().map_or(Sampling::PerSecond(1.0), |m| m.1);
+        let size = match (c.short_side, c.fit, c.original_size) {
+            (None, None, None | Some(false)) => FrameSize::ShortSide(224),
+            (Some(s), None, None | Some(false)) => FrameSize::ShortSide(s),
+            (None, Some([w, h]), None | Some(false)) => FrameSize::Fit(w, h),
+            (None, None, Some(true)) => FrameSize::Original,
+            _ => {
+                return Err(Error::config(
+                    "extract_frames: `short_side`, `fit` and `original_size` each set the frame size; keep one of them",
+                ))
+            }
+        };
+        if c.quality.is_some_and(|q| q == 0 || q > 100) {
+            return Err(Error::config("extract_frames: `quality` must be between 1 and 100"));
+        }
+        let format = match c.format.unwrap_or(EncodeFormat::Jpeg) {
+            EncodeFormat::Jpeg => ImageFormat::Jpeg { quality: c.quality.unwrap_or(90) },
+            EncodeFormat::Png => ImageFormat::Png,
+            EncodeFormat::Webp => ImageFormat::WebP,
+        };
+        let defaults = alluvium_formats::video::Limits::default();
+        let limits = alluvium_formats::video::Limits {
+            max_pixels: c.max_pixels.unwrap_or(defaults.max_pixels),
+            time_budget: c.time_budget.unwrap_or(defaults.time_budget),
+            threads: c.threads.unwrap_or(defaults.threads).max(1),
+        };
+        let mut e = alluvium_formats::ExtractFrames::new(registry.clone())
+            .sampling(sampling)
+            .size(size)
+            .format(format)
+            .limits(limits)
+            .frames_per_batch(c.frames_per_batch.unwrap_or(64));
+        if let Some(col) = &c.column {
+            e = e.column(col.clone());
+        }
+        e.validate()?;
+        Ok(e)
+    }
 }
 
 fn fault(

@@ -20,6 +20,8 @@
 //!   ([`checkpoint`]).
 //! * Channels between stages are bounded in **bytes** ([`channel`]); every stage reports the same
 //!   [`metrics`].
+//! * Codecs that seek read references through [`OpenObject`] (ranged reads, bounded memory)
+//!   ([`open`]).
 //! * Large assets travel as references: [`types::ObjectRef`] and the other multimodal extension
 //!   types (images, embeddings, tensors, video/audio refs, frames) over plain Arrow layouts ([`types`]).
 //!
@@ -47,6 +49,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod files;
 pub mod metrics;
+pub mod open;
 pub mod operator;
 pub mod ops;
 pub mod pipeline;
@@ -59,6 +62,7 @@ pub mod types;
 
 pub use checkpoint::CheckpointStore;
 pub use error::{Error, ErrorKind, Result};
+pub use open::{OpenObject, ReadSeek};
 pub use operator::{AsyncOperator, Map, Operator, Output, RowFailure, RowResults, TaskContext};
 pub use pipeline::{Edge, PipelineBuilder, Stage};
 pub use runtime::{Pipeline, Summary};

@@ -160,6 +160,14 @@ impl From<RecordBatch> for Output {
 pub trait Operator: Send + 'static {
     /// Processes one batch.
     fn process(&mut self, batch: RecordBatch) -> Result<Output>;
+    /// Processes one batch whose output may be far larger than its input (a video's frames),
+    /// handing `emit` the output a piece at a time. The runtime sends each piece downstream
+    /// before `emit` returns, so memory stays bounded by the channel budget however long the
+    /// video. Each piece's failures index rows of `batch`. The default emits
+    /// [`process`](Operator::process)'s output once.
+    fn process_into(&mut self, batch: RecordBatch, emit: &mut dyn FnMut(Output) -> Result<()>) -> Result<()> {
+        emit(self.process(batch)?)
+    }
     /// Called once before the first batch (and again on a fresh instance after a restart).
     fn open(&mut self, _ctx: &TaskContext) -> Result<()> {
         Ok(())

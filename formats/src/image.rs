@@ -323,29 +323,12 @@ impl EncodeImage {
         self.column = name.into();
         self
     }
+}
 
-    fn encode(&self, px: Vec<u8>, w: u32, h: u32) -> std::result::Result<Vec<u8>, String> {
-        #[cfg(feature = "turbojpeg")]
-        if let ImageFormat::Jpeg { quality } = self.format {
-            if let Some(bytes) = turbo::encode(&px, w, h, quality) {
-                return Ok(bytes);
-            }
-        }
-        let img = RgbImage::from_raw(w, h, px).ok_or("the pixel buffer does not match its width and height")?;
-        let mut out = Vec::new();
-        let r = match self.format {
-            ImageFormat::Jpeg { quality } => {
-                img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality))
-            }
-            ImageFormat::Png => img.write_with_encoder(image::codecs::png::PngEncoder::new(&mut out)),
-            ImageFormat::WebP => img.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut out)),
-        };
-        r.map_err(|e| format!("encoding failed: {e}"))?;
-        Ok(out)
-    }
-
-    fn format_name(&self) -> &'static str {
-        match self.format {
+impl ImageFormat {
+    /// The format's name in `alluvium.image` columns.
+    pub fn name(&self) -> &'static str {
+        match self {
             ImageFormat::Jpeg { .. } => "jpeg",
             ImageFormat::Png => "png",
             ImageFormat::WebP => "webp",
@@ -353,14 +336,35 @@ impl EncodeImage {
     }
 }
 
+/// Encodes packed RGB pixels (`w × h`) as `format`.
+pub(crate) fn encode_rgb(format: ImageFormat, px: &[u8], w: u32, h: u32) -> std::result::Result<Vec<u8>, String> {
+    #[cfg(feature = "turbojpeg")]
+    if let ImageFormat::Jpeg { quality } = format {
+        if let Some(bytes) = turbo::encode(px, w, h, quality) {
+            return Ok(bytes);
+        }
+    }
+    let img = image::ImageBuffer::<image::Rgb<u8>, &[u8]>::from_raw(w, h, px)
+        .ok_or("the pixel buffer does not match its width and height")?;
+    let mut out = Vec::new();
+    let r = match format {
+        ImageFormat::Jpeg { quality } => {
+            img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality))
+        }
+        ImageFormat::Png => img.write_with_encoder(image::codecs::png::PngEncoder::new(&mut out)),
+        ImageFormat::WebP => img.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut out)),
+    };
+    r.map_err(|e| format!("encoding failed: {e}"))?;
+    Ok(out)
+}
+
 impl Operator for EncodeImage {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
         let images = read_decoded(&batch, &self.column, "encode_image")?;
-        let rows = RowResults::collect(
-            images
-                .into_iter()
-                .map(|(px, w, h)| self.encode(px, w, h).map(|bytes| (bytes, w, h)).map_err(|m| (ErrorKind::Data, m))),
-        );
+        let rows =
+            RowResults::collect(images.into_iter().map(|(px, w, h)| {
+                encode_rgb(self.format, &px, w, h).map(|bytes| (bytes, w, h)).map_err(|m| (ErrorKind::Data, m))
+            }));
         let kept = rows.kept(&batch)?;
         let mut data = BinaryBuilder::new();
         rows.ok.iter().for_each(|(bytes, _, _)| data.append_value(bytes));
@@ -369,7 +373,7 @@ impl Operator for EncodeImage {
         let n = ws.len();
         let encoded = EncodedImageType::array(
             data.finish(),
-            StringArray::from(vec![self.format_name(); n]),
+            StringArray::from(vec![self.format.name(); n]),
             UInt32Array::from(ws),
             UInt32Array::from(hs),
         )?;

@@ -8,16 +8,21 @@
 //! * **video**: probe, and frame extraction (every Nth frame, N per second, keyframes, timestamps,
 //!   scene changes) on FFmpeg, streaming through bounded memory;
 //! * **audio**: probe, decode, resample and window;
-//! * **manifests**: CSV / JSON Lines / Parquet files whose rows carry URIs.
 //!
 //! Every codec turns bad input into a dead letter with a reason, never a crash.
 //!
-//! Landed: the image stages ([`image`]: [`DecodeImage`], [`Resize`], [`EncodeImage`]). Video, audio
-//! and manifests follow. The crate depends only on `alluvium-core`, so connectors can use it without
-//! pulling in lake formats.
+//! Landed: the image stages ([`image`]: [`DecodeImage`], [`Resize`], [`EncodeImage`]) and video
+//! ([`video`]: [`ProbeVideo`], [`ExtractFrames`], on FFmpeg through `ffmpeg-next`, reading
+//! objects through [`OpenObject`](alluvium_core::OpenObject)). Audio follows. The crate depends
+//! only on `alluvium-core` (and the system's FFmpeg), so connectors can use it without pulling in
+//! lake formats or storage code.
 
 #![forbid(unsafe_code)]
 
 pub mod image;
+#[cfg(feature = "video")]
+pub mod video;
 
 pub use image::{DecodeImage, EncodeImage, Fit, ImageFormat, Resize};
+#[cfg(feature = "video")]
+pub use video::{ExtractFrames, FrameSize, ProbeVideo, Sampling};

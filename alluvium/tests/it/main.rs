@@ -4,3 +4,5 @@ mod cli;
 mod lake;
 mod library;
 mod tables;
+#[cfg(feature = "video")]
+mod video;

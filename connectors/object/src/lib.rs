@@ -17,6 +17,9 @@
 //!
 //! * [`Hash`](struct@Hash) and [`Probe`] — the content hash (streamed, constant memory) and the sniffed content
 //!   type and size of each object, without keeping its bytes.
+//! * [`RangedReader`] — blocking random access to an object by ranged GETs through one bounded
+//!   buffer: the registry is an [`OpenObject`](alluvium_core::OpenObject) for codecs that seek
+//!   (video) ([`open`]).
 //! * [`ObjectStoreSource`] — every object under a prefix as ObjectRef rows (a bounded listing, an
 //!   S3 Inventory report ([`inventory`]), or continuous discovery).
 //! * [`ManifestSource`] — the rows of CSV, JSON Lines or Parquet manifests as ObjectRef rows, read
@@ -32,6 +35,7 @@ pub mod fetch;
 pub mod hash;
 pub mod inventory;
 pub mod manifest;
+pub mod open;
 pub mod registry;
 pub mod s3;
 pub mod source;
@@ -42,5 +46,6 @@ pub use config::StoreConfig;
 pub use fetch::Fetch;
 pub use hash::{sniff, Hash, Probe};
 pub use manifest::{ManifestFormat, ManifestSource};
+pub use open::RangedReader;
 pub use registry::ObjectStoreRegistry;
 pub use source::ObjectStoreSource;

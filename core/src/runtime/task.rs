@@ -312,9 +312,22 @@ impl OperatorTask {
                     io.count_in(&batch);
                     let start = Instant::now();
                     let input = batch.clone();
-                    let out = blocking(&mut op, &stage, move |op| op.process(batch)).await?;
+                    // The operator emits its output piece by piece from the blocking pool; each
+                    // piece is sent on before the next is made (one in hand at a time).
+                    let (tx, mut rx) = mpsc::channel::<Output>(1);
+                    let mut taken = op.take().expect("operator present");
+                    let work = tokio::task::spawn_blocking(move || {
+                        let r = taken.process_into(batch, &mut |out| tx.blocking_send(out).map_err(|_| downstream_gone()));
+                        (taken, r)
+                    });
+                    while let Some(out) = rx.recv().await {
+                        io.emit(&input, Ok(out)).await?;
+                    }
+                    let (back, r) =
+                        work.await.map_err(|e| Error::internal(format!("stage `{stage}` panicked: {}", panic_message(e))))?;
+                    op = Some(back);
+                    r.map_err(|e| e.context(format!("stage `{stage}`")))?;
                     StageMetrics::add_time(&io.metrics.busy_ns, start.elapsed());
-                    io.emit(&input, out).await?;
                 }
                 Event::Barrier(b) => {
                     let end_of_input = b.kind == BarrierKind::EndOfInput;

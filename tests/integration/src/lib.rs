@@ -20,6 +20,9 @@
 //! * [`python`]: a Python with pyarrow, duckdb, polars, deltalake, pyiceberg and pylance for
 //!   cross-reading our output (`ALLUVIUM_PYTHON`, set by `.ci/run`); [`python_run`] runs a script.
 //!
+//! * [`ffmpeg`]: Debian's `ffmpeg` CLI (installed by `.ci/run`), to make test videos and audio;
+//!   [`test_video`] makes an H.264 MP4 of a test pattern.
+//!
 //! When a service is missing, tests are skipped with a visible message — except under CI
 //! (`CI` set), where a missing service fails the test: CI must never pass by skipping.
 
@@ -492,4 +495,44 @@ impl Drop for PostgresServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the `ffmpeg` CLI with `args` (quietly, overwriting outputs), or returns `None` when it is
+/// not installed (outside CI); panics with its output when it fails.
+pub fn ffmpeg(args: &[&str]) -> Option<()> {
+    let out = match Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).output() {
+        Ok(out) => out,
+        Err(_) => {
+            missing("the ffmpeg CLI")?;
+            unreachable!()
+        }
+    };
+    assert!(out.status.success(), "ffmpeg {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Some(())
+}
+
+/// Writes an H.264 (yuv420p) MP4 of FFmpeg's `testsrc` pattern to `path`: `seconds` long,
+/// `width × height` at `fps`, a keyframe every `gop` frames and nowhere else.
+pub fn test_video(path: &Path, seconds: u32, (width, height): (u32, u32), fps: u32, gop: u32) -> Option<()> {
+    let src = format!("testsrc=size={width}x{height}:rate={fps}:duration={seconds}");
+    let (gop, path) = (gop.to_string(), path.to_str().expect("utf-8 path"));
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &src,
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        &gop,
+        "-keyint_min",
+        &gop,
+        "-sc_threshold",
+        "0",
+        "-preset",
+        "ultrafast",
+        path,
+    ])
 }

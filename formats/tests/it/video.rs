@@ -1,0 +1,269 @@
+//! Video probing and frame extraction on videos FFmpeg's CLI makes at test time: every sampling
+//! mode, the pixels next to the CLI's own decode, rotation, streaming in pieces, and bad input as
+//! dead letters.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use alluvium_core::arrow::array::{AsArray, RecordBatch};
+use alluvium_core::arrow::datatypes::{Int64Type, Schema, UInt64Type};
+use alluvium_core::open::LocalFiles;
+use alluvium_core::types::{ObjectRef, ObjectRefType};
+use alluvium_core::{Operator, Output};
+use alluvium_formats::video::{extract, probe, Limits};
+use alluvium_formats::{ExtractFrames, FrameSize, ImageFormat, ProbeVideo, Sampling};
+use alluvium_integration::{ffmpeg, test_video};
+
+fn refs(paths: &[&Path]) -> RecordBatch {
+    let col: alluvium_core::arrow::array::StructArray =
+        paths.iter().map(|p| ObjectRef::new(format!("file://{}", p.display()))).collect();
+    let label = alluvium_core::arrow::array::StringArray::from_iter_values(paths.iter().map(|p| p.display().to_string()));
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            ObjectRefType::field("ref", false),
+            alluvium_core::arrow::datatypes::Field::new("label", alluvium_core::arrow::datatypes::DataType::Utf8, false),
+        ])),
+        vec![Arc::new(col), Arc::new(label)],
+    )
+    .unwrap()
+}
+
+/// `(frame_index, pts_ms, keyframe)` of every frame row.
+fn frames(out: &Output) -> Vec<(u64, i64, bool)> {
+    let b = &out.batch;
+    let index = b.column_by_name("frame_index").unwrap().as_primitive::<UInt64Type>();
+    let pts = b.column_by_name("pts_ms").unwrap().as_primitive::<Int64Type>();
+    let key = b.column_by_name("keyframe").unwrap().as_boolean();
+    (0..b.num_rows()).map(|i| (index.value(i), pts.value(i), key.value(i))).collect()
+}
+
+fn run(op: ExtractFrames, batch: RecordBatch) -> Output {
+    let mut op = op;
+    op.validate().unwrap();
+    op.process(batch).unwrap()
+}
+
+/// Four seconds at 25 fps (frames 40 ms apart), a keyframe every 2 seconds.
+fn four_seconds(dir: &Path) -> Option<std::path::PathBuf> {
+    let path = dir.join("x.mp4");
+    test_video(&path, 4, (320, 240), 25, 50)?;
+    Some(path)
+}
+
+#[test]
+fn a_video_is_probed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(path) = four_seconds(dir.path()) else { return };
+    let media = Box::new(std::fs::File::open(&path).unwrap());
+    let info = probe(media, &Limits::default()).unwrap();
+    assert_eq!((info.codec.as_str(), info.width, info.height, info.rotation), ("h264", 320, 240, 0));
+    assert_eq!(info.fps, Some(25.0));
+    assert!((3900..=4100).contains(&info.duration_ms.unwrap()), "{info:?}");
+    // The stage: a `video` column, and the input's columns kept.
+    let mut op = ProbeVideo::new(Arc::new(LocalFiles));
+    let out = op.process(refs(&[&path])).unwrap();
+    assert!(out.failures.is_empty());
+    let video = out.batch.column_by_name("video").unwrap().as_struct();
+    assert_eq!(video.column_by_name("codec").unwrap().as_string::<i32>().value(0), "h264");
+    assert!(out.batch.column_by_name("label").is_some());
+}
+
+#[test]
+fn every_sampling_mode_picks_its_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(path) = four_seconds(dir.path()) else { return };
+    let batch = refs(&[&path]);
+    let op = || ExtractFrames::new(Arc::new(LocalFiles)).size(FrameSize::ShortSide(64));
+    let every = frames(&run(op().sampling(Sampling::EveryNth(10)), batch.clone()));
+    assert_eq!(every.iter().map(|f| f.0).collect::<Vec<_>>(), (0..100).step_by(10).collect::<Vec<_>>());
+    assert_eq!(every[5].1, 2000, "frame 50 is at 2 s");
+    let per_second = frames(&run(op().sampling(Sampling::PerSecond(1.0)), batch.clone()));
+    assert_eq!(per_second.iter().map(|f| f.1).collect::<Vec<_>>(), [0, 1000, 2000, 3000]);
+    let keyframes = frames(&run(op().sampling(Sampling::Keyframes), batch.clone()));
+    assert_eq!(keyframes, [(0, 0, true), (50, 2000, true)]);
+    let at = frames(&run(op().sampling(Sampling::Timestamps(vec![3010, 500, 3000])), batch.clone()));
+    assert_eq!(at.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(), [(13, 520), (75, 3000), (76, 3040)], "after a seek too");
+    // Frame rows: the video's other columns, the source reference, the image at its size.
+    let out = run(op().sampling(Sampling::Keyframes), batch);
+    let b = &out.batch;
+    assert_eq!(b.column_by_name("label").unwrap().as_string::<i32>().value(1), path.display().to_string());
+    let source = b.column_by_name("source").unwrap().as_struct();
+    assert!(source.column_by_name("uri").unwrap().as_string::<i32>().value(0).ends_with("x.mp4"));
+    let image = b.column_by_name("image").unwrap().as_struct();
+    let (w, h) = (
+        image.column_by_name("width").unwrap().as_primitive::<alluvium_core::arrow::datatypes::UInt32Type>(),
+        image.column_by_name("height").unwrap().as_primitive::<alluvium_core::arrow::datatypes::UInt32Type>(),
+    );
+    assert_eq!((w.value(0), h.value(0)), (85, 64), "64 on the short side");
+    let jpeg = image.column_by_name("data").unwrap().as_binary::<i32>().value(0);
+    let decoded = image::load_from_memory(jpeg).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (85, 64));
+    assert!(b.column_by_name("ref").is_none(), "the reference column becomes `source`");
+}
+
+#[test]
+fn scene_changes_are_found_by_their_histograms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scenes.mp4");
+    let p = path.to_str().unwrap();
+    let Some(()) = ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=red:size=160x120:rate=25:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=160x120:rate=25:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=white:size=160x120:rate=25:duration=1",
+        "-filter_complex",
+        "[0][1][2]concat=n=3:v=1",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-preset",
+        "ultrafast",
+        p,
+    ]) else {
+        return;
+    };
+    let out = run(ExtractFrames::new(Arc::new(LocalFiles)).sampling(Sampling::SceneChanges(0.3)), refs(&[&path]));
+    assert_eq!(frames(&out).iter().map(|f| f.1).collect::<Vec<_>>(), [0, 1000, 2000], "one frame per scene");
+}
+
+/// At full size and lossless, the first frame has the pixels FFmpeg's CLI gives (both convert
+/// YUV to RGB with swscale, bilinear), and it is turned upright by the display matrix.
+#[test]
+fn frames_have_the_pixels_the_ffmpeg_cli_gives_and_are_turned_upright() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(path) = four_seconds(dir.path()) else { return };
+    let raw = dir.path().join("first.rgb");
+    ffmpeg(&[
+        "-i",
+        path.to_str().unwrap(),
+        "-frames:v",
+        "1",
+        "-pix_fmt",
+        "rgb24",
+        "-sws_flags",
+        "bilinear",
+        "-f",
+        "rawvideo",
+        raw.to_str().unwrap(),
+    ]);
+    let expected = std::fs::read(&raw).unwrap();
+    let mut first = None;
+    let got = extract(
+        Box::new(std::fs::File::open(&path).unwrap()),
+        &Sampling::Timestamps(vec![0]),
+        FrameSize::Original,
+        &Limits::default(),
+        &mut |f| {
+            first = Some(f);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(got, Ok(1));
+    let first = first.unwrap();
+    assert_eq!((first.width, first.height), (320, 240));
+    let diff = first.rgb.iter().zip(&expected).map(|(a, b)| a.abs_diff(*b) as u64).max().unwrap();
+    assert_eq!(first.rgb.len(), expected.len());
+    assert!(diff <= 2, "max channel difference to the CLI's frame: {diff}");
+    // A phone-style video: stored landscape, shown portrait. `rotate=90` writes a display matrix
+    // that FFmpeg's CLI shows turned a quarter counter-clockwise (270° clockwise); the frame is
+    // the CLI's autorotated one.
+    let rotated = dir.path().join("rotated.mp4");
+    ffmpeg(&["-i", path.to_str().unwrap(), "-c", "copy", "-metadata:s:v:0", "rotate=90", rotated.to_str().unwrap()]);
+    let info = probe(Box::new(std::fs::File::open(&rotated).unwrap()), &Limits::default()).unwrap();
+    assert_eq!(info.rotation, 270);
+    let out = run(
+        ExtractFrames::new(Arc::new(LocalFiles)).sampling(Sampling::Keyframes).format(ImageFormat::Png).size(FrameSize::Original),
+        refs(&[&rotated]),
+    );
+    let image = out.batch.column_by_name("image").unwrap().as_struct();
+    let png = image::load_from_memory(image.column_by_name("data").unwrap().as_binary::<i32>().value(0)).unwrap().to_rgb8();
+    assert_eq!(png.dimensions(), (240, 320), "upright");
+    ffmpeg(&[
+        "-i",
+        rotated.to_str().unwrap(),
+        "-frames:v",
+        "1",
+        "-pix_fmt",
+        "rgb24",
+        "-sws_flags",
+        "bilinear",
+        "-f",
+        "rawvideo",
+        raw.to_str().unwrap(),
+    ]);
+    let upright = std::fs::read(&raw).unwrap();
+    assert_eq!(upright.len(), png.as_raw().len());
+    let mean = upright.iter().zip(png.as_raw()).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / upright.len() as f64;
+    assert!(mean < 2.0, "mean channel difference to the CLI's upright frame: {mean}");
+}
+
+/// One video's frames go out in several pieces of `frames_per_batch`, each sent before the next
+/// is made.
+#[test]
+fn a_videos_frames_stream_out_in_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(path) = four_seconds(dir.path()) else { return };
+    let mut op = ExtractFrames::new(Arc::new(LocalFiles))
+        .sampling(Sampling::EveryNth(1))
+        .size(FrameSize::ShortSide(32))
+        .frames_per_batch(30);
+    let mut pieces = Vec::new();
+    op.process_into(refs(&[&path]), &mut |out| {
+        pieces.push(out.batch.num_rows());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(pieces, [30, 30, 30, 10]);
+}
+
+/// Not a video, truncated, corrupt, audio only, empty, too large, over the time budget: each a
+/// dead letter with its reason; the good video in the same batch is extracted.
+#[test]
+fn bad_videos_are_dead_letters_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(good) = four_seconds(dir.path()) else { return };
+    let bytes = std::fs::read(&good).unwrap();
+    let write = |name: &str, data: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    };
+    let text = write("notes.mp4", b"this is not a video at all");
+    let truncated = write("truncated.mp4", &bytes[..bytes.len() / 2]);
+    let empty = write("empty.mp4", b"");
+    let audio = dir.path().join("tone.m4a");
+    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", audio.to_str().unwrap()]);
+    let missing = dir.path().join("missing.mp4");
+    let batch = refs(&[&text, &good, &truncated, &empty, &audio, &missing]);
+    let out = run(ExtractFrames::new(Arc::new(LocalFiles)).sampling(Sampling::Keyframes), batch.clone());
+    assert_eq!(frames(&out).len(), 2, "the good video's keyframes");
+    let why: Vec<(usize, &str)> = out.failures.iter().map(|f| (f.row, f.message.as_str())).collect();
+    assert_eq!(why.iter().map(|w| w.0).collect::<Vec<_>>(), [0, 2, 3, 4, 5], "{why:?}");
+    assert!(why.iter().all(|(_, m)| m.starts_with("extract_frames: ")), "{why:?}");
+    assert!(why[3].1.contains("no video stream"), "{why:?}");
+    assert!(why[4].1.contains("cannot open"), "{why:?}");
+    // Limits: too many pixels, and a time budget too short for any video.
+    let tiny = Limits { max_pixels: 1000, ..Limits::default() };
+    let out = run(ExtractFrames::new(Arc::new(LocalFiles)).limits(tiny), refs(&[&good]));
+    assert!(out.failures[0].message.contains("over the limit of 1000 pixels"), "{:?}", out.failures);
+    let hurried = Limits { time_budget: std::time::Duration::from_nanos(1), ..Limits::default() };
+    let out = run(ExtractFrames::new(Arc::new(LocalFiles)).limits(hurried), refs(&[&good]));
+    assert!(out.failures[0].message.contains("time budget"), "{:?}", out.failures);
+    // A video corrupted in the middle still gives the frames around the damage, never a crash.
+    let mut corrupt = bytes.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid..mid + 2000].iter_mut().for_each(|b| *b = 0x5a);
+    let corrupt = write("corrupt.mp4", &corrupt);
+    let out = run(ExtractFrames::new(Arc::new(LocalFiles)).sampling(Sampling::EveryNth(1)), refs(&[&corrupt]));
+    assert!(out.batch.num_rows() + out.failures.len() > 0);
+}
