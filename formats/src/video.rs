@@ -396,13 +396,14 @@ pub fn extract(
     let mut converter = Converter { size, rotation: video.info.rotation, scaler: None };
     let (mut decoded, mut sent, mut corrupt) = (0u64, 0u64, 0u64);
     let mut frame = ffmpeg::frame::Video::empty();
-    let mut packet = ffmpeg::Packet::empty();
     let mut eof = false;
     loop {
         if let Some(why) = video.over_budget() {
             return Ok(Err(failed_after(sent, why)));
         }
         if !eof {
+            // A fresh packet each time: `av_read_frame` fills it without releasing what it held.
+            let mut packet = ffmpeg::Packet::empty();
             match packet.read(&mut video.input) {
                 Ok(()) => {
                     if packet.stream() != video.stream || (keyframes_only && !packet.is_key()) {
