@@ -124,16 +124,6 @@ fn data(dir: &Path, bytes: u64) -> PathBuf {
     path
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
-}
-
 fn sink_for(format: &str, out: &Path) -> Arc<dyn Sink> {
     let table = out.to_str().expect("utf-8 path").to_string();
     match format {
@@ -179,7 +169,10 @@ fn child(format: &str, data: &Path, out: &Path) {
     });
     let seconds = start.elapsed().as_secs_f64();
     let (user, system) = cpu_seconds();
-    println!("{}", serde_json::json!({ "seconds": seconds, "peak_rss_mib": peak_rss_mib(), "user_s": user, "sys_s": system }));
+    println!(
+        "{}",
+        serde_json::json!({ "seconds": seconds, "peak_rss_mib": alluvium_integration::peak_rss_mib(), "user_s": user, "sys_s": system })
+    );
 }
 
 async fn commit(sink: &dyn Sink, ctx: &SinkContext, checkpoint: u64, committable: Option<alluvium::core::Committable>) {

@@ -29,15 +29,6 @@ fn photo(i: u32) -> Vec<u8> {
     out
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn run(images: &[Vec<u8>], scaled: bool) -> f64 {
     let mut decode = if scaled { DecodeImage::rgb().target(224, 224) } else { DecodeImage::rgb() };
     let mut resize = Resize::to(224, 224).fit(Fit::Fill);
@@ -83,7 +74,7 @@ fn main() {
     let images: Vec<Vec<u8>> = (0..n).map(photo).collect();
     let full = run(&images, false);
     let scaled = run(&images, true);
-    let rss = peak_rss_mib();
+    let rss = alluvium_integration::peak_rss_mib();
     println!("\nthumbnails: {n} × 640×480 JPEG → decode → 224×224 fill (Lanczos3) → JPEG q85, one thread");
     println!("{:<44} {:>10}", "run", "images/s");
     println!("{:<44} {:>10.0}", "alluvium, full decode", full);

@@ -18,16 +18,6 @@ use alluvium_core::types::{ObjectRef, ObjectRefType};
 use alluvium_core::{AsyncOperator, TaskContext};
 use alluvium_object::{AccessPolicy, Fetch, Hash, ObjectStoreRegistry, StoreConfig};
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
@@ -94,13 +84,13 @@ fn main() {
         let out = rt.block_on(Hash::new(registry.clone()).process(batch(uri.clone()), &ctx)).unwrap();
         let secs = start.elapsed().as_secs_f64();
         assert!(out.failures.is_empty(), "{:?}", out.failures);
-        let rss = peak_rss_mib();
+        let rss = alluvium_integration::peak_rss_mib();
         rows.push((format!("hash {name}"), bytes as f64 / secs / 1e6, rss));
 
         reset_peak_rss();
         let out = rt.block_on(Fetch::new(registry).process(batch(uri), &ctx)).unwrap();
         assert_eq!(out.failures.len(), 1, "Fetch refuses an object over max_object_bytes");
-        rows.push((format!("fetch {name} (refused: over 64 MiB)"), 0.0, peak_rss_mib()));
+        rows.push((format!("fetch {name} (refused: over 64 MiB)"), 0.0, alluvium_integration::peak_rss_mib()));
     }
 
     println!("\nlarge object: {:.2} GiB", bytes as f64 / (1u64 << 30) as f64);

@@ -514,13 +514,18 @@ pub fn ffmpeg(args: &[&str]) -> Option<()> {
 /// Writes an H.264 (yuv420p) MP4 of FFmpeg's `testsrc` pattern to `path`: `seconds` long,
 /// `width × height` at `fps`, a keyframe every `gop` frames and nowhere else.
 pub fn test_video(path: &Path, seconds: u32, (width, height): (u32, u32), fps: u32, gop: u32) -> Option<()> {
-    let src = format!("testsrc=size={width}x{height}:rate={fps}:duration={seconds}");
+    h264(path, &format!("testsrc=size={width}x{height}:rate={fps}:duration={seconds}"), gop, "ultrafast")
+}
+
+/// Encodes the lavfi `source` as H.264 (yuv420p, x264 `preset`) into `path`, with a keyframe
+/// every `gop` frames and nowhere else.
+pub fn h264(path: &Path, source: &str, gop: u32, preset: &str) -> Option<()> {
     let (gop, path) = (gop.to_string(), path.to_str().expect("utf-8 path"));
     ffmpeg(&[
         "-f",
         "lavfi",
         "-i",
-        &src,
+        source,
         "-c:v",
         "libx264",
         "-pix_fmt",
@@ -532,7 +537,17 @@ pub fn test_video(path: &Path, seconds: u32, (width, height): (u32, u32), fps: u
         "-sc_threshold",
         "0",
         "-preset",
-        "ultrafast",
+        preset,
         path,
     ])
+}
+
+/// This process's peak resident memory (VmHWM) in MiB, for benchmarks; 0 where /proc is missing.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
