@@ -480,17 +480,18 @@ pub fn extract(
     }
 }
 
-/// The ObjectRef column `name` of `batch`: an ObjectRef, or a probed video (its `ref` field).
-fn refs(batch: &RecordBatch, name: &str, stage: &str) -> Result<ObjectRefArray> {
+/// The ObjectRef column `name` of `batch` (an ObjectRef, or a probed video's `ref` field): the
+/// array itself (for `take`) and its typed view.
+fn refs(batch: &RecordBatch, name: &str, stage: &str) -> Result<(ArrayRef, ObjectRefArray)> {
     let col = batch.column_by_name(name).ok_or_else(|| {
         Error::config(format!("{stage}: the input has no column `{name}`; set `column` to the videos' ObjectRef column"))
     })?;
-    if let Some(s) = col.as_any().downcast_ref::<StructArray>() {
-        if let Some(inner) = s.column_by_name("ref") {
-            return ObjectRefArray::try_new(inner);
-        }
-    }
-    ObjectRefArray::try_new(col).map_err(|e| e.context(format!("{stage}: column `{name}`")))
+    let inner = match col.as_any().downcast_ref::<StructArray>().and_then(|s| s.column_by_name("ref")) {
+        Some(inner) => inner.clone(),
+        None => col.clone(),
+    };
+    let typed = ObjectRefArray::try_new(&inner).map_err(|e| e.context(format!("{stage}: column `{name}`")))?;
+    Ok((inner, typed))
 }
 
 /// Probes videos: adds a `video` column (`alluvium.video`: the reference plus duration, fps,
@@ -522,7 +523,7 @@ impl ProbeVideo {
 
 impl Operator for ProbeVideo {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
-        let refs = refs(&batch, &self.column, "probe_video")?;
+        let (refs_col, refs) = refs(&batch, &self.column, "probe_video")?;
         let results = alluvium_core::RowResults::collect((0..refs.len()).map(|i| {
             let r = refs.get(i).ok_or((ErrorKind::Data, "probe_video: the reference is null".to_string()))?;
             let media = self.opener.open(&r).map_err(|m| (ErrorKind::Data, m))?;
@@ -530,7 +531,7 @@ impl Operator for ProbeVideo {
         }));
         let kept = results.kept(&batch)?;
         let rows: Vec<u32> = results.ok.iter().map(|(i, _)| *i as u32).collect();
-        let inner = take(refs_column(&batch, &self.column)?.as_ref(), &UInt32Array::from(rows), None)?;
+        let inner = take(refs_col.as_ref(), &UInt32Array::from(rows), None)?;
         let infos: Vec<&VideoInfo> = results.ok.iter().map(|(_, v)| v).collect();
         let columns: Vec<ArrayRef> = vec![
             inner,
@@ -551,15 +552,6 @@ impl From<ProbeVideo> for Stage {
     fn from(p: ProbeVideo) -> Stage {
         Stage::new("probe_video", p)
     }
-}
-
-/// The ObjectRef array itself (for `take`): the column, or its `ref` field.
-fn refs_column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
-    let col = batch.column_by_name(name).ok_or_else(|| Error::config(format!("no column `{name}`")))?;
-    Ok(match col.as_any().downcast_ref::<StructArray>().and_then(|s| s.column_by_name("ref")) {
-        Some(inner) => inner.clone(),
-        None => col.clone(),
-    })
 }
 
 /// Extracts frames from videos. See the module docs.
@@ -680,15 +672,14 @@ impl Operator for ExtractFrames {
         let batches: Vec<RecordBatch> = pieces.into_iter().map(|p| p.batch).collect();
         let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| batch.schema());
         let all = match batches.is_empty() {
-            true => self.batch(&batch, &refs_column(&batch, &self.column)?, Vec::new())?,
+            true => self.batch(&batch, &refs(&batch, &self.column, "extract_frames")?.0, Vec::new())?,
             false => alluvium_core::arrow::compute::concat_batches(&schema, &batches)?,
         };
         Ok(Output::with_failures(all, failures))
     }
 
     fn process_into(&mut self, batch: RecordBatch, emit: &mut dyn FnMut(Output) -> Result<()>) -> Result<()> {
-        let refs = refs(&batch, &self.column, "extract_frames")?;
-        let refs_col = refs_column(&batch, &self.column)?;
+        let (refs_col, refs) = refs(&batch, &self.column, "extract_frames")?;
         let mut failures = Vec::new();
         let mut frames: Vec<(usize, Frame, Vec<u8>)> = Vec::new();
         for row in 0..refs.len() {

@@ -6,7 +6,7 @@
 //! whatever its size. Every GET is pinned to the reference's ETag (`If-Match`) and version; an
 //! object that changed under the reader fails the read with a reason instead of mixing two
 //! versions' bytes. Requests go through the registry's stores, so the access policy, retries and
-//! the per-store concurrency limit apply.
+//! the per-store concurrency limit apply, and failures read as the Fetch stage's do (redacted).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
 
+use crate::fetch::classify;
 use crate::registry::ObjectStoreRegistry;
 
 /// Read-ahead per open object.
@@ -79,14 +80,7 @@ impl RangedReader {
         };
         let (store, path) = (self.store.clone(), self.path.clone());
         let got = self.runtime.block_on(async move { store.get_opts(&path, opts).await?.bytes().await });
-        let bytes = got.map_err(|e| {
-            let why = match e {
-                object_store::Error::NotFound { .. } => "the object is gone".to_string(),
-                object_store::Error::Precondition { .. } => "the object changed while it was read (ETag pin)".to_string(),
-                e => e.to_string(),
-            };
-            std::io::Error::other(format!("reading {} at byte {from}: {why}", self.uri))
-        })?;
+        let bytes = got.map_err(|e| std::io::Error::other(format!("reading {} at byte {from}: {}", self.uri, classify(&e).1)))?;
         self.fetched += bytes.len() as u64;
         self.buf = bytes;
         self.buf_at = self.pos;
@@ -142,11 +136,9 @@ impl ObjectStoreRegistry {
             Some(s) => s,
             None => {
                 let opts = GetOptions { head: true, if_match: r.etag.clone(), version: r.version.clone(), ..Default::default() };
-                let head = runtime.block_on(store.get_opts(&path, opts)).map_err(|e| match e {
-                    object_store::Error::NotFound { .. } => format!("{} does not exist", r.uri),
-                    object_store::Error::Precondition { .. } => format!("{} changed since it was listed (ETag pin)", r.uri),
-                    e => format!("reading {}: {e}", r.uri),
-                })?;
+                let head = runtime
+                    .block_on(store.get_opts(&path, opts))
+                    .map_err(|e| format!("reading {}: {}", r.uri, classify(&e).1))?;
                 head.meta.size
             }
         };

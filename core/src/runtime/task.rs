@@ -313,20 +313,23 @@ impl OperatorTask {
                     let start = Instant::now();
                     let input = batch.clone();
                     // The operator emits its output piece by piece from the blocking pool; each
-                    // piece is sent on before the next is made (one in hand at a time).
-                    let (tx, mut rx) = mpsc::channel::<Output>(1);
-                    let mut taken = op.take().expect("operator present");
-                    let work = tokio::task::spawn_blocking(move || {
-                        let r = taken.process_into(batch, &mut |out| tx.blocking_send(out).map_err(|_| downstream_gone()));
-                        (taken, r)
+                    // piece is sent on before the next is made (one in hand at a time). When the
+                    // sending fails, the receiver is gone and the operator's next `emit` fails.
+                    let (tx, rx) = mpsc::channel::<Output>(1);
+                    let work = blocking(&mut op, &stage, move |op| {
+                        op.process_into(batch, &mut |out| tx.blocking_send(out).map_err(|_| downstream_gone()))
                     });
-                    while let Some(out) = rx.recv().await {
-                        io.emit(&input, Ok(out)).await?;
-                    }
-                    let (back, r) =
-                        work.await.map_err(|e| Error::internal(format!("stage `{stage}` panicked: {}", panic_message(e))))?;
-                    op = Some(back);
-                    r.map_err(|e| e.context(format!("stage `{stage}`")))?;
+                    let send = async {
+                        // Owned here, so a failed send drops it and releases the operator.
+                        let mut rx = rx;
+                        while let Some(out) = rx.recv().await {
+                            io.emit(&input, Ok(out)).await?;
+                        }
+                        Ok::<_, Error>(())
+                    };
+                    let (done, sent) = tokio::join!(work, send);
+                    sent?;
+                    done?.map_err(|e| e.context(format!("stage `{stage}`")))?;
                     StageMetrics::add_time(&io.metrics.busy_ns, start.elapsed());
                 }
                 Event::Barrier(b) => {

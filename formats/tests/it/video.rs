@@ -135,27 +135,21 @@ fn scene_changes_are_found_by_their_histograms() {
     assert_eq!(frames(&out).iter().map(|f| f.1).collect::<Vec<_>>(), [0, 1000, 2000], "one frame per scene");
 }
 
+/// The first frame of `video` as FFmpeg's CLI gives it: RGB24, swscale bilinear, autorotated.
+fn cli_first_frame(video: &Path, dir: &Path) -> Vec<u8> {
+    let raw = dir.join("first.rgb");
+    let (video, out) = (video.to_str().unwrap(), raw.to_str().unwrap());
+    ffmpeg(&["-i", video, "-frames:v", "1", "-pix_fmt", "rgb24", "-sws_flags", "bilinear", "-f", "rawvideo", out]);
+    std::fs::read(&raw).unwrap()
+}
+
 /// At full size and lossless, the first frame has the pixels FFmpeg's CLI gives (both convert
 /// YUV to RGB with swscale, bilinear), and it is turned upright by the display matrix.
 #[test]
 fn frames_have_the_pixels_the_ffmpeg_cli_gives_and_are_turned_upright() {
     let dir = tempfile::tempdir().unwrap();
     let Some(path) = four_seconds(dir.path()) else { return };
-    let raw = dir.path().join("first.rgb");
-    ffmpeg(&[
-        "-i",
-        path.to_str().unwrap(),
-        "-frames:v",
-        "1",
-        "-pix_fmt",
-        "rgb24",
-        "-sws_flags",
-        "bilinear",
-        "-f",
-        "rawvideo",
-        raw.to_str().unwrap(),
-    ]);
-    let expected = std::fs::read(&raw).unwrap();
+    let expected = cli_first_frame(&path, dir.path());
     let mut first = None;
     let got = extract(
         Box::new(std::fs::File::open(&path).unwrap()),
@@ -188,20 +182,7 @@ fn frames_have_the_pixels_the_ffmpeg_cli_gives_and_are_turned_upright() {
     let image = out.batch.column_by_name("image").unwrap().as_struct();
     let png = image::load_from_memory(image.column_by_name("data").unwrap().as_binary::<i32>().value(0)).unwrap().to_rgb8();
     assert_eq!(png.dimensions(), (240, 320), "upright");
-    ffmpeg(&[
-        "-i",
-        rotated.to_str().unwrap(),
-        "-frames:v",
-        "1",
-        "-pix_fmt",
-        "rgb24",
-        "-sws_flags",
-        "bilinear",
-        "-f",
-        "rawvideo",
-        raw.to_str().unwrap(),
-    ]);
-    let upright = std::fs::read(&raw).unwrap();
+    let upright = cli_first_frame(&rotated, dir.path());
     assert_eq!(upright.len(), png.as_raw().len());
     let mean = upright.iter().zip(png.as_raw()).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / upright.len() as f64;
     assert!(mean < 2.0, "mean channel difference to the CLI's upright frame: {mean}");
