@@ -155,12 +155,18 @@ pub(crate) async fn open(
     };
     let opts = GetOptions { if_match: r.etag.clone(), version: r.version.clone(), range, ..Default::default() };
     let result = store.get_opts(&path, opts).await.map_err(|e| classify(&e))?;
-    if let (Some(pinned), Some(now)) = (&r.etag, &result.meta.e_tag) {
-        if pinned.trim_matches('"') != now.trim_matches('"') {
-            return Err(data(format!("the object changed since its reference was made (ETag {now}, pinned {pinned})")));
-        }
+    if let Some(why) = changed(r.etag.as_deref(), result.meta.e_tag.as_deref()) {
+        return Err(data(why));
     }
     Ok(result)
+}
+
+/// Why a read is not of the pinned object, when the store answered with another ETag (stores that
+/// ignore `If-Match` still return the ETag they served).
+pub(crate) fn changed(pinned: Option<&str>, served: Option<&str>) -> Option<String> {
+    let (pinned, now) = (pinned?, served?);
+    (pinned.trim_matches('"') != now.trim_matches('"'))
+        .then(|| format!("the object changed since its reference was made (ETag {now}, pinned {pinned})"))
 }
 
 /// A per-row reason for an `object_store` error (retries, where they apply, are already spent).

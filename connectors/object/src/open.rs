@@ -3,7 +3,8 @@
 //!
 //! A [`RangedReader`] reads through one read-ahead buffer of `chunk` bytes (4 MiB by default),
 //! refilled with a ranged GET at the position read, so memory per open object is one chunk
-//! whatever its size. Every GET is pinned to the reference's ETag (`If-Match`) and version; an
+//! whatever its size. Every GET is pinned to the reference's ETag (`If-Match`, and the ETag
+//! served is compared, for stores that ignore it) and version; an
 //! object that changed under the reader fails the read with a reason instead of mixing two
 //! versions' bytes. Requests go through the registry's stores, so the access policy, retries and
 //! the per-store concurrency limit apply, and failures read as the Fetch stage's do (redacted).
@@ -17,7 +18,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
 
-use crate::fetch::classify;
+use crate::fetch::{changed, classify};
 use crate::registry::ObjectStoreRegistry;
 
 /// Read-ahead per open object.
@@ -79,8 +80,16 @@ impl RangedReader {
             ..Default::default()
         };
         let (store, path) = (self.store.clone(), self.path.clone());
-        let got = self.runtime.block_on(async move { store.get_opts(&path, opts).await?.bytes().await });
-        let bytes = got.map_err(|e| std::io::Error::other(format!("reading {} at byte {from}: {}", self.uri, classify(&e).1)))?;
+        let got = self.runtime.block_on(async move {
+            let got = store.get_opts(&path, opts).await?;
+            let served = got.meta.e_tag.clone();
+            Ok::<_, object_store::Error>((served, got.bytes().await?))
+        });
+        let failed = |why: String| std::io::Error::other(format!("reading {} at byte {from}: {why}", self.uri));
+        let (served, bytes) = got.map_err(|e| failed(classify(&e).1))?;
+        if let Some(why) = changed(self.etag.as_deref(), served.as_deref()) {
+            return Err(failed(why));
+        }
         self.fetched += bytes.len() as u64;
         self.buf = bytes;
         self.buf_at = self.pos;

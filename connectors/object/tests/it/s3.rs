@@ -112,3 +112,30 @@ async fn hash_streams_and_probe_sniffs_without_keeping_bytes() {
     assert_eq!(sizes.value(2), 3_000_000, "the full size, though only the head was read");
     assert_eq!(types.len(), 3);
 }
+
+/// A ranged reader pinned to an ETag fails, with the reason, when the object is overwritten while
+/// it is read, instead of mixing two objects' bytes (s3s-fs ignores If-Match: the ETag it serves
+/// is compared).
+#[tokio::test]
+async fn a_ranged_reader_refuses_an_object_changed_under_it() {
+    use std::io::Read;
+    let Some(s3) = S3Server::start() else { return };
+    let bucket = s3.bucket();
+    let reg = registry(&s3, &s3.secret_key);
+    let uri = format!("s3://{bucket}/v.bin");
+    let (store, path) = reg.resolve(&uri).await.unwrap().unwrap();
+    let put = store.put(&path, PutPayload::from(vec![1u8; 200_000])).await.unwrap();
+    let r = ObjectRef::new(uri).etag(put.e_tag.unwrap()).size(200_000);
+    let err = tokio::task::spawn_blocking(move || {
+        let mut reader = reg.open_ranged(&r).unwrap().chunk(64 * 1024);
+        let mut first = vec![0u8; 64 * 1024];
+        reader.read_exact(&mut first).unwrap();
+        assert!(first.iter().all(|b| *b == 1));
+        let overwrite = store.put(&path, PutPayload::from(vec![2u8; 200_000]));
+        tokio::runtime::Handle::current().block_on(overwrite).unwrap();
+        reader.read_exact(&mut first).unwrap_err()
+    })
+    .await
+    .unwrap();
+    assert!(err.to_string().contains("the object changed since its reference was made"), "{err}");
+}
