@@ -66,6 +66,16 @@ fn a_video_is_probed() {
     let video = out.batch.column_by_name("video").unwrap().as_struct();
     assert_eq!(video.column_by_name("codec").unwrap().as_string::<i32>().value(0), "h264");
     assert!(out.batch.column_by_name("label").is_some());
+    // Unreadable videos are dead letters with the reason; the good one in the batch is probed.
+    let text = dir.path().join("notes.mp4");
+    std::fs::write(&text, b"not a video").unwrap();
+    let missing = dir.path().join("missing.mp4");
+    let out = op.process(refs(&[&text, &path, &missing])).unwrap();
+    assert_eq!(out.batch.num_rows(), 1);
+    let why: Vec<(usize, &str)> = out.failures.iter().map(|f| (f.row, f.message.as_str())).collect();
+    assert_eq!(why.iter().map(|w| w.0).collect::<Vec<_>>(), [0, 2], "{why:?}");
+    assert!(why[0].1.contains("probe_video: not a readable video container"), "{why:?}");
+    assert!(why[1].1.contains("cannot open"), "{why:?}");
 }
 
 #[test]
