@@ -19,6 +19,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "video")]
+mod av;
 pub mod image;
 #[cfg(feature = "video")]
 pub mod video;

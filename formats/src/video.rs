@@ -21,24 +21,25 @@
 //!   dead letter with the reason. A video that fails part-way keeps the frames it already sent
 //!   and is a dead letter that says after how many frames it failed.
 
-use std::sync::{Arc, Once};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use alluvium_core::arrow::array::{
-    Array, ArrayRef, BinaryBuilder, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray, StructArray, UInt32Array,
+    ArrayRef, BinaryBuilder, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray, StructArray, UInt32Array,
     UInt64Array,
 };
 use alluvium_core::arrow::compute::take;
 use alluvium_core::arrow::datatypes::Field;
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::operator::with_columns;
-use alluvium_core::types::{EncodedImageType, ObjectRefArray, ObjectRefType, VideoRefType};
+use alluvium_core::types::{EncodedImageType, ObjectRefType, VideoRefType};
 use alluvium_core::{Error, ErrorKind, OpenObject, Operator, Output, ReadSeek, Result, RowFailure, Stage};
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::codec::packet::side_data::Type as SideDataType;
 use ffmpeg_next::format::Pixel;
 use ffmpeg_next::software::scaling;
 
+use crate::av::{self, refs, Media};
 use crate::image::{encode_rgb, ImageFormat};
 
 /// What probing a video found.
@@ -121,25 +122,11 @@ impl Default for Limits {
     }
 }
 
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let _ = ffmpeg::init();
-        // Errors are reported per video, with the reason; FFmpeg's own log would only repeat them.
-        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Fatal);
-    });
-}
-
-/// An open video stream: the demuxer, the decoder and what probing found.
+/// An open video stream: the container, the decoder and what probing found.
 struct Video {
-    input: ffmpeg::format::context::Input,
-    stream: usize,
+    media: Media,
     decoder: ffmpeg::decoder::Video,
-    time_base: f64,
-    start: i64,
     info: VideoInfo,
-    deadline: Instant,
-    budget: Duration,
 }
 
 /// `theta` from a display matrix (9 × i32, 16.16 fixed point): clockwise degrees to upright, as
@@ -159,41 +146,14 @@ fn rotation(matrix: &[u8]) -> i32 {
 
 impl Video {
     fn open(media: Box<dyn ReadSeek>, limits: &Limits) -> std::result::Result<Self, String> {
-        init();
-        let deadline = Instant::now() + limits.time_budget;
-        let io = ffmpeg::format::context::StreamIo::from_read_seek(media).map_err(|e| format!("cannot read: {e}"))?;
-        let input =
-            ffmpeg::format::input_from_stream_with_interrupt(io, None, None, move || Instant::now() > deadline).map_err(|e| {
-                match Instant::now() > deadline {
-                    true => format!("opening took longer than the time budget of {:?}", limits.time_budget),
-                    false => format!("not a readable video container: {e}"),
-                }
-            })?;
-        let stream = input.streams().best(ffmpeg::media::Type::Video).ok_or("no video stream")?;
-        let (index, tb) = (stream.index(), stream.time_base());
-        let time_base = if tb.denominator() == 0 { 0.0 } else { f64::from(tb.numerator()) / f64::from(tb.denominator()) };
-        let start = if stream.start_time() == ffmpeg::ffi::AV_NOPTS_VALUE { 0 } else { stream.start_time() };
+        let media = Media::open(media, ffmpeg::media::Type::Video, limits.time_budget)?;
+        let stream = media.stream();
         let rate = stream.avg_frame_rate();
         let fps = (rate.denominator() != 0 && rate.numerator() > 0)
             .then(|| f64::from(rate.numerator()) / f64::from(rate.denominator()));
-        let duration_ms = if stream.duration() > 0 && time_base > 0.0 {
-            Some((stream.duration() as f64 * time_base * 1000.0).round() as i64)
-        } else if input.duration() > 0 {
-            Some(input.duration() / 1000)
-        } else {
-            None
-        };
         let rotation = stream.side_data().find(|d| d.kind() == SideDataType::DisplayMatrix).map_or(0, |d| rotation(d.data()));
-        let params = stream.parameters();
-        let codec = params.id().name().to_string();
-        let mut context = ffmpeg::codec::Context::from_parameters(params).map_err(|e| format!("codec parameters: {e}"))?;
-        if limits.threads > 1 {
-            context.set_threading(ffmpeg::codec::threading::Config {
-                kind: ffmpeg::codec::threading::Type::Frame,
-                count: limits.threads,
-                ..Default::default()
-            });
-        }
+        let duration_ms = media.duration_ms();
+        let (context, codec) = media.codec(limits.threads)?;
         let decoder = context.decoder().video().map_err(|e| format!("no decoder for codec `{codec}`: {e}"))?;
         let (width, height) = (decoder.width(), decoder.height());
         if width == 0 || height == 0 {
@@ -203,24 +163,7 @@ impl Video {
             return Err(format!("{width}×{height} is over the limit of {} pixels per frame", limits.max_pixels));
         }
         let info = VideoInfo { duration_ms, fps, codec, width, height, rotation };
-        Ok(Self { input, stream: index, decoder, time_base, start, info, deadline, budget: limits.time_budget })
-    }
-
-    fn pts_ms(&self, pts: Option<i64>) -> i64 {
-        pts.map_or(0, |p| ((p - self.start) as f64 * self.time_base * 1000.0).round() as i64)
-    }
-
-    fn over_budget(&self) -> Option<String> {
-        (Instant::now() > self.deadline).then(|| format!("decoding took longer than the time budget of {:?}", self.budget))
-    }
-
-    /// Seeks to the keyframe at or before `ms` and drops what the decoder holds.
-    fn seek(&mut self, ms: i64) -> std::result::Result<(), String> {
-        let start_us = (self.start as f64 * self.time_base * 1e6) as i64;
-        let ts = start_us + ms * 1000;
-        self.input.seek(ts, ..ts).map_err(|e| format!("seeking to {ms} ms: {e}"))?;
-        self.decoder.flush();
-        Ok(())
+        Ok(Self { media, decoder, info })
     }
 }
 
@@ -365,14 +308,8 @@ impl Converter {
     }
 }
 
-/// How a video's extraction ended, when it did not end well: the reason, and the frames sent
-/// before.
 fn failed_after(frames: u64, why: String) -> String {
-    if frames == 0 {
-        why
-    } else {
-        format!("{why} (after {frames} frames were extracted)")
-    }
+    av::failed_after(frames, "frames", why)
 }
 
 /// Decodes `media` and hands each sampled frame to `emit`. `Ok(Err(reason))`: the video is bad
@@ -394,104 +331,38 @@ pub fn extract(
     }
     let mut sampler = Sampler::new(sampling);
     let mut converter = Converter { size, rotation: video.info.rotation, scaler: None };
-    let (mut decoded, mut sent, mut corrupt) = (0u64, 0u64, 0u64);
+    let (mut decoded, mut sent) = (0u64, 0u64);
     let mut frame = ffmpeg::frame::Video::empty();
-    let mut eof = false;
     loop {
-        if let Some(why) = video.over_budget() {
-            return Ok(Err(failed_after(sent, why)));
+        match video.media.next_frame(&mut video.decoder, &mut frame, |p| keyframes_only && !p.is_key()) {
+            Ok(true) => {}
+            Ok(false) if decoded == 0 => return Ok(Err(video.media.nothing_decoded())),
+            Ok(false) => return Ok(Ok(sent)),
+            Err(why) => return Ok(Err(failed_after(sent, why))),
         }
-        if !eof {
-            // A fresh packet each time: `av_read_frame` fills it without releasing what it held.
-            let mut packet = ffmpeg::Packet::empty();
-            match packet.read(&mut video.input) {
-                Ok(()) => {
-                    if packet.stream() != video.stream || (keyframes_only && !packet.is_key()) {
-                        continue;
-                    }
-                    if let Err(e) = video.decoder.send_packet(&packet) {
-                        match e {
-                            ffmpeg::Error::InvalidData => corrupt += 1,
-                            e => return Ok(Err(failed_after(sent, format!("decoding failed: {e}")))),
-                        }
-                    }
-                }
-                Err(ffmpeg::Error::Eof) => {
-                    eof = true;
-                    let _ = video.decoder.send_eof();
-                }
-                Err(ffmpeg::Error::InvalidData) => {
-                    corrupt += 1;
-                    continue;
-                }
-                Err(ffmpeg::Error::Exit) => {
-                    let why = video.over_budget().unwrap_or_else(|| "reading was interrupted".into());
-                    return Ok(Err(failed_after(sent, why)));
-                }
-                Err(e) => return Ok(Err(failed_after(sent, format!("reading the video failed: {e}")))),
-            }
-        }
-        let mut seek_to = None;
-        loop {
-            match video.decoder.receive_frame(&mut frame) {
-                Ok(()) => {}
-                Err(ffmpeg::Error::Eof) => {
-                    return Ok(match (sent, decoded) {
-                        (0, 0) if corrupt > 0 => Err(format!("no frame could be decoded ({corrupt} corrupt packets)")),
-                        (0, 0) => Err("the video stream has no frames".into()),
-                        _ => Ok(sent),
-                    });
-                }
-                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => break,
-                Err(ffmpeg::Error::InvalidData) => {
-                    corrupt += 1;
-                    continue;
-                }
-                Err(e) => return Ok(Err(failed_after(sent, format!("decoding failed: {e}")))),
-            }
-            let pts_ms = video.pts_ms(frame.timestamp().or(frame.pts()));
-            let index = match video.info.fps {
-                Some(fps) => (pts_ms as f64 * fps / 1000.0).round().max(0.0) as u64,
-                None => decoded,
+        let pts_ms = video.media.pts_ms(frame.timestamp().or(frame.pts()));
+        let index = match video.info.fps {
+            Some(fps) => (pts_ms as f64 * fps / 1000.0).round().max(0.0) as u64,
+            None => decoded,
+        };
+        decoded += 1;
+        if sampler.keep(index, pts_ms, &frame) {
+            let (rgb, width, height) = match converter.convert(&frame) {
+                Ok(c) => c,
+                Err(why) => return Ok(Err(failed_after(sent, why))),
             };
-            decoded += 1;
-            if sampler.keep(index, pts_ms, &frame) {
-                let (rgb, width, height) = match converter.convert(&frame) {
-                    Ok(c) => c,
-                    Err(why) => return Ok(Err(failed_after(sent, why))),
-                };
-                emit(Frame { index, pts_ms, keyframe: frame.is_key(), width, height, rgb })?;
-                sent += 1;
-            }
-            if sampler.done() {
-                return Ok(Ok(sent));
-            }
-            if let Some(t) = sampler.seek_target(pts_ms) {
-                seek_to = Some(t);
-                break;
-            }
+            emit(Frame { index, pts_ms, keyframe: frame.is_key(), width, height, rgb })?;
+            sent += 1;
         }
-        if let Some(t) = seek_to {
-            if let Err(why) = video.seek(t) {
+        if sampler.done() {
+            return Ok(Ok(sent));
+        }
+        if let Some(t) = sampler.seek_target(pts_ms) {
+            if let Err(why) = video.media.seek(&mut video.decoder, t) {
                 return Ok(Err(failed_after(sent, why)));
             }
-            eof = false;
         }
     }
-}
-
-/// The ObjectRef column `name` of `batch` (an ObjectRef, or a probed video's `ref` field): the
-/// array itself (for `take`) and its typed view.
-fn refs(batch: &RecordBatch, name: &str, stage: &str) -> Result<(ArrayRef, ObjectRefArray)> {
-    let col = batch.column_by_name(name).ok_or_else(|| {
-        Error::config(format!("{stage}: the input has no column `{name}`; set `column` to the videos' ObjectRef column"))
-    })?;
-    let inner = match col.as_any().downcast_ref::<StructArray>().and_then(|s| s.column_by_name("ref")) {
-        Some(inner) => inner.clone(),
-        None => col.clone(),
-    };
-    let typed = ObjectRefArray::try_new(&inner).map_err(|e| e.context(format!("{stage}: column `{name}`")))?;
-    Ok((inner, typed))
 }
 
 /// Probes videos: adds a `video` column (`alluvium.video`: the reference plus duration, fps,

@@ -1,0 +1,204 @@
+//! What video and audio share on FFmpeg: opening a container read through
+//! [`OpenObject`](alluvium_core::OpenObject) under a time budget, and the demux → decode loop.
+//!
+//! ```text
+//!  Box<dyn ReadSeek> ──StreamIo──▶ demuxer (interrupted past the deadline)
+//!      ──packets of the best stream of a kind──▶ decoder ──▶ Media::next_frame, one frame at a time
+//! ```
+//!
+//! [`Media::next_frame`] turns FFmpeg's send/receive dance into a pull: it reads and sends
+//! packets until the decoder has a frame, counts corrupt packets instead of failing on the first,
+//! drains the decoder at the end of the stream, and words every failure for a dead letter.
+
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use alluvium_core::arrow::array::{Array, ArrayRef, StructArray};
+use alluvium_core::arrow::record_batch::RecordBatch;
+use alluvium_core::types::ObjectRefArray;
+use alluvium_core::{Error, ReadSeek, Result};
+use ffmpeg_next as ffmpeg;
+
+/// Starts FFmpeg once per process, quiet: errors are reported per item with the reason, and
+/// FFmpeg's own log would only repeat them.
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = ffmpeg::init();
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Fatal);
+    });
+}
+
+/// An open container and the stream being decoded.
+pub(crate) struct Media {
+    pub input: ffmpeg::format::context::Input,
+    /// The decoded stream's index.
+    pub stream: usize,
+    time_base: f64,
+    start: i64,
+    deadline: Instant,
+    budget: Duration,
+    /// `video` or `audio`, for messages.
+    what: &'static str,
+    eof: bool,
+    /// Packets or frames the decoder rejected as corrupt (skipped, counted).
+    pub corrupt: u64,
+}
+
+impl Media {
+    /// Opens `media` and picks its best stream of `kind`; the whole read must finish within
+    /// `budget` (the demuxer is interrupted after it).
+    pub fn open(media: Box<dyn ReadSeek>, kind: ffmpeg::media::Type, budget: Duration) -> std::result::Result<Self, String> {
+        init();
+        let what = if kind == ffmpeg::media::Type::Audio { "audio" } else { "video" };
+        let deadline = Instant::now() + budget;
+        let io = ffmpeg::format::context::StreamIo::from_read_seek(media).map_err(|e| format!("cannot read: {e}"))?;
+        let input =
+            ffmpeg::format::input_from_stream_with_interrupt(io, None, None, move || Instant::now() > deadline).map_err(|e| {
+                match Instant::now() > deadline {
+                    true => format!("opening took longer than the time budget of {budget:?}"),
+                    false => format!("not a readable {what} container: {e}"),
+                }
+            })?;
+        let stream = input.streams().best(kind).ok_or_else(|| format!("no {what} stream"))?;
+        let (index, tb) = (stream.index(), stream.time_base());
+        let time_base = if tb.denominator() == 0 { 0.0 } else { f64::from(tb.numerator()) / f64::from(tb.denominator()) };
+        let start = if stream.start_time() == ffmpeg::ffi::AV_NOPTS_VALUE { 0 } else { stream.start_time() };
+        Ok(Self { input, stream: index, time_base, start, deadline, budget, what, eof: false, corrupt: 0 })
+    }
+
+    /// The stream being decoded.
+    pub fn stream(&self) -> ffmpeg::Stream<'_> {
+        self.input.stream(self.stream).expect("the stream chosen at open")
+    }
+
+    /// The stream's duration, else the container's, in ms.
+    pub fn duration_ms(&self) -> Option<i64> {
+        let d = self.stream().duration();
+        if d > 0 && self.time_base > 0.0 {
+            Some((d as f64 * self.time_base * 1000.0).round() as i64)
+        } else if self.input.duration() > 0 {
+            Some(self.input.duration() / 1000)
+        } else {
+            None
+        }
+    }
+
+    /// A decoder context for the stream, `threads` frame threads (1: none).
+    pub fn codec(&self, threads: usize) -> std::result::Result<(ffmpeg::codec::Context, String), String> {
+        let params = self.stream().parameters();
+        let codec = params.id().name().to_string();
+        let mut context = ffmpeg::codec::Context::from_parameters(params).map_err(|e| format!("codec parameters: {e}"))?;
+        if threads > 1 {
+            context.set_threading(ffmpeg::codec::threading::Config {
+                kind: ffmpeg::codec::threading::Type::Frame,
+                count: threads,
+                ..Default::default()
+            });
+        }
+        Ok((context, codec))
+    }
+
+    /// A timestamp in the stream's time base → ms from the stream's start.
+    pub fn pts_ms(&self, pts: Option<i64>) -> i64 {
+        pts.map_or(0, |p| ((p - self.start) as f64 * self.time_base * 1000.0).round() as i64)
+    }
+
+    /// The reason to stop, once past the time budget.
+    pub fn over_budget(&self) -> Option<String> {
+        (Instant::now() > self.deadline).then(|| format!("decoding took longer than the time budget of {:?}", self.budget))
+    }
+
+    /// Seeks to the keyframe at or before `ms` and drops what `decoder` holds.
+    pub fn seek(&mut self, decoder: &mut ffmpeg::decoder::Opened, ms: i64) -> std::result::Result<(), String> {
+        let start_us = (self.start as f64 * self.time_base * 1e6) as i64;
+        let ts = start_us + ms * 1000;
+        self.input.seek(ts, ..ts).map_err(|e| format!("seeking to {ms} ms: {e}"))?;
+        decoder.flush();
+        self.eof = false;
+        Ok(())
+    }
+
+    /// Decodes the next frame of the stream into `frame`: `Ok(true)` with a frame, `Ok(false)`
+    /// at the end of the stream, `Err(reason)` when the input is bad or over its budget. Packets
+    /// for which `skip` says so are not decoded (keyframe-only decoding).
+    pub fn next_frame(
+        &mut self,
+        decoder: &mut ffmpeg::decoder::Opened,
+        frame: &mut ffmpeg::Frame,
+        skip: impl Fn(&ffmpeg::Packet) -> bool,
+    ) -> std::result::Result<bool, String> {
+        loop {
+            if let Some(why) = self.over_budget() {
+                return Err(why);
+            }
+            match decoder.receive_frame(frame) {
+                Ok(()) => return Ok(true),
+                Err(ffmpeg::Error::Eof) => return Ok(false),
+                Err(ffmpeg::Error::InvalidData) => {
+                    self.corrupt += 1;
+                    continue;
+                }
+                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => {}
+                Err(e) => return Err(format!("decoding failed: {e}")),
+            }
+            // The decoder wants input.
+            if self.eof {
+                // Drained but not at EOF (a decoder that never says EOF): the stream is over.
+                return Ok(false);
+            }
+            // A fresh packet each time: `av_read_frame` fills it without releasing what it held.
+            let mut packet = ffmpeg::Packet::empty();
+            match packet.read(&mut self.input) {
+                Ok(()) => {
+                    if packet.stream() != self.stream || skip(&packet) {
+                        continue;
+                    }
+                    match decoder.send_packet(&packet) {
+                        Ok(()) => {}
+                        Err(ffmpeg::Error::InvalidData) => self.corrupt += 1,
+                        Err(e) => return Err(format!("decoding failed: {e}")),
+                    }
+                }
+                Err(ffmpeg::Error::Eof) => {
+                    self.eof = true;
+                    let _ = decoder.send_eof();
+                }
+                Err(ffmpeg::Error::InvalidData) => self.corrupt += 1,
+                Err(ffmpeg::Error::Exit) => return Err(self.over_budget().unwrap_or_else(|| "reading was interrupted".into())),
+                Err(e) => return Err(format!("reading the {} failed: {e}", self.what)),
+            }
+        }
+    }
+
+    /// Why a stream that ended without a single frame is bad.
+    pub fn nothing_decoded(&self) -> String {
+        match self.corrupt {
+            0 => format!("the {} stream has no frames", self.what),
+            n => format!("no frame could be decoded ({n} corrupt packets)"),
+        }
+    }
+}
+
+/// How an item's decoding ended, when it did not end well: the reason, and what was sent before.
+pub(crate) fn failed_after(sent: u64, unit: &str, why: String) -> String {
+    if sent == 0 {
+        why
+    } else {
+        format!("{why} (after {sent} {unit} were extracted)")
+    }
+}
+
+/// The ObjectRef column `name` of `batch` (an ObjectRef, or a probed `alluvium.video` /
+/// `alluvium.audio` column's `ref` field): the array itself (for `take`) and its typed view.
+pub(crate) fn refs(batch: &RecordBatch, name: &str, stage: &str) -> Result<(ArrayRef, ObjectRefArray)> {
+    let col = batch.column_by_name(name).ok_or_else(|| {
+        Error::config(format!("{stage}: the input has no column `{name}`; set `column` to the ObjectRef column"))
+    })?;
+    let inner = match col.as_any().downcast_ref::<StructArray>().and_then(|s| s.column_by_name("ref")) {
+        Some(inner) => inner.clone(),
+        None => col.clone(),
+    };
+    let typed = ObjectRefArray::try_new(&inner).map_err(|e| e.context(format!("{stage}: column `{name}`")))?;
+    Ok((inner, typed))
+}
