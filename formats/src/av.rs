@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use alluvium_core::arrow::array::{Array, ArrayRef, StructArray};
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::types::ObjectRefArray;
-use alluvium_core::{Error, ReadSeek, Result};
+use alluvium_core::{Error, ErrorKind, OpenObject, Operator, Output, ReadSeek, Result, RowFailure};
 use ffmpeg_next as ffmpeg;
 
 /// Starts FFmpeg once per process, quiet: errors are reported per item with the reason, and
@@ -201,4 +201,50 @@ pub(crate) fn refs(batch: &RecordBatch, name: &str, stage: &str) -> Result<(Arra
     };
     let typed = ObjectRefArray::try_new(&inner).map_err(|e| e.context(format!("{stage}: column `{name}`")))?;
     Ok((inner, typed))
+}
+
+/// Runs `each` on every object of an ObjectRef column, opened through `opener`: a null reference,
+/// one that cannot be opened, and an `Ok(Err(reason))` from `each` are row failures worded
+/// `stage: reason` (dead letters); an `Err` from `each` fails the stage.
+pub(crate) fn each_object(
+    refs: &ObjectRefArray,
+    opener: &dyn OpenObject,
+    stage: &str,
+    mut each: impl FnMut(usize, Box<dyn ReadSeek>) -> Result<std::result::Result<(), String>>,
+) -> Result<Vec<RowFailure>> {
+    let mut failures = Vec::new();
+    for row in 0..refs.len() {
+        let outcome = match refs.get(row) {
+            None => Err("the reference is null".to_string()),
+            Some(r) => match opener.open(&r) {
+                Ok(media) => each(row, media)?,
+                Err(why) => Err(why),
+            },
+        };
+        if let Err(why) = outcome {
+            failures.push(RowFailure::new(row, ErrorKind::Data, format!("{stage}: {why}")));
+        }
+    }
+    Ok(failures)
+}
+
+/// [`Operator::process`] for an operator that streams through `process_into`: everything it
+/// emits for `batch`, in one output; `empty` builds the (empty) batch when it emitted no rows.
+pub(crate) fn gather<O: Operator>(
+    op: &mut O,
+    batch: RecordBatch,
+    empty: impl FnOnce(&O, &RecordBatch) -> Result<RecordBatch>,
+) -> Result<Output> {
+    let mut pieces = Vec::new();
+    op.process_into(batch.clone(), &mut |out| {
+        pieces.push(out);
+        Ok(())
+    })?;
+    let failures = pieces.iter_mut().flat_map(|p| std::mem::take(&mut p.failures)).collect();
+    let batches: Vec<RecordBatch> = pieces.into_iter().map(|p| p.batch).collect();
+    let all = match batches.first() {
+        None => empty(op, &batch)?,
+        Some(first) => alluvium_core::arrow::compute::concat_batches(&first.schema(), &batches)?,
+    };
+    Ok(Output::with_failures(all, failures))
 }

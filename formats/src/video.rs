@@ -33,7 +33,7 @@ use alluvium_core::arrow::datatypes::Field;
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::operator::with_columns;
 use alluvium_core::types::{EncodedImageType, ObjectRefType, VideoRefType};
-use alluvium_core::{Error, ErrorKind, OpenObject, Operator, Output, ReadSeek, Result, RowFailure, Stage};
+use alluvium_core::{Error, ErrorKind, OpenObject, Operator, Output, ReadSeek, Result, Stage};
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::codec::packet::side_data::Type as SideDataType;
 use ffmpeg_next::format::Pixel;
@@ -534,56 +534,25 @@ impl ExtractFrames {
 
 impl Operator for ExtractFrames {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
-        let mut pieces = Vec::new();
-        self.process_into(batch.clone(), &mut |out| {
-            pieces.push(out);
-            Ok(())
-        })?;
-        let failures = pieces.iter_mut().flat_map(|p| std::mem::take(&mut p.failures)).collect();
-        let batches: Vec<RecordBatch> = pieces.into_iter().map(|p| p.batch).collect();
-        let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| batch.schema());
-        let all = match batches.is_empty() {
-            true => self.batch(&batch, &refs(&batch, &self.column, "extract_frames")?.0, Vec::new())?,
-            false => alluvium_core::arrow::compute::concat_batches(&schema, &batches)?,
-        };
-        Ok(Output::with_failures(all, failures))
+        av::gather(self, batch, |this, input| this.batch(input, &refs(input, &this.column, "extract_frames")?.0, Vec::new()))
     }
 
     fn process_into(&mut self, batch: RecordBatch, emit: &mut dyn FnMut(Output) -> Result<()>) -> Result<()> {
         let (refs_col, refs) = refs(&batch, &self.column, "extract_frames")?;
-        let mut failures = Vec::new();
         let mut frames: Vec<(usize, Frame, Vec<u8>)> = Vec::new();
-        for row in 0..refs.len() {
-            let Some(r) = refs.get(row) else {
-                failures.push(RowFailure::new(row, ErrorKind::Data, "extract_frames: the reference is null"));
-                continue;
-            };
-            let media = match self.opener.open(&r) {
-                Ok(m) => m,
-                Err(why) => {
-                    failures.push(RowFailure::new(row, ErrorKind::Data, format!("extract_frames: {why}")));
-                    continue;
+        let this = &*self;
+        let failures = av::each_object(&refs, this.opener.as_ref(), "extract_frames", |row, media| {
+            let mut send = |f: Frame| -> Result<()> {
+                let encoded = encode_rgb(this.format, &f.rgb, f.width, f.height)
+                    .map_err(|m| Error::data(format!("extract_frames: encoding a frame: {m}")))?;
+                frames.push((row, Frame { rgb: Vec::new(), ..f }, encoded));
+                if frames.len() >= this.frames_per_batch {
+                    emit(Output::new(this.batch(&batch, &refs_col, std::mem::take(&mut frames))?))?;
                 }
+                Ok(())
             };
-            let format = self.format;
-            let per_batch = self.frames_per_batch;
-            let outcome = {
-                let this = &*self;
-                let mut send = |f: Frame| -> Result<()> {
-                    let encoded = encode_rgb(format, &f.rgb, f.width, f.height)
-                        .map_err(|m| Error::data(format!("extract_frames: encoding a frame: {m}")))?;
-                    frames.push((row, Frame { rgb: Vec::new(), ..f }, encoded));
-                    if frames.len() >= per_batch {
-                        emit(Output::new(this.batch(&batch, &refs_col, std::mem::take(&mut frames))?))?;
-                    }
-                    Ok(())
-                };
-                extract(media, &self.sampling, self.size, &self.limits, &mut send)?
-            };
-            if let Err(why) = outcome {
-                failures.push(RowFailure::new(row, ErrorKind::Data, format!("extract_frames: {why}")));
-            }
-        }
+            Ok(extract(media, &this.sampling, this.size, &this.limits, &mut send)?.map(|_| ()))
+        })?;
         if !frames.is_empty() || !failures.is_empty() {
             emit(Output::with_failures(self.batch(&batch, &refs_col, frames)?, failures))?;
         }

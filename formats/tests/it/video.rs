@@ -6,27 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use alluvium_core::arrow::array::{AsArray, RecordBatch};
-use alluvium_core::arrow::datatypes::{Int64Type, Schema, UInt64Type};
+use alluvium_core::arrow::datatypes::{Int64Type, UInt64Type};
 use alluvium_core::open::LocalFiles;
-use alluvium_core::types::{ObjectRef, ObjectRefType};
 use alluvium_core::{Operator, Output};
 use alluvium_formats::video::{extract, probe, Limits};
 use alluvium_formats::{ExtractFrames, FrameSize, ImageFormat, ProbeVideo, Sampling};
 use alluvium_integration::{ffmpeg, test_video};
 
-fn refs(paths: &[&Path]) -> RecordBatch {
-    let col: alluvium_core::arrow::array::StructArray =
-        paths.iter().map(|p| ObjectRef::new(format!("file://{}", p.display()))).collect();
-    let label = alluvium_core::arrow::array::StringArray::from_iter_values(paths.iter().map(|p| p.display().to_string()));
-    RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            ObjectRefType::field("ref", false),
-            alluvium_core::arrow::datatypes::Field::new("label", alluvium_core::arrow::datatypes::DataType::Utf8, false),
-        ])),
-        vec![Arc::new(col), Arc::new(label)],
-    )
-    .unwrap()
-}
+use crate::refs;
 
 /// `(frame_index, pts_ms, keyframe)` of every frame row.
 fn frames(out: &Output) -> Vec<(u64, i64, bool)> {
