@@ -522,6 +522,27 @@ pub enum StageConfig {
         #[serde(flatten)]
         frames: ExtractFramesConfig,
     },
+    /// ObjectRef → `audio` (`alluvium.audio`: duration, sample rate, channels, codec), by FFmpeg.
+    #[cfg(feature = "video")]
+    ProbeAudio {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// The ObjectRef column (`ref`).
+        #[serde(default)]
+        column: Option<String>,
+    },
+    /// Audio → window rows (`source`, `window_index`, `start_ms`, `duration_ms`, `sample_rate`,
+    /// `audio`), resampled and streamed.
+    #[cfg(feature = "video")]
+    AudioWindows {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// Rate, channels, windows, encoding, limits.
+        #[serde(flatten)]
+        windows: AudioWindowsConfig,
+    },
     /// Encodes the decoded `image` into an `alluvium.image` column.
     #[cfg(feature = "formats")]
     EncodeImage {
@@ -590,6 +611,67 @@ pub struct ExtractFramesConfig {
     /// Decoder threads per video (1: one core per lane).
     #[serde(default)]
     pub threads: Option<usize>,
+}
+
+/// `[[stages]] type = "audio_windows"`: the target rate and channels, the windows, the encoding.
+#[cfg(feature = "video")]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioWindowsConfig {
+    /// The audio's ObjectRef column (`ref`), or a `probe_audio` column.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// Samples per second of the windows (16000).
+    #[serde(default)]
+    pub sample_rate: Option<u32>,
+    /// Channels of the windows: 1 = mono (the default), 2 = stereo, up to 8.
+    #[serde(default)]
+    pub channels: Option<u16>,
+    /// Window length in ms (10000).
+    #[serde(default)]
+    pub window_ms: Option<u32>,
+    /// From one window's start to the next (the window length: back to back; less overlaps).
+    #[serde(default)]
+    pub hop_ms: Option<u32>,
+    /// The last, partial window: `pad` (with zeros, the default), `drop`, or `short` (WAV only).
+    #[serde(default)]
+    pub last: Option<LastWindowConfig>,
+    /// `tensor` (Float32 `[channels, samples]`, the default) or `wav` (16-bit PCM clips).
+    #[serde(default)]
+    pub encoding: Option<AudioEncodingConfig>,
+    /// The output column (`audio`).
+    #[serde(default)]
+    pub output: Option<String>,
+    /// About this many bytes of windows per output batch (16 MiB).
+    #[serde(default)]
+    pub batch_bytes: Option<usize>,
+    /// Give up on one item after this long (`10m`).
+    #[serde(default, with = "opt_duration")]
+    pub time_budget: Option<Duration>,
+}
+
+/// `last` of an audio_windows stage.
+#[cfg(feature = "video")]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum LastWindowConfig {
+    /// Zero-padded to a whole window.
+    Pad,
+    /// Dropped.
+    Drop,
+    /// Kept short (WAV only).
+    Short,
+}
+
+/// `encoding` of an audio_windows stage.
+#[cfg(feature = "video")]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioEncodingConfig {
+    /// Float32 tensors.
+    Tensor,
+    /// WAV clips.
+    Wav,
 }
 
 /// `fit` of a resize stage.
@@ -1077,6 +1159,13 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
         }
         #[cfg(feature = "video")]
         StageConfig::ExtractFrames { common, frames } => (common, Stage::from(frames.build(registry)?)),
+        #[cfg(feature = "video")]
+        StageConfig::ProbeAudio { common, column } => {
+            let p = alluvium_formats::ProbeAudio::new(registry.clone());
+            (common, Stage::from(p.column(column.clone().unwrap_or_else(|| "ref".into()))))
+        }
+        #[cfg(feature = "video")]
+        StageConfig::AudioWindows { common, windows } => (common, Stage::from(windows.build(registry)?)),
         #[cfg(feature = "formats")]
         StageConfig::EncodeImage { common, format, quality, output } => {
             if quality.is_some_and(|q| q == 0 || q > 100) {
@@ -1162,6 +1251,44 @@ impl ExtractFramesConfig {
         }
         e.validate()?;
         Ok(e)
+    }
+}
+
+#[cfg(feature = "video")]
+impl AudioWindowsConfig {
+    fn build(&self, registry: &Registry) -> Result<alluvium_formats::AudioWindows> {
+        use alluvium_formats::{AudioEncoding, LastWindow, Target, Windowing};
+        let c = self;
+        let window_ms = c.window_ms.unwrap_or(10_000);
+        let mut w = alluvium_formats::AudioWindows::new(registry.clone())
+            .target(Target { sample_rate: c.sample_rate.unwrap_or(16_000), channels: c.channels.unwrap_or(1) })
+            .windowing(Windowing {
+                window_ms,
+                hop_ms: c.hop_ms.unwrap_or(window_ms),
+                last: match c.last.unwrap_or(LastWindowConfig::Pad) {
+                    LastWindowConfig::Pad => LastWindow::Pad,
+                    LastWindowConfig::Drop => LastWindow::Drop,
+                    LastWindowConfig::Short => LastWindow::Short,
+                },
+            })
+            .encoding(match c.encoding.unwrap_or(AudioEncodingConfig::Tensor) {
+                AudioEncodingConfig::Tensor => AudioEncoding::Tensor,
+                AudioEncodingConfig::Wav => AudioEncoding::Wav,
+            });
+        if let Some(col) = &c.column {
+            w = w.column(col.clone());
+        }
+        if let Some(o) = &c.output {
+            w = w.output(o.clone());
+        }
+        if let Some(n) = c.batch_bytes {
+            w = w.batch_bytes(n);
+        }
+        if let Some(t) = c.time_budget {
+            w = w.time_budget(t);
+        }
+        w.validate()?;
+        Ok(w)
     }
 }
 
@@ -1444,5 +1571,45 @@ path = "${OUT}/out"
             JobFile::parse_with_env(&job.replace("region = ", "regoin = "), &[], env).unwrap().build().unwrap_err().to_string();
         assert!(e.contains("[io.s3]") && e.contains("`regoin`"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(feature = "video")]
+    #[test]
+    fn media_stages_parse_build_and_name_bad_settings() {
+        let stages = r#"[[stages]]
+type = "probe_video"
+[[stages]]
+type = "extract_frames"
+keyframes = true
+fit = [640, 360]
+[[stages]]
+type = "probe_audio"
+column = "source"
+[[stages]]
+type = "audio_windows"
+column = "source"
+sample_rate = 8000
+channels = 2
+window_ms = 5000
+hop_ms = 2500
+last = "short"
+encoding = "wav"
+output = "clip"
+[sink]"#;
+        let job = JOB.replace("[[stages]]\ntype = \"fault\"\ndead_letter_every = 3\nedge = \"forward\"\n[sink]", stages);
+        let p = JobFile::parse_with_env(&job, &[], env).unwrap().build().unwrap();
+        assert_eq!(p.topology(), "generate[2] -> probe_video[2] -> extract_frames[2] -> probe_audio[2] -> audio_windows[2] -> jsonl[2]");
+        let bad = |from: &str, to: &str| {
+            let parsed = JobFile::parse_with_env(&job.replace(from, to), &[], env);
+            parsed.and_then(|j| j.build().map(|_| ())).unwrap_err().to_string()
+        };
+        let e = bad("encoding = \"wav\"", "encoding = \"tensor\"");
+        assert!(e.contains("audio_windows") && e.contains("`last = \"short\"`") && e.contains("\"pad\""), "{e}");
+        let e = bad("channels = 2", "channels = 0");
+        assert!(e.contains("`channels`"), "{e}");
+        let e = bad("encoding = \"wav\"", "encoding = \"mp3\"");
+        assert!(e.contains("mp3") && e.contains("wav"), "{e}");
+        let e = bad("keyframes = true", "keyframes = true\nfps = 2");
+        assert!(e.contains("`fps`, `keyframes`") && e.contains("keep one of them"), "{e}");
     }
 }

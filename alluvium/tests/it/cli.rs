@@ -5,14 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::bin;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{Rng, SeedableRng};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_alluvium"));
-    c.env("ALLUVIUM_LOG", "warn");
-    c
-}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()

@@ -7,13 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::bin;
 use rand::{Rng, SeedableRng};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_alluvium"));
-    c.env("ALLUVIUM_LOG", "warn");
-    c
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Format {

@@ -1,8 +1,46 @@
 //! Tests of the `alluvium` binary, as a child process.
 
+#[cfg(feature = "video")]
+mod audio;
 mod cli;
 mod lake;
 mod library;
 mod tables;
 #[cfg(feature = "video")]
 mod video;
+
+/// The `alluvium` binary, logging warnings only.
+fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_alluvium"));
+    c.env("ALLUVIUM_LOG", "warn");
+    c
+}
+
+/// A registry for the S3 server `s3`.
+#[cfg(feature = "video")]
+fn registry(s3: &alluvium_integration::S3Server) -> std::sync::Arc<alluvium::object::ObjectStoreRegistry> {
+    let cfg: alluvium::object::StoreConfig = toml::from_str(&format!(
+        "[s3]\nendpoint = '{}'\naccess_key_id = '{}'\nsecret_access_key = '{}'\nregion = 'us-east-1'\nallow_http = 'true'\n",
+        s3.endpoint, s3.access_key, s3.secret_key
+    ))
+    .unwrap();
+    std::sync::Arc::new(alluvium::object::ObjectStoreRegistry::new(cfg))
+}
+
+/// Runs the job `run` makes, SIGKILLs it after `after` (or once it ends), then runs it to the
+/// end twice: a crash, the recovery, and a rerun that must add nothing.
+#[cfg(feature = "video")]
+fn killed_then_run_twice(run: impl Fn() -> std::process::Command, after: std::time::Duration) {
+    use std::process::Stdio;
+    let mut child = run().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < after && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for _ in 0..2 {
+        let done = run().output().unwrap();
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    }
+}

@@ -9,13 +9,8 @@ use std::time::{Duration, Instant};
 use alluvium::core::arrow::array::{Array, AsArray};
 use alluvium::core::arrow::datatypes::Int64Type;
 
+use crate::bin;
 use crate::cli::committed_batches;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_alluvium"));
-    c.env("ALLUVIUM_LOG", "warn");
-    c
-}
 
 fn write_job(path: &Path, name: &str, source: &str, sink: &str, checkpoints: &Path) {
     std::fs::write(

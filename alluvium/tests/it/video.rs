@@ -2,29 +2,14 @@
 //! Lance dataset, exactly once across a SIGKILL (read back with pylance); and the ranged reader
 //! under frame extraction reading only the parts of an object a seek needs.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::{bin, registry};
 use alluvium::formats::video::{extract, Limits};
 use alluvium::formats::{FrameSize, Sampling};
 use alluvium_integration::{test_video, S3Server};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
-
-fn bin() -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_alluvium"));
-    c.env("ALLUVIUM_LOG", "warn");
-    c
-}
-
-fn registry(s3: &S3Server) -> std::sync::Arc<alluvium::object::ObjectStoreRegistry> {
-    let cfg: alluvium::object::StoreConfig = toml::from_str(&format!(
-        "[s3]\nendpoint = '{}'\naccess_key_id = '{}'\nsecret_access_key = '{}'\nregion = 'us-east-1'\nallow_http = 'true'\n",
-        s3.endpoint, s3.access_key, s3.secret_key
-    ))
-    .unwrap();
-    std::sync::Arc::new(alluvium::object::ObjectStoreRegistry::new(cfg))
-}
 
 /// Videos in a bucket (a 40-second one, the bundled samples and a truncated one) → one frame per
 /// second → Lance: every frame once, in order, after a SIGKILL and a rerun; the truncated video
@@ -62,18 +47,7 @@ fn the_videos_to_frames_example_writes_each_frame_once_from_s3() {
             .envs(s3.env());
         c
     };
-    // Killed part-way (once it has checkpointed something), then run to the end, then again.
-    let mut child = run().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(700) && child.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    for _ in 0..2 {
-        let done = run().output().unwrap();
-        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
-    }
+    crate::killed_then_run_twice(run, Duration::from_millis(700));
     let script = r#"
 import sys, os, io, lance
 t = lance.dataset(sys.argv[1] + "/frames.lance").to_table()
