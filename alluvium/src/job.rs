@@ -543,6 +543,35 @@ pub enum StageConfig {
         #[serde(flatten)]
         windows: AudioWindowsConfig,
     },
+    /// Decoded `image` → a normalised Float32 `tensor` [3, height, width], on a GPU if asked.
+    #[cfg(feature = "gpu")]
+    ToTensor {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// Tensor width.
+        width: usize,
+        /// Tensor height.
+        height: usize,
+        /// The decoded image column (`image`).
+        #[serde(default)]
+        column: Option<String>,
+        /// The tensor column (`tensor`).
+        #[serde(default)]
+        output: Option<String>,
+        /// Per-channel means on the 0–1 scale (ImageNet's).
+        #[serde(default)]
+        mean: Option<[f32; 3]>,
+        /// Per-channel standard deviations (ImageNet's).
+        #[serde(default)]
+        std: Option<[f32; 3]>,
+        /// GPUs per subtask: 0 (the CPU, default), a fraction (shared) or a whole number.
+        #[serde(default)]
+        gpus: Option<f64>,
+        /// GPU memory per subtask, bytes.
+        #[serde(default)]
+        gpu_memory: Option<u64>,
+    },
     /// Encodes the decoded `image` into an `alluvium.image` column.
     #[cfg(feature = "formats")]
     EncodeImage {
@@ -1166,6 +1195,23 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
         }
         #[cfg(feature = "video")]
         StageConfig::AudioWindows { common, windows } => (common, Stage::from(windows.build(registry)?)),
+        #[cfg(feature = "gpu")]
+        StageConfig::ToTensor { common, width, height, column, output, mean, std, gpus, gpu_memory } => {
+            let mut t = alluvium_gpu::ToTensor::new(*width, *height)
+                .resources(alluvium_gpu::Resources::gpu(gpus.unwrap_or(0.0)).memory(gpu_memory.unwrap_or(0)));
+            if mean.is_some() || std.is_some() {
+                let d = (alluvium_gpu::tensor::IMAGENET_MEAN, alluvium_gpu::tensor::IMAGENET_STD);
+                t = t.normalize(mean.unwrap_or(d.0), std.unwrap_or(d.1));
+            }
+            if let Some(c) = column {
+                t = t.column(c.clone());
+            }
+            if let Some(o) = output {
+                t = t.output(o.clone());
+            }
+            t.validate()?;
+            (common, Stage::from(t))
+        }
         #[cfg(feature = "formats")]
         StageConfig::EncodeImage { common, format, quality, output } => {
             if quality.is_some_and(|q| q == 0 || q > 100) {
@@ -1595,10 +1641,19 @@ hop_ms = 2500
 last = "short"
 encoding = "wav"
 output = "clip"
+[[stages]]
+type = "to_tensor"
+width = 224
+height = 224
+gpus = 0.5
+gpu_memory = 1073741824
 [sink]"#;
         let job = JOB.replace("[[stages]]\ntype = \"fault\"\ndead_letter_every = 3\nedge = \"forward\"\n[sink]", stages);
         let p = JobFile::parse_with_env(&job, &[], env).unwrap().build().unwrap();
-        assert_eq!(p.topology(), "generate[2] -> probe_video[2] -> extract_frames[2] -> probe_audio[2] -> audio_windows[2] -> jsonl[2]");
+        assert_eq!(
+            p.topology(),
+            "generate[2] -> probe_video[2] -> extract_frames[2] -> probe_audio[2] -> audio_windows[2] -> to_tensor[2] -> jsonl[2]"
+        );
         let bad = |from: &str, to: &str| {
             let parsed = JobFile::parse_with_env(&job.replace(from, to), &[], env);
             parsed.and_then(|j| j.build().map(|_| ())).unwrap_err().to_string()
@@ -1609,6 +1664,8 @@ output = "clip"
         assert!(e.contains("`channels`"), "{e}");
         let e = bad("encoding = \"wav\"", "encoding = \"mp3\"");
         assert!(e.contains("mp3") && e.contains("wav"), "{e}");
+        let e = bad("gpus = 0.5", "gpus = 1.5");
+        assert!(e.contains("to_tensor") && e.contains("`gpus = 1.5`") && e.contains("whole number"), "{e}");
         let e = bad("keyframes = true", "keyframes = true\nfps = 2");
         assert!(e.contains("`fps`, `keyframes`") && e.contains("keep one of them"), "{e}");
     }

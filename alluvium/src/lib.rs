@@ -41,6 +41,8 @@ pub use alluvium_core as core;
 pub use alluvium_delta as delta;
 #[cfg(feature = "formats")]
 pub use alluvium_formats as formats;
+#[cfg(feature = "gpu")]
+pub use alluvium_gpu as gpu;
 #[cfg(feature = "iceberg")]
 pub use alluvium_iceberg as iceberg;
 #[cfg(feature = "lance")]

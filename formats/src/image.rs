@@ -158,13 +158,8 @@ fn decoded_array(images: &[Rgb]) -> Result<StructArray> {
 }
 
 fn read_decoded(batch: &RecordBatch, name: &str, stage: &str) -> Result<Vec<(Vec<u8>, u32, u32)>> {
-    let fail =
-        || Error::config(format!("{stage}: the input has no decoded image column `{name}` (from DecodeImage); set `column`"));
-    let s = batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StructArray>()).ok_or_else(fail)?;
-    let px = s.column_by_name("pixels").and_then(|c| c.as_any().downcast_ref::<BinaryArray>()).ok_or_else(fail)?;
-    let w = s.column_by_name("width").and_then(|c| c.as_any().downcast_ref::<UInt32Array>()).ok_or_else(fail)?;
-    let h = s.column_by_name("height").and_then(|c| c.as_any().downcast_ref::<UInt32Array>()).ok_or_else(fail)?;
-    Ok((0..s.len()).map(|i| (px.value(i).to_vec(), w.value(i), h.value(i))).collect())
+    let (px, w, h) = DecodedImageType::columns(batch, name, stage)?;
+    Ok((0..px.len()).map(|i| (px.value(i).to_vec(), w.value(i), h.value(i))).collect())
 }
 
 impl Operator for DecodeImage {

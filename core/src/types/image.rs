@@ -72,6 +72,25 @@ impl DecodedImageType {
     pub fn field(&self, name: &str, nullable: bool) -> Field {
         Field::new(name, DataType::Struct(Self::fields()), nullable).with_extension_type(*self)
     }
+    /// The pixels, widths and heights of the decoded image column `name` of `batch`; a config
+    /// error naming `stage` when there is no such column.
+    pub fn columns<'a>(
+        batch: &'a arrow::record_batch::RecordBatch,
+        name: &str,
+        stage: &str,
+    ) -> Result<(&'a BinaryArray, &'a UInt32Array, &'a UInt32Array)> {
+        let fail = || {
+            crate::Error::config(format!(
+                "{stage}: the input has no decoded image column `{name}` (from decode_image); set `column`"
+            ))
+        };
+        let s = batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StructArray>()).ok_or_else(fail)?;
+        let get = |n: &str| s.column_by_name(n).ok_or_else(fail);
+        let px = get("pixels")?.as_any().downcast_ref::<BinaryArray>().ok_or_else(fail)?;
+        let w = get("width")?.as_any().downcast_ref::<UInt32Array>().ok_or_else(fail)?;
+        let h = get("height")?.as_any().downcast_ref::<UInt32Array>().ok_or_else(fail)?;
+        Ok((px, w, h))
+    }
 }
 
 impl ExtensionType for DecodedImageType {
