@@ -65,7 +65,8 @@ pub struct VideoInfo {
 pub enum Sampling {
     /// Frames 0, N, 2N, … (every frame is decoded).
     EveryNth(u64),
-    /// The first frame at or after each 1/N second (every frame is decoded).
+    /// The first frame at or after each 1/N second (frames are decoded up to each; when the next
+    /// is more than two seconds ahead, the decoder seeks to the keyframe before it).
     PerSecond(f64),
     /// Keyframes only: the other packets are not even decoded, the fast mode.
     Keyframes,
@@ -196,6 +197,8 @@ struct Sampler {
     next_ms: f64,
     next_target: usize,
     previous: Option<[f32; 64]>,
+    /// The last time sought to.
+    sought: Option<i64>,
 }
 
 impl Sampler {
@@ -205,7 +208,7 @@ impl Sampler {
             ts.sort_unstable();
             ts.dedup();
         }
-        Self { sampling, next_ms: 0.0, next_target: 0, previous: None }
+        Self { sampling, next_ms: 0.0, next_target: 0, previous: None, sought: None }
     }
 
     /// Whether to keep the frame at `index`/`pts_ms`.
@@ -242,12 +245,18 @@ impl Sampler {
         }
     }
 
-    /// Timestamps: the next target, when it is far enough ahead to seek to.
-    fn seek_target(&self, at_ms: i64) -> Option<i64> {
-        match &self.sampling {
-            Sampling::Timestamps(ts) => ts.get(self.next_target).copied().filter(|t| *t > at_ms + 2000),
+    /// Timestamps and N per second: the next frame wanted, when it is far enough ahead to seek
+    /// to. Each target is sought once: a seek that lands on a keyframe long before the target
+    /// (a long GOP) decodes forward from there instead of seeking again.
+    fn seek_target(&mut self, at_ms: i64) -> Option<i64> {
+        let next = match &self.sampling {
+            Sampling::Timestamps(ts) => ts.get(self.next_target).copied(),
+            Sampling::PerSecond(_) => Some(self.next_ms.ceil() as i64),
             _ => None,
-        }
+        };
+        let t = next.filter(|t| *t > at_ms + 2000 && self.sought != Some(*t))?;
+        self.sought = Some(t);
+        Some(t)
     }
 
     fn done(&self) -> bool {

@@ -12,7 +12,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 use crate::ops::{Rgb, Yuv420p};
 
@@ -112,18 +112,25 @@ fn launch_config(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: ((n as u32).div_ceil(threads), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Compiles [`SOURCE`] to PTX with NVRTC (no GPU needed, only the NVRTC library).
+pub fn compile() -> Result<Ptx, String> {
+    guarded("compiling the kernels", || {
+        #[allow(unsafe_code)]
+        // SAFETY: only looks for the NVRTC library by name (dlopen); calls nothing in it.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err("no NVRTC library (libnvrtc.so) to compile the kernels with".into());
+        }
+        let opts = CompileOptions { fmad: Some(false), ..Default::default() };
+        compile_ptx_with_opts(SOURCE, opts).map_err(|e| format!("compiling the kernels: {e}"))
+    })
+}
+
 impl Gpu {
     /// Opens device `ordinal` and compiles the kernels with NVRTC.
     pub fn open(ordinal: usize) -> Result<Self, String> {
         guarded("opening the GPU", || {
-            #[allow(unsafe_code)]
-            // SAFETY: only looks for the NVRTC library by name (dlopen); calls nothing in it.
-            if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-                return Err("no NVRTC library (libnvrtc.so) to compile the kernels with".into());
-            }
+            let ptx = compile()?;
             let ctx = CudaContext::new(ordinal).map_err(|e| format!("CUDA device {ordinal}: {e}"))?;
-            let opts = CompileOptions { fmad: Some(false), ..Default::default() };
-            let ptx = compile_ptx_with_opts(SOURCE, opts).map_err(|e| format!("compiling the kernels: {e}"))?;
             let module = ctx.load_module(ptx).map_err(|e| format!("loading the kernels: {e}"))?;
             let f = |name: &str| module.load_function(name).map_err(|e| format!("kernel {name}: {e}"));
             Ok(Self {

@@ -17,7 +17,9 @@
 //! ```
 //!
 //! Everything here builds and passes its tests on machines without CUDA; the GPU tests run where
-//! a GPU is found and say that they were skipped elsewhere. `ALLUVIUM_GPU=off` turns GPUs off.
+//! a GPU is found and say that they were skipped elsewhere. NVRTC needs no GPU, so CI compiles the
+//! kernels on every run (NVRTC from PyPI's `nvidia-cuda-nvrtc-cu12`, put on the library path by
+//! `.ci/run`). `ALLUVIUM_GPU=off` turns GPUs off.
 //! Unsafe code is limited to looking for the CUDA libraries and launching the kernels, each with
 //! its reason next to it.
 

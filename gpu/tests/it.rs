@@ -63,6 +63,21 @@ fn gpu() -> Option<Gpu> {
     }
 }
 
+/// The kernels compile with NVRTC, which needs no GPU: `.ci/run` puts NVRTC from PyPI
+/// (nvidia-cuda-nvrtc-cu12) on the library path, so CI checks the CUDA source on every run.
+#[test]
+fn the_kernels_compile_with_nvrtc() {
+    let ptx = match alluvium_gpu::kernels::compile() {
+        Ok(ptx) => ptx.to_src(),
+        Err(why) if std::env::var_os("CI").is_none() => return eprintln!("SKIPPED: {why}"),
+        Err(why) => panic!("{why}; .ci/run puts NVRTC on LD_LIBRARY_PATH under CI"),
+    };
+    for kernel in ["yuv420p_to_rgb", "resize_rgb", "normalize_chw"] {
+        assert!(ptx.contains(&format!(".entry {kernel}(")), "{kernel} is in the PTX");
+    }
+    assert!(!ptx.contains("fma.rn.f32"), "no fused multiply-adds: the CPU path does not fuse them");
+}
+
 /// A deterministic RGB picture with edges and gradients.
 fn picture(width: usize, height: usize) -> Rgb {
     let pixels = (0..width * height)

@@ -105,7 +105,6 @@ fn frames_at_timestamps_read_only_the_ranges_they_need() {
     });
     // The reader blocks on the runtime for each range (as on the blocking pool in a pipeline).
     let _inside = rt.enter();
-    let reader = reg.open_ranged(&alluvium::core::types::ObjectRef::new(uri.clone())).unwrap().chunk(64 * 1024);
     /// Shares what the reader fetched, as it goes.
     struct Counting(alluvium::object::RangedReader, std::sync::Arc<std::sync::atomic::AtomicU64>);
     impl std::io::Read for Counting {
@@ -120,21 +119,28 @@ fn frames_at_timestamps_read_only_the_ranges_they_need() {
             self.0.seek(to)
         }
     }
-    let fetched = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut times = Vec::new();
-    let got = extract(
-        Box::new(Counting(reader, fetched.clone())),
-        &Sampling::Timestamps(vec![1000, 30_000, 58_000]),
-        FrameSize::ShortSide(64),
-        &Limits::default(),
-        &mut |f| {
-            times.push(f.pts_ms);
-            Ok(())
-        },
-    )
-    .unwrap();
-    assert_eq!(got, Ok(3));
-    assert_eq!(times, [1000, 30_000, 58_000]);
-    let read = fetched.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(read * 3 < bytes.len() as u64, "read {read} of {} bytes", bytes.len());
+    // At three times, and one frame every 20 seconds: both seek between the frames they keep.
+    for (sampling, want) in [
+        (Sampling::Timestamps(vec![1000, 30_000, 58_000]), vec![1000, 30_000, 58_000]),
+        (Sampling::PerSecond(0.05), vec![0, 20_000, 40_000]),
+    ] {
+        let reader = reg.open_ranged(&alluvium::core::types::ObjectRef::new(uri.clone())).unwrap().chunk(64 * 1024);
+        let fetched = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut times = Vec::new();
+        let got = extract(
+            Box::new(Counting(reader, fetched.clone())),
+            &sampling,
+            FrameSize::ShortSide(64),
+            &Limits::default(),
+            &mut |f| {
+                times.push(f.pts_ms);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(got, Ok(want.len() as u64), "{sampling:?}");
+        assert_eq!(times, want);
+        let read = fetched.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(read * 3 < bytes.len() as u64, "{sampling:?}: read {read} of {} bytes", bytes.len());
+    }
 }

@@ -245,3 +245,27 @@ fn bad_videos_are_dead_letters_with_reasons() {
     let out = run(ExtractFrames::new(Arc::new(LocalFiles)).sampling(Sampling::EveryNth(1)), refs(&[&corrupt]));
     assert!(out.batch.num_rows() + out.failures.len() > 0);
 }
+
+/// With keyframes 10 s apart, a seek lands long before its target: the decoder goes forward from
+/// there (it used to seek to the same keyframe again and again until the time budget ran out).
+#[test]
+fn seeks_into_long_gops_decode_forward_to_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long_gop.mp4");
+    let Some(()) = test_video(&path, 24, (160, 120), 25, 250) else { return };
+    let limits = Limits { time_budget: std::time::Duration::from_secs(20), ..Limits::default() };
+    for sampling in [Sampling::Timestamps(vec![15_000, 22_000]), Sampling::PerSecond(1.0 / 7.5)] {
+        let mut times = Vec::new();
+        let media = Box::new(std::fs::File::open(&path).unwrap());
+        let got = extract(media, &sampling, FrameSize::ShortSide(32), &limits, &mut |f| {
+            times.push(f.pts_ms);
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<i64> = match sampling {
+            Sampling::Timestamps(_) => vec![15_000, 22_000],
+            _ => vec![0, 7_520, 15_000, 22_520],
+        };
+        assert_eq!((got, times), (Ok(want.len() as u64), want), "{sampling:?}");
+    }
+}
