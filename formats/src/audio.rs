@@ -582,21 +582,10 @@ impl Operator for AudioWindows {
         let this = &*self;
         let window_bytes = this.window_samples() * usize::from(this.target.channels) * 4;
         let per_batch = (this.batch_bytes / window_bytes.max(1)).max(1);
-        let mut pending: Vec<(usize, Window)> = Vec::new();
-        let failures = av::each_object(&refs, this.opener.as_ref(), "audio_windows", |row, media| {
-            let mut send = |w: Window| -> Result<()> {
-                pending.push((row, w));
-                if pending.len() >= per_batch {
-                    emit(Output::new(this.batch(&batch, &refs_col, std::mem::take(&mut pending))?))?;
-                }
-                Ok(())
-            };
-            Ok(windows(media, this.target, &this.windowing, this.time_budget, &mut send)?.map(|_| ()))
-        })?;
-        if !pending.is_empty() || !failures.is_empty() {
-            emit(Output::with_failures(self.batch(&batch, &refs_col, pending)?, failures))?;
-        }
-        Ok(())
+        let build = |windows| this.batch(&batch, &refs_col, windows);
+        av::stream_objects(&refs, this.opener.as_ref(), "audio_windows", per_batch, &build, emit, |media, send| {
+            Ok(windows(media, this.target, &this.windowing, this.time_budget, send)?.map(|_| ()))
+        })
     }
 }
 

@@ -228,6 +228,35 @@ pub(crate) fn each_object(
     Ok(failures)
 }
 
+/// The body of a streaming `process_into`: the items `each` makes of every object of an ObjectRef
+/// column go out through `emit` in batches of `per_batch` rows, built by `build` from
+/// `(row, item)` pairs; the objects that failed ride as dead letters on the last batch.
+pub(crate) fn stream_objects<T>(
+    refs: &ObjectRefArray,
+    opener: &dyn OpenObject,
+    stage: &str,
+    per_batch: usize,
+    build: &dyn Fn(Vec<(usize, T)>) -> Result<RecordBatch>,
+    emit: &mut dyn FnMut(Output) -> Result<()>,
+    mut each: impl FnMut(Box<dyn ReadSeek>, &mut dyn FnMut(T) -> Result<()>) -> Result<std::result::Result<(), String>>,
+) -> Result<()> {
+    let mut pending: Vec<(usize, T)> = Vec::new();
+    let failures = each_object(refs, opener, stage, |row, media| {
+        let mut send = |item: T| -> Result<()> {
+            pending.push((row, item));
+            if pending.len() >= per_batch {
+                emit(Output::new(build(std::mem::take(&mut pending))?))?;
+            }
+            Ok(())
+        };
+        each(media, &mut send)
+    })?;
+    if !pending.is_empty() || !failures.is_empty() {
+        emit(Output::with_failures(build(pending)?, failures))?;
+    }
+    Ok(())
+}
+
 /// [`Operator::process`] for an operator that streams through `process_into`: everything it
 /// emits for `batch`, in one output; `empty` builds the (empty) batch when it emitted no rows.
 pub(crate) fn gather<O: Operator>(

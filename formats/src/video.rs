@@ -510,30 +510,30 @@ impl ExtractFrames {
 
     /// Builds a batch of frames: the input's other columns of each frame's video, then the
     /// frame columns.
-    fn batch(&self, input: &RecordBatch, refs: &ArrayRef, frames: Vec<(usize, Frame, Vec<u8>)>) -> Result<RecordBatch> {
-        let rows = UInt32Array::from_iter_values(frames.iter().map(|(r, _, _)| *r as u32));
+    fn batch(&self, input: &RecordBatch, refs: &ArrayRef, frames: Vec<(usize, (Frame, Vec<u8>))>) -> Result<RecordBatch> {
+        let rows = UInt32Array::from_iter_values(frames.iter().map(|(r, _)| *r as u32));
         let taken = RecordBatch::try_new(
             input.schema(),
             input.columns().iter().map(|c| take(c.as_ref(), &rows, None)).collect::<std::result::Result<Vec<_>, _>>()?,
         )?;
         let mut data = BinaryBuilder::new();
-        frames.iter().for_each(|(_, _, bytes)| data.append_value(bytes));
+        frames.iter().for_each(|(_, (_, bytes))| data.append_value(bytes));
         let image = EncodedImageType::array(
             data.finish(),
             StringArray::from(vec![self.format.name(); frames.len()]),
-            UInt32Array::from_iter_values(frames.iter().map(|(_, f, _)| f.width)),
-            UInt32Array::from_iter_values(frames.iter().map(|(_, f, _)| f.height)),
+            UInt32Array::from_iter_values(frames.iter().map(|(_, (f, _))| f.width)),
+            UInt32Array::from_iter_values(frames.iter().map(|(_, (f, _))| f.height)),
         )?;
         let add: Vec<(Field, ArrayRef)> = vec![
             (ObjectRefType::field("source", false), take(refs.as_ref(), &rows, None)?),
             (Field::new("frame_index", alluvium_core::arrow::datatypes::DataType::UInt64, false), {
-                Arc::new(UInt64Array::from_iter_values(frames.iter().map(|(_, f, _)| f.index)))
+                Arc::new(UInt64Array::from_iter_values(frames.iter().map(|(_, (f, _))| f.index)))
             }),
             (Field::new("pts_ms", alluvium_core::arrow::datatypes::DataType::Int64, false), {
-                Arc::new(Int64Array::from_iter_values(frames.iter().map(|(_, f, _)| f.pts_ms)))
+                Arc::new(Int64Array::from_iter_values(frames.iter().map(|(_, (f, _))| f.pts_ms)))
             }),
             (Field::new("keyframe", alluvium_core::arrow::datatypes::DataType::Boolean, false), {
-                Arc::new(BooleanArray::from(frames.iter().map(|(_, f, _)| f.keyframe).collect::<Vec<_>>()))
+                Arc::new(BooleanArray::from(frames.iter().map(|(_, (f, _))| f.keyframe).collect::<Vec<_>>()))
             }),
             (EncodedImageType::field("image", false), Arc::new(image)),
         ];
@@ -548,24 +548,16 @@ impl Operator for ExtractFrames {
 
     fn process_into(&mut self, batch: RecordBatch, emit: &mut dyn FnMut(Output) -> Result<()>) -> Result<()> {
         let (refs_col, refs) = refs(&batch, &self.column, "extract_frames")?;
-        let mut frames: Vec<(usize, Frame, Vec<u8>)> = Vec::new();
         let this = &*self;
-        let failures = av::each_object(&refs, this.opener.as_ref(), "extract_frames", |row, media| {
-            let mut send = |f: Frame| -> Result<()> {
+        let build = |frames| this.batch(&batch, &refs_col, frames);
+        av::stream_objects(&refs, this.opener.as_ref(), "extract_frames", this.frames_per_batch, &build, emit, |media, send| {
+            let mut encode = |f: Frame| -> Result<()> {
                 let encoded = encode_rgb(this.format, &f.rgb, f.width, f.height)
                     .map_err(|m| Error::data(format!("extract_frames: encoding a frame: {m}")))?;
-                frames.push((row, Frame { rgb: Vec::new(), ..f }, encoded));
-                if frames.len() >= this.frames_per_batch {
-                    emit(Output::new(this.batch(&batch, &refs_col, std::mem::take(&mut frames))?))?;
-                }
-                Ok(())
+                send((Frame { rgb: Vec::new(), ..f }, encoded))
             };
-            Ok(extract(media, &this.sampling, this.size, &this.limits, &mut send)?.map(|_| ()))
-        })?;
-        if !frames.is_empty() || !failures.is_empty() {
-            emit(Output::with_failures(self.batch(&batch, &refs_col, frames)?, failures))?;
-        }
-        Ok(())
+            Ok(extract(media, &this.sampling, this.size, &this.limits, &mut encode)?.map(|_| ()))
+        })
     }
 }
 

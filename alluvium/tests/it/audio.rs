@@ -4,10 +4,6 @@
 use std::time::Duration;
 
 use alluvium_integration::{ffmpeg, S3Server};
-use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
-
-use crate::{bin, registry};
 
 /// A 65-second recording and the bundled samples in a bucket → 10 s windows at 16 kHz mono →
 /// Lance: every window once, in order, after a SIGKILL and a rerun; the samples are the ones
@@ -26,29 +22,16 @@ fn the_audio_windows_example_writes_each_window_once_from_s3() {
     let tone = samples.join("tone.flac");
     ffmpeg(&["-i", tone.to_str().unwrap(), "-ar", "16000", "-ac", "1", "-f", "f32le", tone_cli.to_str().unwrap()]).unwrap();
     let bucket = s3.bucket();
-    let reg = registry(&s3);
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let (store, _) = reg.resolve(&format!("s3://{bucket}/x")).await.unwrap().unwrap();
-        for (key, path) in [
-            ("audio/long.flac", long.clone()),
-            ("audio/tone.flac", tone.clone()),
-            ("audio/chirp.mp3", samples.join("chirp.mp3")),
-            ("audio/stereo.ogg", samples.join("stereo.ogg")),
-            ("audio/broken.wav", samples.join("broken.wav")),
-        ] {
-            store.put(&Path::from(key), PutPayload::from(std::fs::read(path).unwrap())).await.unwrap();
-        }
-    });
+    let files = [
+        ("audio/long.flac", long.clone()),
+        ("audio/tone.flac", tone.clone()),
+        ("audio/chirp.mp3", samples.join("chirp.mp3")),
+        ("audio/stereo.ogg", samples.join("stereo.ogg")),
+        ("audio/broken.wav", samples.join("broken.wav")),
+    ];
+    crate::put_files(&s3, &bucket, &files);
     let out = dir.path().join("lake");
-    let run = || {
-        let mut c = bin();
-        c.current_dir(&root)
-            .args(["run", "examples/audio_windows.toml"])
-            .env("ALLUVIUM_INPUT", format!("s3://{bucket}/audio/"))
-            .env("ALLUVIUM_OUTPUT", &out)
-            .envs(s3.env());
-        c
-    };
+    let run = || crate::example_on_s3("audio_windows", &format!("s3://{bucket}/audio/"), &out, &s3);
     crate::killed_then_run_twice(run, Duration::from_millis(300));
     let script = r#"
 import sys, os, lance, numpy as np

@@ -44,3 +44,36 @@ fn killed_then_run_twice(run: impl Fn() -> std::process::Command, after: std::ti
         assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     }
 }
+
+/// Puts `files` (key, local path) into `bucket` on `s3`.
+#[cfg(feature = "video")]
+fn put_files(s3: &alluvium_integration::S3Server, bucket: &str, files: &[(&str, std::path::PathBuf)]) {
+    use object_store::ObjectStoreExt;
+    let reg = registry(s3);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (store, _) = reg.resolve(&format!("s3://{bucket}/x")).await.unwrap().unwrap();
+        for (key, path) in files {
+            let bytes = object_store::PutPayload::from(std::fs::read(path).unwrap());
+            store.put(&object_store::path::Path::from(*key), bytes).await.unwrap();
+        }
+    });
+}
+
+/// `alluvium run examples/{example}.toml` from the repository's root, reading `input` on `s3`
+/// and writing under `out`.
+#[cfg(feature = "video")]
+fn example_on_s3(
+    example: &str,
+    input: &str,
+    out: &std::path::Path,
+    s3: &alluvium_integration::S3Server,
+) -> std::process::Command {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut c = bin();
+    c.current_dir(root)
+        .args(["run", &format!("examples/{example}.toml")])
+        .env("ALLUVIUM_INPUT", input)
+        .env("ALLUVIUM_OUTPUT", out)
+        .envs(s3.env());
+    c
+}

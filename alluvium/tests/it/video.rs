@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use crate::{bin, registry};
 use alluvium::formats::video::{extract, Limits};
 use alluvium::formats::{FrameSize, Sampling};
 use alluvium_integration::{test_video, S3Server};
-use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
+
+use crate::registry;
 
 /// Videos in a bucket (a 40-second one, the bundled samples and a truncated one) → one frame per
 /// second → Lance: every frame once, in order, after a SIGKILL and a rerun; the truncated video
@@ -22,31 +22,16 @@ fn the_videos_to_frames_example_writes_each_frame_once_from_s3() {
     let long = dir.path().join("long.mp4");
     let Some(()) = test_video(&long, 40, (640, 360), 25, 50) else { return };
     let bucket = s3.bucket();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let reg = registry(&s3);
-    rt.block_on(async {
-        let (store, _) = reg.resolve(&format!("s3://{bucket}/x")).await.unwrap().unwrap();
-        let samples = root.join("examples/data/videos");
-        for (key, path) in [
-            ("videos/long.mp4", long.clone()),
-            ("videos/testsrc.mp4", samples.join("testsrc.mp4")),
-            ("videos/portrait.mp4", samples.join("portrait.mp4")),
-            ("videos/truncated.mp4", samples.join("truncated.mp4")),
-        ] {
-            store.put(&Path::from(key), PutPayload::from(std::fs::read(path).unwrap())).await.unwrap();
-        }
-    });
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("examples/data/videos");
+    let files = [
+        ("videos/long.mp4", long.clone()),
+        ("videos/testsrc.mp4", samples.join("testsrc.mp4")),
+        ("videos/portrait.mp4", samples.join("portrait.mp4")),
+        ("videos/truncated.mp4", samples.join("truncated.mp4")),
+    ];
+    crate::put_files(&s3, &bucket, &files);
     let out = dir.path().join("lake");
-    let run = || {
-        let mut c = bin();
-        c.current_dir(&root)
-            .args(["run", "examples/videos_to_frames.toml"])
-            .env("ALLUVIUM_INPUT", format!("s3://{bucket}/videos/"))
-            .env("ALLUVIUM_OUTPUT", &out)
-            .envs(s3.env());
-        c
-    };
+    let run = || crate::example_on_s3("videos_to_frames", &format!("s3://{bucket}/videos/"), &out, &s3);
     crate::killed_then_run_twice(run, Duration::from_millis(700));
     let script = r#"
 import sys, os, io, lance
