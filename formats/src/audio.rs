@@ -27,9 +27,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alluvium_core::arrow::array::{
-    ArrayRef, BinaryBuilder, FixedSizeListArray, Float32Array, Int64Array, StringArray, StructArray,
-};
+use alluvium_core::arrow::array::{ArrayRef, BinaryBuilder, FixedSizeListArray, Float32Array, Int64Array, StringArray};
 use alluvium_core::arrow::array::{UInt16Array, UInt32Array, UInt64Array};
 use alluvium_core::arrow::compute::take;
 use alluvium_core::arrow::datatypes::{DataType, Field};
@@ -207,6 +205,11 @@ impl Resampler {
     }
 }
 
+/// Samples per channel in `ms` at the target rate (at least one).
+fn samples(ms: u32, target: Target) -> usize {
+    (u64::from(ms) * u64::from(target.sample_rate) / 1000).max(1) as usize
+}
+
 /// Cuts a stream of planar samples into windows, holding at most one window.
 struct Windower {
     window: usize,
@@ -224,11 +227,10 @@ struct Windower {
 
 impl Windower {
     fn new(target: Target, windowing: &Windowing) -> Self {
-        let samples = |ms: u32| (u64::from(ms) * u64::from(target.sample_rate) / 1000).max(1) as usize;
         let channels = usize::from(target.channels);
         Self {
-            window: samples(windowing.window_ms),
-            hop: samples(windowing.hop_ms),
+            window: samples(windowing.window_ms, target),
+            hop: samples(windowing.hop_ms, target),
             channels,
             buffer: vec![Vec::new(); channels],
             start: 0,
@@ -335,7 +337,7 @@ pub fn windows(
         return failed(&windower, why);
     }
     if decoded == 0 {
-        return Ok(Err(media.nothing_decoded().replace("frames", "samples")));
+        return Ok(Err(media.nothing_decoded()));
     }
     windower.finish(windowing.last, emit)?;
     Ok(Ok(windower.next_index))
@@ -397,29 +399,15 @@ impl ProbeAudio {
 
 impl Operator for ProbeAudio {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
-        let (refs_col, refs) = refs(&batch, &self.column, "probe_audio")?;
-        let mut found = Vec::new();
-        let failures = av::each_object(&refs, self.opener.as_ref(), "probe_audio", |row, media| {
-            Ok(probe(media, self.time_budget).map(|info| found.push((row, info))))
-        })?;
-        let keep: Vec<bool> = {
-            let mut keep = vec![false; batch.num_rows()];
-            found.iter().for_each(|(row, _)| keep[*row] = true);
-            keep
-        };
-        let kept = alluvium_core::arrow::compute::filter_record_batch(&batch, &keep.into())?;
-        let rows = UInt32Array::from_iter_values(found.iter().map(|(r, _)| *r as u32));
-        let infos: Vec<&AudioInfo> = found.iter().map(|(_, a)| a).collect();
+        let budget = self.time_budget;
+        let p = av::probe_each(&batch, &self.column, "probe_audio", self.opener.as_ref(), |m| probe(m, budget))?;
         let columns: Vec<ArrayRef> = vec![
-            take(refs_col.as_ref(), &rows, None)?,
-            Arc::new(Int64Array::from_iter(infos.iter().map(|a| a.duration_ms))),
-            Arc::new(UInt32Array::from_iter_values(infos.iter().map(|a| a.sample_rate))),
-            Arc::new(UInt16Array::from_iter_values(infos.iter().map(|a| a.channels))),
-            Arc::new(StringArray::from_iter_values(infos.iter().map(|a| a.codec.as_str()))),
+            Arc::new(Int64Array::from_iter(p.found.iter().map(|a| a.duration_ms))),
+            Arc::new(UInt32Array::from_iter_values(p.found.iter().map(|a| a.sample_rate))),
+            Arc::new(UInt16Array::from_iter_values(p.found.iter().map(|a| a.channels))),
+            Arc::new(StringArray::from_iter_values(p.found.iter().map(|a| a.codec.as_str()))),
         ];
-        let audio = StructArray::try_new(alluvium_core::types::audio_ref_fields(), columns, None)?;
-        let batch = with_columns(&kept, None, vec![(AudioRefType::field(&self.output, false), Arc::new(audio) as ArrayRef)])?;
-        Ok(Output::with_failures(batch, failures))
+        p.finish(AudioRefType::field(&self.output, false), columns)
     }
 }
 
@@ -514,7 +502,7 @@ impl AudioWindows {
 
     /// Samples per channel in a whole window.
     fn window_samples(&self) -> usize {
-        Windower::new(self.target, &self.windowing).window
+        samples(self.windowing.window_ms, self.target)
     }
 
     /// The `audio` field.

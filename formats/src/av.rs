@@ -13,8 +13,12 @@
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use alluvium_core::arrow::array::{Array, ArrayRef, StructArray};
+use std::sync::Arc;
+
+use alluvium_core::arrow::array::{Array, ArrayRef, StructArray, UInt32Array};
+use alluvium_core::arrow::datatypes::{DataType, Field};
 use alluvium_core::arrow::record_batch::RecordBatch;
+use alluvium_core::operator::with_columns;
 use alluvium_core::types::ObjectRefArray;
 use alluvium_core::{Error, ErrorKind, OpenObject, Operator, Output, ReadSeek, Result, RowFailure};
 use ffmpeg_next as ffmpeg;
@@ -173,9 +177,10 @@ impl Media {
 
     /// Why a stream that ended without a single frame is bad.
     pub fn nothing_decoded(&self) -> String {
+        let unit = if self.what == "audio" { "samples" } else { "frames" };
         match self.corrupt {
-            0 => format!("the {} stream has no frames", self.what),
-            n => format!("no frame could be decoded ({n} corrupt packets)"),
+            0 => format!("the {} stream has no {unit}", self.what),
+            n => format!("no {unit} could be decoded ({n} corrupt packets)"),
         }
     }
 }
@@ -226,6 +231,46 @@ pub(crate) fn each_object(
         }
     }
     Ok(failures)
+}
+
+/// What a probe stage found: the input rows that probed, the reference of each, what each probe
+/// returned, and the rows that did not probe (dead letters).
+pub(crate) struct Probed<T> {
+    kept: RecordBatch,
+    refs: ArrayRef,
+    pub found: Vec<T>,
+    failures: Vec<RowFailure>,
+}
+
+/// The body of a probe stage: `probe` on every object of the ObjectRef column `column`.
+pub(crate) fn probe_each<T>(
+    batch: &RecordBatch,
+    column: &str,
+    stage: &str,
+    opener: &dyn OpenObject,
+    mut probe: impl FnMut(Box<dyn ReadSeek>) -> std::result::Result<T, String>,
+) -> Result<Probed<T>> {
+    let (refs_col, refs) = refs(batch, column, stage)?;
+    let mut found = Vec::new();
+    let failures = each_object(&refs, opener, stage, |row, media| Ok(probe(media).map(|t| found.push((row, t)))))?;
+    let mut keep = vec![false; batch.num_rows()];
+    found.iter().for_each(|(row, _)| keep[*row] = true);
+    let kept = alluvium_core::arrow::compute::filter_record_batch(batch, &keep.into())?;
+    let rows = UInt32Array::from_iter_values(found.iter().map(|(r, _)| *r as u32));
+    let refs = alluvium_core::arrow::compute::take(refs_col.as_ref(), &rows, None)?;
+    Ok(Probed { kept, refs, found: found.into_iter().map(|(_, t)| t).collect(), failures })
+}
+
+impl<T> Probed<T> {
+    /// The output: the kept rows plus `field`, a struct of the reference and then `columns`
+    /// (what was found, one value per kept row), with the dead letters.
+    pub fn finish(self, field: Field, columns: Vec<ArrayRef>) -> Result<Output> {
+        let DataType::Struct(fields) = field.data_type().clone() else { unreachable!("a probe's output is a struct") };
+        let columns = std::iter::once(self.refs).chain(columns).collect();
+        let probed = StructArray::try_new(fields, columns, None)?;
+        let batch = with_columns(&self.kept, None, vec![(field, Arc::new(probed) as ArrayRef)])?;
+        Ok(Output::with_failures(batch, self.failures))
+    }
 }
 
 /// The body of a streaming `process_into`: the items `each` makes of every object of an ObjectRef

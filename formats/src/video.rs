@@ -25,15 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alluvium_core::arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray, StructArray, UInt32Array,
-    UInt64Array,
+    ArrayRef, BinaryBuilder, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray, UInt32Array, UInt64Array,
 };
 use alluvium_core::arrow::compute::take;
 use alluvium_core::arrow::datatypes::Field;
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::operator::with_columns;
 use alluvium_core::types::{EncodedImageType, ObjectRefType, VideoRefType};
-use alluvium_core::{Error, ErrorKind, OpenObject, Operator, Output, ReadSeek, Result, Stage};
+use alluvium_core::{Error, OpenObject, Operator, Output, ReadSeek, Result, Stage};
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::codec::packet::side_data::Type as SideDataType;
 use ffmpeg_next::format::Pixel;
@@ -403,28 +402,17 @@ impl ProbeVideo {
 
 impl Operator for ProbeVideo {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
-        let (refs_col, refs) = refs(&batch, &self.column, "probe_video")?;
-        let results = alluvium_core::RowResults::collect((0..refs.len()).map(|i| {
-            let r = refs.get(i).ok_or((ErrorKind::Data, "probe_video: the reference is null".to_string()))?;
-            let media = self.opener.open(&r).map_err(|m| (ErrorKind::Data, m))?;
-            probe(media, &self.limits).map(|info| (i, info)).map_err(|m| (ErrorKind::Data, format!("probe_video: {m}")))
-        }));
-        let kept = results.kept(&batch)?;
-        let rows: Vec<u32> = results.ok.iter().map(|(i, _)| *i as u32).collect();
-        let inner = take(refs_col.as_ref(), &UInt32Array::from(rows), None)?;
-        let infos: Vec<&VideoInfo> = results.ok.iter().map(|(_, v)| v).collect();
+        let limits = self.limits;
+        let p = av::probe_each(&batch, &self.column, "probe_video", self.opener.as_ref(), |m| probe(m, &limits))?;
         let columns: Vec<ArrayRef> = vec![
-            inner,
-            Arc::new(Int64Array::from_iter(infos.iter().map(|v| v.duration_ms))),
-            Arc::new(Float64Array::from_iter(infos.iter().map(|v| v.fps))),
-            Arc::new(StringArray::from_iter_values(infos.iter().map(|v| v.codec.as_str()))),
-            Arc::new(UInt32Array::from_iter_values(infos.iter().map(|v| v.width))),
-            Arc::new(UInt32Array::from_iter_values(infos.iter().map(|v| v.height))),
-            Arc::new(Int32Array::from_iter_values(infos.iter().map(|v| v.rotation))),
+            Arc::new(Int64Array::from_iter(p.found.iter().map(|v| v.duration_ms))),
+            Arc::new(Float64Array::from_iter(p.found.iter().map(|v| v.fps))),
+            Arc::new(StringArray::from_iter_values(p.found.iter().map(|v| v.codec.as_str()))),
+            Arc::new(UInt32Array::from_iter_values(p.found.iter().map(|v| v.width))),
+            Arc::new(UInt32Array::from_iter_values(p.found.iter().map(|v| v.height))),
+            Arc::new(Int32Array::from_iter_values(p.found.iter().map(|v| v.rotation))),
         ];
-        let video = StructArray::try_new(alluvium_core::types::video_ref_fields(), columns, None)?;
-        let batch = with_columns(&kept, None, vec![(VideoRefType::field(&self.output, false), Arc::new(video) as ArrayRef)])?;
-        Ok(Output::with_failures(batch, results.failures))
+        p.finish(VideoRefType::field(&self.output, false), columns)
     }
 }
 
