@@ -177,12 +177,24 @@ impl Gpu {
 
     /// Resize then normalise on the device: [`crate::ops::resize_rgb`] followed by
     /// [`crate::ops::normalize_chw`], one upload and one download.
-    pub fn to_tensor(&self, src: &Rgb, width: usize, height: usize, mean: [f32; 3], std: [f32; 3]) -> Result<Vec<f32>, String> {
-        if src.pixels.len() != src.width * src.height * 3 || src.width == 0 || src.height == 0 || width == 0 || height == 0 {
+    pub fn to_tensor(
+        &self,
+        src: &Rgb<impl AsRef<[u8]>>,
+        width: usize,
+        height: usize,
+        mean: [f32; 3],
+        std: [f32; 3],
+    ) -> Result<Vec<f32>, String> {
+        if src.pixels.as_ref().len() != src.width * src.height * 3
+            || src.width == 0
+            || src.height == 0
+            || width == 0
+            || height == 0
+        {
             return Err(format!("cannot resize {}×{} to {width}×{height}", src.width, src.height));
         }
         guarded("to_tensor", || {
-            let input = self.upload(&src.pixels)?;
+            let input = self.upload(src.pixels.as_ref())?;
             let memory = |e: cudarc::driver::DriverError| format!("GPU memory: {e}");
             let mut resized = self.stream.alloc_zeros::<u8>(width * height * 3).map_err(memory)?;
             let mut out = self.stream.alloc_zeros::<f32>(width * height * 3).map_err(memory)?;

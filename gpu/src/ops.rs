@@ -10,15 +10,16 @@
 //! precision, compiled without fused multiply-add, so the two paths agree bit for bit on every
 //! platform tested; the stated tolerance is at most 1 (of 255) per byte and 1e-6 per float.
 
-/// A packed RGB image, `width × height × 3` bytes, row-major.
+/// A packed RGB image, `width × height × 3` bytes, row-major: owned (`Rgb`), or borrowed from
+/// an Arrow buffer (`Rgb<&[u8]>`) so that stages read pixels where they lie.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rgb {
+pub struct Rgb<P = Vec<u8>> {
     /// Width in pixels.
     pub width: usize,
     /// Height in pixels.
     pub height: usize,
     /// `width × height × 3` bytes.
-    pub pixels: Vec<u8>,
+    pub pixels: P,
 }
 
 /// A planar YUV 4:2:0 image (FFmpeg's `yuv420p`): a full-size Y plane, quarter-size U and V.
@@ -98,14 +99,15 @@ fn tap(i: usize, len: usize, out: usize) -> (usize, usize, f32) {
 
 /// Bilinear resize of packed RGB to `width × height`. (No anti-aliasing: for reductions of more
 /// than 2×, decode at a reduced scale first, as the image and video stages do.)
-pub fn resize_rgb(src: &Rgb, width: usize, height: usize) -> Rgb {
+pub fn resize_rgb(src: &Rgb<impl AsRef<[u8]>>, width: usize, height: usize) -> Rgb {
+    let px = src.pixels.as_ref();
     let mut pixels = vec![0u8; width * height * 3];
     for y in 0..height {
         let (y0, y1, fy) = tap(y, src.height, height);
         for x in 0..width {
             let (x0, x1, fx) = tap(x, src.width, width);
             for c in 0..3 {
-                let p = |yy: usize, xx: usize| f32::from(src.pixels[(yy * src.width + xx) * 3 + c]);
+                let p = |yy: usize, xx: usize| f32::from(px[(yy * src.width + xx) * 3 + c]);
                 let top = (1.0 - fx) * p(y0, x0) + fx * p(y0, x1);
                 let bottom = (1.0 - fx) * p(y1, x0) + fx * p(y1, x1);
                 let v = (1.0 - fy) * top + fy * bottom;
@@ -117,10 +119,10 @@ pub fn resize_rgb(src: &Rgb, width: usize, height: usize) -> Rgb {
 }
 
 /// Packed RGB bytes → a `[3, height, width]` tensor, `(v / 255 − mean[c]) / std[c]`.
-pub fn normalize_chw(src: &Rgb, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+pub fn normalize_chw(src: &Rgb<impl AsRef<[u8]>>, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let n = src.width * src.height;
     let mut out = vec![0f32; 3 * n];
-    for (i, px) in src.pixels.chunks_exact(3).enumerate() {
+    for (i, px) in src.pixels.as_ref().chunks_exact(3).enumerate() {
         for c in 0..3 {
             out[c * n + i] = (f32::from(px[c]) / 255.0 - mean[c]) / std[c];
         }

@@ -135,7 +135,7 @@ impl ToTensor {
         matches!(self.engine(), Engine::Gpu(..))
     }
 
-    fn tensor(&mut self, src: &Rgb) -> std::result::Result<Vec<f32>, String> {
+    fn tensor(&mut self, src: &Rgb<&[u8]>) -> std::result::Result<Vec<f32>, String> {
         let (w, h, mean, std) = (self.width, self.height, self.mean, self.std);
         if let Engine::Gpu(gpu, _) = self.engine() {
             match gpu.to_tensor(src, w, h, mean, std) {
@@ -153,21 +153,17 @@ impl ToTensor {
 impl Operator for ToTensor {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
         let (px, w, h) = DecodedImageType::columns(&batch, &self.column, "to_tensor")?;
-        let images: Vec<std::result::Result<Rgb, String>> = (0..px.len())
-            .map(|i| {
-                let (width, height) = (w.value(i) as usize, h.value(i) as usize);
-                if px.is_null(i) {
-                    return Err("to_tensor: the image is null".to_string());
-                }
-                if px.value(i).len() != width * height * 3 || width == 0 || height == 0 {
-                    return Err(format!("to_tensor: {} bytes are not a {width}×{height} RGB image", px.value(i).len()));
-                }
-                Ok(Rgb { width, height, pixels: px.value(i).to_vec() })
-            })
-            .collect();
-        let rows = RowResults::collect(
-            images.into_iter().map(|r| r.and_then(|img| self.tensor(&img)).map_err(|m| (ErrorKind::Data, m))),
-        );
+        let rows = RowResults::collect((0..px.len()).map(|i| {
+            let (width, height) = (w.value(i) as usize, h.value(i) as usize);
+            let image = if px.is_null(i) {
+                Err("to_tensor: the image is null".to_string())
+            } else if px.value(i).len() != width * height * 3 || width == 0 || height == 0 {
+                Err(format!("to_tensor: {} bytes are not a {width}×{height} RGB image", px.value(i).len()))
+            } else {
+                Ok(Rgb { width, height, pixels: px.value(i) })
+            };
+            image.and_then(|img| self.tensor(&img)).map_err(|m| (ErrorKind::Data, m))
+        }));
         let kept = rows.kept(&batch)?;
         let field = tensor_field_named(
             &self.output,
