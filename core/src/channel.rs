@@ -96,6 +96,17 @@ pub struct Sender {
 pub struct Receiver {
     rx: mpsc::Receiver<Envelope>,
     gauge: Arc<BufferGauge>,
+    /// Messages taken off the queue early to look for a barrier (see [`Receiver::overtake`]);
+    /// they keep their bytes of the budget until they are received.
+    ahead: std::collections::VecDeque<Envelope>,
+}
+
+/// A batch that a barrier overtook: it still holds its bytes of the channel's budget (so the
+/// sender stays backpressured) until it is dropped.
+pub struct Held {
+    /// The batch.
+    pub batch: RecordBatch,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// The receiver is gone (its task ended or was aborted).
@@ -107,7 +118,7 @@ pub fn channel(budget_bytes: u64, max_messages: usize, gauge: Arc<BufferGauge>) 
     let capacity = budget_bytes.clamp(1, u32::MAX as u64) as u32;
     let (tx, rx) = mpsc::channel(max_messages.max(1));
     let budget = Arc::new(Semaphore::new(capacity as usize));
-    (Sender { tx, budget, capacity, gauge: gauge.clone() }, Receiver { rx, gauge })
+    (Sender { tx, budget, capacity, gauge: gauge.clone() }, Receiver { rx, gauge, ahead: Default::default() })
 }
 
 impl Sender {
@@ -170,6 +181,10 @@ impl Receiver {
 
     /// Polls for the next message.
     pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Message>> {
+        if let Some(e) = self.ahead.pop_front() {
+            self.gauge.sub(e.bytes);
+            return std::task::Poll::Ready(Some(e.message));
+        }
         self.rx.poll_recv(cx).map(|e| {
             e.map(|e| {
                 self.gauge.sub(e.bytes);
@@ -177,12 +192,46 @@ impl Receiver {
             })
         })
     }
+
+    /// Waits until one more message is queued and looks ahead at it (it stays queued, in order,
+    /// with its bytes). Never ready once every sender is gone.
+    pub fn poll_look_ahead(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        match self.rx.poll_recv(cx) {
+            std::task::Poll::Ready(Some(e)) => {
+                self.ahead.push_back(e);
+                std::task::Poll::Ready(())
+            }
+            _ => std::task::Poll::Pending,
+        }
+    }
+
+    /// Unaligned checkpoints: if a periodic or stop barrier is queued, takes it out together with
+    /// every batch queued before it (which keep their bytes of the budget until dropped). The end
+    /// of the input is never overtaken: everything before it must be processed.
+    pub fn overtake(&mut self) -> Option<(Vec<Held>, Barrier)> {
+        while let Ok(e) = self.rx.try_recv() {
+            self.ahead.push_back(e);
+        }
+        let at = self.ahead.iter().position(|e| matches!(e.message, Message::Barrier(b) if b.kind != BarrierKind::EndOfInput))?;
+        let mut held = Vec::with_capacity(at);
+        for e in self.ahead.drain(..=at) {
+            self.gauge.sub(e.bytes);
+            match e.message {
+                Message::Batch(batch) => held.push(Held { batch, _permit: e._permit }),
+                Message::Barrier(b) => return Some((held, b)),
+            }
+        }
+        unreachable!("the barrier is within the drained range")
+    }
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
         // Messages still queued (a region torn down after a failure) give their bytes back.
         self.rx.close();
+        for e in self.ahead.drain(..) {
+            self.gauge.sub(e.bytes);
+        }
         while let Ok(e) = self.rx.try_recv() {
             self.gauge.sub(e.bytes);
         }
@@ -232,5 +281,29 @@ mod tests {
         let (tx, rx) = channel(1 << 20, 10, gauge);
         drop(rx);
         assert_eq!(tx.send(Message::Barrier(Barrier { id: 1, kind: BarrierKind::Checkpoint })).await, Err(Closed));
+    }
+
+    #[tokio::test]
+    async fn a_barrier_overtakes_the_batches_before_it_which_keep_their_bytes() {
+        let b = batch(1000);
+        let size = b.get_array_memory_size() as u64;
+        let gauge = Arc::new(BufferGauge::default());
+        let (tx, mut rx) = channel(size * 2, 100, gauge);
+        let bar = |id, kind| Message::Barrier(Barrier { id, kind });
+        assert!(rx.overtake().is_none(), "nothing queued");
+        tx.send(Message::Batch(b.clone())).await.unwrap();
+        tx.send(bar(1, BarrierKind::Checkpoint)).await.unwrap();
+        tx.send(Message::Batch(b.clone())).await.unwrap();
+        let (held, barrier) = rx.overtake().unwrap();
+        assert_eq!((held.len(), barrier.id), (1, 1));
+        // The overtaken batch still holds its bytes: the channel is full until it is dropped.
+        assert!(!tx.has_room(size));
+        drop(held);
+        assert!(tx.has_room(size));
+        // What came after the barrier is received as usual; the end of input is never overtaken.
+        tx.send(bar(2, BarrierKind::EndOfInput)).await.unwrap();
+        assert!(rx.overtake().is_none());
+        assert!(matches!(rx.recv().await, Some(Message::Batch(_))));
+        assert!(matches!(rx.recv().await, Some(Message::Barrier(Barrier { id: 2, .. }))));
     }
 }

@@ -54,6 +54,7 @@ pub mod operator;
 pub mod ops;
 pub mod pipeline;
 pub mod runtime;
+pub mod service;
 pub mod sink;
 pub mod source;
 pub mod sources;
@@ -66,6 +67,7 @@ pub use open::{OpenObject, ReadSeek};
 pub use operator::{AsyncOperator, Map, Operator, Output, RowFailure, RowResults, TaskContext};
 pub use pipeline::{Edge, PipelineBuilder, Stage};
 pub use runtime::{Pipeline, Summary};
+pub use service::{Service, ServiceError, ServicePool, ServiceStage};
 pub use sink::{Committable, Sink, SinkContext, SinkWriter};
 pub use source::{Discovery, Rejected, Source, Split, SplitEnumerator, SplitReader, State};
 

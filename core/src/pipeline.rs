@@ -40,7 +40,7 @@ type OperatorFactory = Arc<dyn Fn() -> Box<dyn Operator> + Send + Sync>;
 #[derive(Clone)]
 pub(crate) enum StageKind {
     Sync(OperatorFactory),
-    Async { op: Arc<dyn AsyncOperator>, concurrency: usize, ordered: bool },
+    Async { op: Arc<dyn AsyncOperator>, concurrency: usize, ordered: bool, unaligned: bool },
 }
 
 /// An operator stage with its name, parallelism and input edge.
@@ -63,7 +63,7 @@ impl Stage {
     pub fn new_async(name: impl Into<String>, op: impl AsyncOperator) -> Self {
         Self {
             name: name.into(),
-            kind: StageKind::Async { op: Arc::new(op), concurrency: 4, ordered: true },
+            kind: StageKind::Async { op: Arc::new(op), concurrency: 4, ordered: true, unaligned: false },
             parallelism: None,
             edge: Edge::Forward,
         }
@@ -98,6 +98,17 @@ impl Stage {
     pub fn unordered(mut self) -> Self {
         if let StageKind::Async { ordered, .. } = &mut self.kind {
             *ordered = false;
+        }
+        self
+    }
+
+    /// For async stages: unaligned checkpoints. A barrier passes the stage at once instead of
+    /// waiting for the batches in flight; those are stored in the lane's checkpoint and processed
+    /// again after a restore. For slow calls (model inference), so that a checkpoint takes bounded
+    /// time. The end of the input still drains them.
+    pub fn unaligned(mut self) -> Self {
+        if let StageKind::Async { unaligned, .. } = &mut self.kind {
+            *unaligned = true;
         }
         self
     }

@@ -36,6 +36,20 @@ impl InputGate {
     }
 
     /// The next event. Cancel-safe.
+    /// Unaligned checkpoints, on a single open input with no barrier being aligned: waits for one
+    /// more queued message and then looks for a barrier to overtake the batches before it
+    /// ([`Receiver::overtake`]). Never ready on other gates.
+    pub(crate) async fn overtake(&mut self) -> Option<(Vec<crate::channel::Held>, Barrier)> {
+        if self.inputs.len() != 1 || self.closed[0] || self.pending.is_some() {
+            return std::future::pending().await;
+        }
+        if let Some(found) = self.inputs[0].overtake() {
+            return Some(found);
+        }
+        std::future::poll_fn(|cx| self.inputs[0].poll_look_ahead(cx)).await;
+        self.inputs[0].overtake()
+    }
+
     pub(crate) async fn next(&mut self) -> Result<Event> {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
     }

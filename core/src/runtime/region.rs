@@ -422,14 +422,21 @@ async fn spawn_tasks(
                 events: events.clone(),
                 metrics: metrics.clone(),
             };
+            let restored = restored.and_then(|m| m.operators.get(&format!("{}#{}", stage.name, subtask)).cloned());
             match &stage.kind {
                 StageKind::Sync(factory) => {
-                    let restored = restored.and_then(|m| m.operators.get(&format!("{}#{}", stage.name, subtask)).cloned());
                     let task = OperatorTask { op: factory(), restored, io };
                     tasks.spawn(async move { (node, task.run().await) });
                 }
-                StageKind::Async { op, concurrency, ordered } => {
-                    let task = AsyncOperatorTask { op: op.clone(), concurrency: *concurrency, ordered: *ordered, io };
+                StageKind::Async { op, concurrency, ordered, unaligned } => {
+                    let task = AsyncOperatorTask {
+                        op: op.clone(),
+                        concurrency: *concurrency,
+                        ordered: *ordered,
+                        unaligned: *unaligned,
+                        restored,
+                        io,
+                    };
                     tasks.spawn(async move { (node, task.run().await) });
                 }
             }

@@ -352,7 +352,8 @@ impl OperatorTask {
     }
 }
 
-type Call = futures::future::BoxFuture<'static, (RecordBatch, Result<Output>)>;
+/// An async call: its sequence number, its input and its result.
+type Call = futures::future::BoxFuture<'static, (u64, RecordBatch, Result<Output>)>;
 
 enum InFlight {
     Ordered(FuturesOrdered<Call>),
@@ -372,7 +373,7 @@ impl InFlight {
             InFlight::Unordered(f) => f.len(),
         }
     }
-    async fn next(&mut self) -> Option<(RecordBatch, Result<Output>)> {
+    async fn next(&mut self) -> Option<(u64, RecordBatch, Result<Output>)> {
         match self {
             InFlight::Ordered(f) => f.next().await,
             InFlight::Unordered(f) => f.next().await,
@@ -384,42 +385,153 @@ pub(crate) struct AsyncOperatorTask {
     pub op: Arc<dyn AsyncOperator>,
     pub concurrency: usize,
     pub ordered: bool,
+    /// Barriers pass at once; the inputs in flight go into the checkpoint (see `Stage::unaligned`).
+    pub unaligned: bool,
+    /// The inputs that were in flight at the restored checkpoint: issued again first.
+    pub restored: Option<State>,
     pub io: StageIo,
+}
+
+/// The inputs of an async subtask not yet answered, by sequence number, for unaligned checkpoints:
+/// those in flight and those a barrier overtook that wait for a free slot.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    inputs: std::collections::BTreeMap<u64, RecordBatch>,
+    waiting: VecDeque<(u64, Option<crate::channel::Held>)>,
+}
+
+impl Pending {
+    fn admit(&mut self, batch: RecordBatch, held: Option<crate::channel::Held>) {
+        let seq = self.next;
+        self.next += 1;
+        self.inputs.insert(seq, batch);
+        self.waiting.push_back((seq, held));
+    }
+
+    /// Issues waiting inputs into free slots, in order.
+    fn issue(&mut self, inflight: &mut InFlight, limit: usize, op: &Arc<dyn AsyncOperator>, io: &StageIo) {
+        while inflight.len() < limit {
+            let Some((seq, held)) = self.waiting.pop_front() else { return };
+            let batch = self.inputs[&seq].clone();
+            let (op, ctx, metrics) = (op.clone(), io.ctx.clone(), io.metrics.clone());
+            inflight.push(Box::pin(async move {
+                let start = Instant::now();
+                let out = op.process(batch.clone(), &ctx).await;
+                StageMetrics::add_time(&metrics.busy_ns, start.elapsed());
+                drop(held);
+                (seq, batch, out)
+            }));
+        }
+    }
+}
+
+/// What the input side of an async subtask gives: the next event, or a barrier that overtook the
+/// queued batches (unaligned, when every slot is busy).
+enum Input {
+    Event(Result<Event>),
+    Overtaken(Option<(Vec<crate::channel::Held>, Barrier)>),
+}
+
+async fn read(gate: &mut InputGate, room: bool) -> Input {
+    if room {
+        Input::Event(gate.next().await)
+    } else {
+        Input::Overtaken(gate.overtake().await)
+    }
 }
 
 impl AsyncOperatorTask {
     pub(crate) async fn run(self) -> Result<()> {
-        let AsyncOperatorTask { op, concurrency, ordered, mut io } = self;
+        let AsyncOperatorTask { op, concurrency, ordered, unaligned, restored, mut io } = self;
         let mut inflight = if ordered { InFlight::Ordered(Default::default()) } else { InFlight::Unordered(Default::default()) };
         let limit = concurrency.max(1);
+        let mut pending = Pending::default();
+        // Inputs recorded in flight by the restored checkpoint go first (their rows were counted in
+        // by the run that recorded them).
+        for batch in restored.map(in_flight_inputs).transpose()?.unwrap_or_default() {
+            pending.admit(batch, None);
+        }
         loop {
-            tokio::select! {
-                ev = io.gate.next(), if inflight.len() < limit => match ev? {
-                    Event::Batch(batch) => {
-                        io.count_in(&batch);
-                        let (op, ctx, metrics) = (op.clone(), io.ctx.clone(), io.metrics.clone());
-                        inflight.push(Box::pin(async move {
-                            let start = Instant::now();
-                            let out = op.process(batch.clone(), &ctx).await;
-                            StageMetrics::add_time(&metrics.busy_ns, start.elapsed());
-                            (batch, out)
-                        }));
-                    }
-                    Event::Barrier(b) => {
-                        // Aligned checkpoint: drain what is in flight first.
-                        while let Some((input, out)) = inflight.next().await {
-                            io.emit(&input, out).await?;
+            // Waiting inputs take free slots before anything new is read.
+            pending.issue(&mut inflight, limit, &op, &io);
+            let room = inflight.len() < limit;
+            let barrier = tokio::select! {
+                input = read(&mut io.gate, room), if room || unaligned => match input {
+                    Input::Event(ev) => match ev? {
+                        Event::Batch(batch) => {
+                            io.count_in(&batch);
+                            pending.admit(batch, None);
+                            None
                         }
-                        if io.barrier(b, None).await? {
-                            return Ok(());
+                        Event::Barrier(b) => Some(b),
+                        Event::End => return Ok(()),
+                    },
+                    // Every slot is busy: a barrier overtakes the batches queued before it.
+                    Input::Overtaken(found) => found.map(|(held, b)| {
+                        for h in held {
+                            io.count_in(&h.batch);
+                            pending.admit(h.batch.clone(), Some(h));
                         }
-                    }
-                    Event::End => return Ok(()),
+                        b
+                    }),
                 },
-                Some((input, out)) = inflight.next(), if inflight.len() > 0 => io.emit(&input, out).await?,
+                Some((seq, input, out)) = inflight.next(), if inflight.len() > 0 => {
+                    pending.inputs.remove(&seq);
+                    io.emit(&input, out).await?;
+                    None
+                }
+            };
+            let Some(b) = barrier else { continue };
+            let state = if unaligned && b.kind != BarrierKind::EndOfInput {
+                // Unaligned: what is in flight or waiting is recorded, not waited for.
+                Some(in_flight_state(pending.inputs.values())?)
+            } else {
+                // Aligned (and at the end of the input): drain everything first.
+                while !pending.inputs.is_empty() {
+                    pending.issue(&mut inflight, limit, &op, &io);
+                    let (seq, input, out) = inflight.next().await.expect("an input is pending");
+                    pending.inputs.remove(&seq);
+                    io.emit(&input, out).await?;
+                }
+                None
+            };
+            if io.barrier(b, state).await? {
+                return Ok(());
             }
         }
     }
+}
+
+/// Checkpoint state of the inputs in flight: each batch as a base64 Arrow IPC stream, in order.
+fn in_flight_state<'a>(inputs: impl Iterator<Item = &'a RecordBatch>) -> Result<State> {
+    use base64::Engine;
+    let mut encoded = Vec::new();
+    for batch in inputs {
+        let mut buf = Vec::new();
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &batch.schema())?;
+        w.write(batch)?;
+        w.finish()?;
+        drop(w);
+        encoded.push(serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(buf)));
+    }
+    Ok(serde_json::json!({ "in_flight": encoded }))
+}
+
+fn in_flight_inputs(state: State) -> Result<Vec<RecordBatch>> {
+    use base64::Engine;
+    let bad = |why: String| Error::checkpoint(format!("the checkpoint's in-flight inputs cannot be read: {why}"));
+    let list = state.get("in_flight").and_then(|v| v.as_array()).ok_or_else(|| bad("no `in_flight` list".into()))?;
+    let mut out = Vec::with_capacity(list.len());
+    for v in list {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().ok_or_else(|| bad("an entry is not a string".into()))?)
+            .map_err(|e| bad(e.to_string()))?;
+        for batch in arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)? {
+            out.push(batch?);
+        }
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------- sink

@@ -3,3 +3,4 @@
 mod build_errors;
 mod common;
 mod runtime;
+mod service;
