@@ -572,6 +572,38 @@ pub enum StageConfig {
         #[serde(default)]
         gpu_memory: Option<u64>,
     },
+    /// Text → chunks of at most `max_tokens` tokens of a model's tokenizer, overlapping by `overlap`.
+    #[cfg(feature = "models")]
+    ChunkText {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// The model whose tokenizer counts the tokens: a path or a registry name (all-MiniLM-L6-v2).
+        #[serde(default)]
+        model: Option<String>,
+        /// The text column: Utf8, or Binary holding UTF-8 such as `fetch`'s `bytes` (`text`).
+        #[serde(default)]
+        column: Option<String>,
+        /// The chunk column (`text`).
+        #[serde(default)]
+        output: Option<String>,
+        /// Tokens per chunk at most (128).
+        #[serde(default)]
+        max_tokens: Option<usize>,
+        /// Tokens each chunk shares with the one before (16).
+        #[serde(default)]
+        overlap: Option<usize>,
+    },
+    /// Text → embeddings with a local model in a pool of workers shared by every lane.
+    #[cfg(feature = "models")]
+    Embed {
+        /// Name, parallelism, edge.
+        #[serde(flatten)]
+        common: StageCommon,
+        /// Embedding settings.
+        #[serde(flatten)]
+        embed: EmbedConfig,
+    },
     /// Encodes the decoded `image` into an `alluvium.image` column.
     #[cfg(feature = "formats")]
     EncodeImage {
@@ -1212,6 +1244,23 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
             t.validate()?;
             (common, Stage::from(t))
         }
+        #[cfg(feature = "models")]
+        StageConfig::ChunkText { common, model, column, output, max_tokens, overlap } => {
+            let model = model.as_deref().unwrap_or(alluvium_models::MINILM);
+            let dir = alluvium_models::resolve(model, &["tokenizer.json"]).map_err(|e| e.context("chunk_text"))?;
+            let mut c = alluvium_models::ChunkText::new(alluvium_models::TextTokenizer::load(&dir, usize::MAX)?)
+                .tokens(max_tokens.unwrap_or(128), overlap.unwrap_or(16));
+            if let Some(col) = column {
+                c = c.column(col.clone());
+            }
+            if let Some(o) = output {
+                c = c.output(o.clone());
+            }
+            c.validate()?;
+            (common, Stage::new("chunk_text", c))
+        }
+        #[cfg(feature = "models")]
+        StageConfig::Embed { common, embed } => (common, embed.build(common.name.as_deref().unwrap_or("embed"))?),
         #[cfg(feature = "formats")]
         StageConfig::EncodeImage { common, format, quality, output } => {
             if quality.is_some_and(|q| q == 0 || q > 100) {
@@ -1230,6 +1279,72 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
         }
     };
     with_common(stage, common)
+}
+
+/// The settings of an `embed` stage.
+#[cfg(feature = "models")]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedConfig {
+    /// The model: a path or a registry name (all-MiniLM-L6-v2).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The text column (`text`).
+    #[serde(default)]
+    pub column: Option<String>,
+    /// The embedding column (`embedding`).
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Rows per model call at most (32).
+    #[serde(default)]
+    pub batch_rows: Option<usize>,
+    /// Longest wait for a call's batch to fill, e.g. `10ms`.
+    #[serde(default, with = "opt_duration")]
+    pub max_wait: Option<Duration>,
+    /// Model workers (instances) at the start and at least (1).
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// Model workers at most: the pool grows with its queue up to this (`workers`).
+    #[serde(default)]
+    pub max_workers: Option<usize>,
+    /// GPUs per worker (0: the CPU).
+    #[serde(default)]
+    pub gpus: Option<f64>,
+    /// Time one call may take before it is retried, e.g. `60s`.
+    #[serde(default, with = "opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+#[cfg(feature = "models")]
+impl EmbedConfig {
+    fn build(&self, name: &str) -> Result<Stage> {
+        let model = self.model.as_deref().unwrap_or(alluvium_models::MINILM);
+        let mut e = alluvium_models::Embed::text(model);
+        if let Some(c) = &self.column {
+            e = e.column(c.clone());
+        }
+        if let Some(o) = &self.output {
+            e = e.output(o.clone());
+        }
+        if let Some(n) = self.batch_rows {
+            e = e.batch_rows(n);
+        }
+        if let Some(w) = self.max_wait {
+            e = e.max_wait(w);
+        }
+        let min = self.workers.unwrap_or(1);
+        e = e.workers(min, self.max_workers.unwrap_or(min));
+        if let Some(g) = self.gpus {
+            e = e.gpus(g);
+        }
+        if let Some(t) = self.timeout {
+            let mut s = e.pool_settings().clone();
+            s.timeout = t;
+            e = e.settings(s);
+        }
+        e.model_dir().map_err(|err| err.context(format!("stage `{name}`")))?;
+        e.build(name)
+    }
 }
 
 #[cfg(feature = "video")]
@@ -1620,6 +1735,41 @@ path = "${OUT}/out"
     }
 
     #[cfg(feature = "video")]
+    #[cfg(feature = "models")]
+    #[test]
+    fn model_stages_parse_build_and_name_bad_settings() {
+        // The model is installed by models/install-minilm.sh (CI runs it); a missing one is a
+        // config error that says how to install it, checked below with a path that has none.
+        let stages = r#"[[stages]]
+type = "chunk_text"
+column = "payload"
+max_tokens = 64
+overlap = 8
+[[stages]]
+type = "embed"
+batch_rows = 16
+max_wait = "20ms"
+workers = 1
+max_workers = 3
+timeout = "30s"
+[sink]"#;
+        let job = JOB.replace("[[stages]]\ntype = \"fault\"\ndead_letter_every = 3\nedge = \"forward\"\n[sink]", stages);
+        let p = JobFile::parse_with_env(&job, &[], env).unwrap().build().unwrap();
+        assert_eq!(p.topology(), "generate[2] -> chunk_text[2] -> embed[2] -> jsonl[2]");
+        let bad = |from: &str, to: &str| {
+            let parsed = JobFile::parse_with_env(&job.replace(from, to), &[], env);
+            parsed.and_then(|j| j.build().map(|_| ())).unwrap_err().to_string()
+        };
+        let e = bad("overlap = 8", "overlap = 64");
+        assert!(e.contains("`overlap` (64) must be less than `max_tokens` (64)"), "{e}");
+        let e = bad("workers = 1", "workers = 4");
+        assert!(e.contains("`max_workers`"), "{e}");
+        let e = bad("batch_rows = 16", "batch_rows = 16\nmodel = \"/nowhere/minilm\"");
+        assert!(e.contains("embed") && e.contains("/nowhere/minilm") && e.contains("model.safetensors"), "{e}");
+        let e = bad("batch_rows = 16", "batch_rows = 16\nbatch = 3");
+        assert!(e.contains("batch"), "{e}");
+    }
+
     #[test]
     fn media_stages_parse_build_and_name_bad_settings() {
         let stages = r#"[[stages]]

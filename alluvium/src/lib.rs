@@ -47,6 +47,8 @@ pub use alluvium_gpu as gpu;
 pub use alluvium_iceberg as iceberg;
 #[cfg(feature = "lance")]
 pub use alluvium_lance as lance;
+#[cfg(feature = "models")]
+pub use alluvium_models as models;
 #[cfg(feature = "object")]
 pub use alluvium_object as object;
 #[cfg(feature = "parquet")]

@@ -247,6 +247,11 @@ impl Embed {
         self
     }
 
+    /// The pool settings so far.
+    pub fn pool_settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
     /// The pool whose workers each load the model once.
     pub fn pool(&self, name: &str) -> Result<ServicePool> {
         let (model, loader, gpus, stage) = (self.model.clone(), self.loader.clone(), self.gpus, name.to_string());

@@ -34,6 +34,8 @@ pub mod bert;
 pub mod embed;
 pub mod text;
 
+/// Where a model runs (candle's device): `Device::Cpu`, or a CUDA device with the `cuda` feature.
+pub use candle_core::Device;
 pub use embed::{Embed, EmbeddingModel, Modality, ModelInfo, TextEmbedder};
 pub use text::{ChunkText, TextTokenizer};
 

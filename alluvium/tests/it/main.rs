@@ -6,6 +6,7 @@ mod cli;
 mod lake;
 mod library;
 mod tables;
+mod texts;
 #[cfg(feature = "video")]
 mod video;
 
