@@ -1338,9 +1338,7 @@ impl EmbedConfig {
             e = e.gpus(g);
         }
         if let Some(t) = self.timeout {
-            let mut s = e.pool_settings().clone();
-            s.timeout = t;
-            e = e.settings(s);
+            e = e.timeout(t);
         }
         e.model_dir().map_err(|err| err.context(format!("stage `{name}`")))?;
         e.build(name)

@@ -241,15 +241,15 @@ impl Embed {
         self.gpus = gpus;
         self
     }
+    /// Time one call may take before it is retried (60 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = timeout;
+        self
+    }
     /// All pool settings at once (timeouts, retries, queue).
     pub fn settings(mut self, settings: PoolSettings) -> Self {
         self.settings = settings;
         self
-    }
-
-    /// The pool settings so far.
-    pub fn pool_settings(&self) -> &PoolSettings {
-        &self.settings
     }
 
     /// The pool whose workers each load the model once.

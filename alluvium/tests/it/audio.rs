@@ -60,12 +60,7 @@ sys.stdout.flush(); os._exit(0)
     );
     assert!(lines[2].contains("arrow.fixed_shape_tensor") && lines[2].contains("shape=[1,160000]"), "{seen}");
     assert_eq!(lines[3], "160000 True 0.0", "the tone as the CLI resamples it, then zeros");
-    let letters = std::fs::read_dir(out.join("_dead_letters/audio"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect::<String>();
-    assert_eq!(letters.lines().count(), 1, "{letters}");
-    assert!(letters.contains("broken.wav") && letters.contains("not a readable audio container"), "{letters}");
+    let letters = crate::dead_letters(&out.join("_dead_letters/audio"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(crate::dead_letter_message(&letters, "broken.wav").contains("not a readable audio container"), "{letters:?}");
 }

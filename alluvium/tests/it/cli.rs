@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bin;
+use crate::{bin, dead_letters};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{Rng, SeedableRng};
 
@@ -38,18 +38,6 @@ fn committed_ids(dir: &Path) -> BTreeMap<i64, usize> {
         }
     }
     counts
-}
-
-/// Every dead letter committed as JSON Lines under `dir`.
-fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 mod arrow_ids {

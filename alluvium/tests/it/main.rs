@@ -6,6 +6,7 @@ mod cli;
 mod lake;
 mod library;
 mod tables;
+#[cfg(all(feature = "models", feature = "delta"))]
 mod texts;
 #[cfg(feature = "video")]
 mod video;
@@ -77,4 +78,23 @@ fn example_on_s3(
         .env("ALLUVIUM_OUTPUT", out)
         .envs(s3.env());
     c
+}
+
+/// Every dead letter in the JSON Lines files directly under `dir`.
+fn dead_letters(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The message of the one dead letter whose row mentions `file`.
+fn dead_letter_message(letters: &[serde_json::Value], file: &str) -> String {
+    let found: Vec<&serde_json::Value> = letters.iter().filter(|d| d["row"].to_string().contains(file)).collect();
+    assert_eq!(found.len(), 1, "one dead letter for {file}: {letters:?}");
+    found[0]["message"].as_str().unwrap().to_string()
 }

@@ -61,13 +61,8 @@ sys.stdout.flush(); os._exit(0)
     let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(diff < 1e-5, "the stored embedding is the model's: {diff}");
 
-    let letters: String = std::fs::read_dir(out.join("_dead_letters/texts"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
-    assert_eq!(letters.lines().count(), 2, "{letters}");
-    assert!(letters.contains("empty.txt") && letters.contains("the text is empty"), "{letters}");
-    assert!(letters.contains("latin1.txt") && letters.contains("not UTF-8"), "{letters}");
+    let letters = crate::dead_letters(&out.join("_dead_letters/texts"));
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(crate::dead_letter_message(&letters, "empty.txt").contains("the text is empty"), "{letters:?}");
+    assert!(crate::dead_letter_message(&letters, "latin1.txt").contains("not UTF-8"), "{letters:?}");
 }

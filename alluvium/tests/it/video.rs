@@ -50,14 +50,9 @@ sys.stdout.flush(); os._exit(0)
     assert_eq!(lines[0], "47 47", "40 + 4 + 3 frames, each once");
     assert_eq!(lines[1], "0:0 25:1000 50:2000 40 True", "one per second, at the frame's index and time");
     assert_eq!(lines[2], "jpeg 398 224 ffd8", "224 on the short side, a JPEG");
-    let letters = std::fs::read_dir(out.join("_dead_letters/frames"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect::<String>();
-    assert_eq!(letters.lines().count(), 1, "{letters}");
-    assert!(letters.contains("truncated.mp4") && letters.contains("not a readable video container"), "{letters}");
+    let letters = crate::dead_letters(&out.join("_dead_letters/frames"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(crate::dead_letter_message(&letters, "truncated.mp4").contains("not a readable video container"), "{letters:?}");
 }
 
 /// Frames at a few times of a video in S3 are read with ranged GETs around them: far less than
