@@ -257,3 +257,29 @@ async fn a_pool_whose_workers_cannot_start_fails_its_callers_instead_of_hanging(
         .to_string();
     assert!(err.contains("`min_workers` (3) is more than `max_workers` (2)"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_with_a_null_request_are_dead_letters_and_never_reach_the_service() {
+    use alluvium_core::{AsyncOperator, TaskContext};
+    let model = Arc::new(Doubler::default());
+    let stage = ServiceStage::new(pool(PoolSettings::default(), model.clone()), &["id"], "doubled");
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+    let input = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![Some(1), None, Some(3)]))]).unwrap();
+    let ctx = TaskContext { pipeline: "p".into(), stage: "model".into(), subtask: 0, parallelism: 1, region: 0, epoch: 1 };
+    let out = stage.process(input, &ctx).await.unwrap();
+    assert_eq!(out.failures.len(), 1);
+    assert_eq!(out.failures[0].row, 1);
+    assert!(out.failures[0].message.contains("`id` is null"), "{}", out.failures[0].message);
+    let doubled = out.batch.column_by_name("doubled").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(doubled.values().to_vec(), vec![2, 6]);
+    assert_eq!(model.largest_batch.load(Ordering::SeqCst), 2, "the null row was not sent");
+
+    // A missing request column is a config error that names the columns there are.
+    let other = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("key", DataType::Int64, true)])),
+        vec![Arc::new(Int64Array::from(vec![1]))],
+    )
+    .unwrap();
+    let err = stage.process(other, &ctx).await.unwrap_err().to_string();
+    assert!(err.contains("no column `id`") && err.contains("it has: key"), "{err}");
+}
