@@ -1313,13 +1313,65 @@ pub struct EmbedConfig {
     /// Time one call may take before it is retried, e.g. `60s`.
     #[serde(default, with = "opt_duration")]
     pub timeout: Option<Duration>,
+    /// A remote endpoint instead of a local model: its base URL (`https://api.openai.com`,
+    /// `http://127.0.0.1:8080` for `alluvium serve-model`). `model` is then the name it serves.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The endpoint's protocol: `openai` (default) or `kserve`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// The environment variable holding the endpoint's API key (sent as a bearer token).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Calls per minute to the endpoint at most.
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+    /// Input tokens per minute to the endpoint at most.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
 }
 
 #[cfg(feature = "models")]
 impl EmbedConfig {
     fn build(&self, name: &str) -> Result<Stage> {
         let model = self.model.as_deref().unwrap_or(alluvium_models::MINILM);
-        let mut e = alluvium_models::Embed::text(model);
+        let mut e = match &self.url {
+            None => {
+                for (key, set) in [
+                    ("protocol", self.protocol.is_some()),
+                    ("api_key_env", self.api_key_env.is_some()),
+                    ("requests_per_minute", self.requests_per_minute.is_some()),
+                    ("tokens_per_minute", self.tokens_per_minute.is_some()),
+                ] {
+                    if set {
+                        return Err(Error::config(format!(
+                            "stage `{name}`: `{key}` is for remote endpoints; set `url` too, or remove `{key}`"
+                        )));
+                    }
+                }
+                alluvium_models::Embed::text(model)
+            }
+            Some(url) => {
+                if self.gpus.is_some() {
+                    return Err(Error::config(format!(
+                        "stage `{name}`: `gpus` is for local models; a remote endpoint (`url`) runs on its own hardware"
+                    )));
+                }
+                let protocol = alluvium_models::Protocol::parse(self.protocol.as_deref().unwrap_or("openai"))
+                    .map_err(|e| e.context(format!("stage `{name}`: key `protocol`")))?;
+                let mut endpoint = alluvium_models::Endpoint::new(protocol, url.clone(), model);
+                if let Some(var) = &self.api_key_env {
+                    endpoint = endpoint.api_key_env(var.clone());
+                }
+                if let Some(n) = self.requests_per_minute {
+                    endpoint = endpoint.requests_per_minute(n);
+                }
+                if let Some(n) = self.tokens_per_minute {
+                    endpoint = endpoint.tokens_per_minute(n);
+                }
+                alluvium_models::Embed::remote(endpoint)
+            }
+        };
         if let Some(c) = &self.column {
             e = e.column(c.clone());
         }
@@ -1340,7 +1392,7 @@ impl EmbedConfig {
         if let Some(t) = self.timeout {
             e = e.timeout(t);
         }
-        e.model_dir().map_err(|err| err.context(format!("stage `{name}`")))?;
+        e.check().map_err(|err| err.context(format!("stage `{name}`")))?;
         e.build(name)
     }
 }
@@ -1766,6 +1818,21 @@ timeout = "30s"
         assert!(e.contains("embed") && e.contains("/nowhere/minilm") && e.contains("model.safetensors"), "{e}");
         let e = bad("batch_rows = 16", "batch_rows = 16\nbatch = 3");
         assert!(e.contains("batch"), "{e}");
+        // A remote endpoint: no model files needed; its keys are checked and named.
+        let remote =
+            "batch_rows = 16\nurl = \"http://127.0.0.1:9\"\nmodel = \"m\"\nprotocol = \"kserve\"\nrequests_per_minute = 600";
+        let j = JobFile::parse_with_env(&job.replace("batch_rows = 16", remote), &[], env).unwrap();
+        assert_eq!(j.build().unwrap().topology(), "generate[2] -> chunk_text[2] -> embed[2] -> jsonl[2]");
+        let e = bad("batch_rows = 16", "batch_rows = 16\napi_key_env = \"KEY\"");
+        assert!(e.contains("`api_key_env` is for remote endpoints; set `url`"), "{e}");
+        let e = bad("batch_rows = 16", &format!("{remote}\ngpus = 1"));
+        assert!(e.contains("`gpus` is for local models"), "{e}");
+        let e = bad("batch_rows = 16", &remote.replace("kserve", "grpc"));
+        assert!(e.contains("`protocol`") && e.contains("grpc"), "{e}");
+        let e = bad("batch_rows = 16", &format!("{remote}\napi_key_env = \"ALLUVIUM_TEST_JOB_UNSET_KEY\""));
+        assert!(e.contains("`ALLUVIUM_TEST_JOB_UNSET_KEY` (for header `authorization`) is not set"), "{e}");
+        let e = bad("batch_rows = 16", &remote.replace("http://", "tcp://"));
+        assert!(e.contains("not an http:// or https:// URL"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! alluvium checkpoints show JOB.toml [--region R] [--checkpoint N]   a manifest, as JSON
 //! alluvium backfill JOB.toml --from T1 --to T2 [--window 1d]   window by window, each resumable
 //! alluvium inspect JOB.toml                     the sink's table: rows, schema, last commits and keys
+//! alluvium serve-model [--model M] [--listen 127.0.0.1:8080]   a local model over OpenAI and KServe v2
 //! ```
 //!
 //! Exit codes: 0 success (also after a requested stop: SIGINT/SIGTERM take a last checkpoint, and a
@@ -85,6 +86,33 @@ enum Command {
     Checkpoints {
         #[command(subcommand)]
         action: CheckpointsAction,
+    },
+    /// Serves a local embedding model over HTTP: OpenAI-compatible POST /v1/embeddings and KServe v2
+    /// POST /v2/models/NAME/infer, for `embed` stages with `url` (and for anything else that speaks
+    /// those protocols). Runs until Ctrl-C or SIGTERM.
+    #[cfg(feature = "models")]
+    ServeModel {
+        /// The model: a path or a registry name of the model cache.
+        #[arg(long, default_value = "all-MiniLM-L6-v2")]
+        model: String,
+        /// The model's name in requests (default: --model).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where to listen; port 0 picks a free port (the first line printed says which).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Requests computed at a time.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Requests waiting or running at most; more are answered 503 with Retry-After.
+        #[arg(long, default_value_t = 64)]
+        max_pending: usize,
+        /// Requests must carry `Authorization: Bearer $VAR` (the variable's name, not the key).
+        #[arg(long, value_name = "VAR")]
+        api_key_env: Option<String>,
+        /// For testing clients: answer every Nth request with STATUS, as STATUS:N (e.g. 503:4).
+        #[arg(long, value_name = "STATUS:N")]
+        inject: Option<String>,
     },
 }
 
@@ -206,7 +234,52 @@ fn main() -> ExitCode {
         Command::Run { job, set, progress_every, metrics } => {
             block_on(run(job, set, Duration::from_secs(progress_every.max(1)), metrics))
         }
+        #[cfg(feature = "models")]
+        Command::ServeModel { model, name, listen, workers, max_pending, api_key_env, inject } => {
+            let options = alluvium::models::ServeOptions { listen, name, workers, max_pending, api_key: None, inject: None };
+            report(block_on(serve_model(model, options, api_key_env, inject)))
+        }
     }
+}
+
+#[cfg(feature = "models")]
+async fn serve_model(
+    model: String,
+    mut options: alluvium::models::ServeOptions,
+    api_key_env: Option<String>,
+    inject: Option<String>,
+) -> alluvium::Result<()> {
+    use alluvium::models::{Device, EmbeddingModel, ModelServer, TextEmbedder};
+    if let Some(var) = api_key_env {
+        let key = std::env::var(&var).ok().filter(|k| !k.is_empty());
+        options.api_key = Some(key.ok_or_else(|| {
+            Error::config(format!("--api-key-env: the environment variable `{var}` is not set; export the key in it"))
+        })?);
+    }
+    if let Some(spec) = inject {
+        let parsed = spec.split_once(':').and_then(|(s, n)| Some((s.parse().ok()?, n.parse().ok()?)));
+        let (status, every) = parsed
+            .ok_or_else(|| Error::config(format!("--inject `{spec}` is not STATUS:N; write 503:4 for every 4th request")))?;
+        options = options.inject(status, every);
+    }
+    let loaded = tokio::task::spawn_blocking(move || TextEmbedder::load(&model, &Device::Cpu))
+        .await
+        .map_err(|e| Error::internal(format!("loading the model panicked: {e}")))??;
+    let dims = loaded.info().dimensions;
+    let server = ModelServer::start(std::sync::Arc::new(loaded), options).await?;
+    let (url, name) = (server.url(), server.model_name().to_string());
+    println!("serving `{name}` ({dims}-d) at {url}");
+    println!("  OpenAI   POST {url}/v1/embeddings  {{\"model\": \"{name}\", \"input\": [...]}}");
+    println!("  KServe   POST {url}/v2/models/{name}/infer");
+    println!("  metrics  GET  {url}/metrics");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    wait_for_signal().await;
+    eprintln!("stopping: finishing the requests in hand");
+    let stats = server.stats();
+    server.stop().await?;
+    println!("served {} requests, {} inputs ({} refused)", stats.requests, stats.rows, stats.rejected);
+    Ok(())
 }
 
 async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration, metrics_addr: Option<String>) -> ExitCode {

@@ -9,7 +9,9 @@
 //!
 //! * A [`Service`] answers one batch of requests with one value per row. Its error says whether a
 //!   retry may help ([`ServiceError::transient`], optionally with the server's `Retry-After`) or not
-//!   ([`ServiceError::permanent`]).
+//!   ([`ServiceError::permanent`]), or whether the stage cannot work at all ([`ServiceError::fatal`]:
+//!   a rejected API key, a model the server does not have), which stops the pipeline with the
+//!   message instead of turning every row into a dead letter.
 //! * A [`ServicePool`] runs workers, each with its own instance made by the pool's start function
 //!   (model weights load once per worker; a new worker takes traffic only once it has started).
 //!   * **Dynamic batching**: a worker takes queued requests, from any lane, up to
@@ -55,6 +57,8 @@ use crate::pipeline::Stage;
 pub struct ServiceError {
     /// A retry may succeed (overload, a timeout, a restarting server).
     pub transient: bool,
+    /// No call can succeed (bad credentials, an unknown model): the stage fails with this message.
+    pub fatal: bool,
     /// The server asked to wait this long before the next try (`Retry-After`).
     pub retry_after: Option<Duration>,
     /// What failed, for a person. Never contains a secret.
@@ -64,11 +68,16 @@ pub struct ServiceError {
 impl ServiceError {
     /// A failure that a retry may fix (HTTP 429/503, a timeout, a dropped connection).
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { transient: true, retry_after: None, message: message.into() }
+        Self { transient: true, fatal: false, retry_after: None, message: message.into() }
     }
     /// A failure that no retry fixes (HTTP 400, an input the model rejects).
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { transient: false, retry_after: None, message: message.into() }
+        Self { transient: false, fatal: false, retry_after: None, message: message.into() }
+    }
+    /// A failure of the setup, not of the rows (HTTP 401/403/404): the pipeline stops with a config
+    /// error saying what to fix.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self { transient: false, fatal: true, retry_after: None, message: message.into() }
     }
     /// Waits at least `after` before the next try.
     pub fn retry_after(mut self, after: Option<Duration>) -> Self {
@@ -532,9 +541,13 @@ impl Inner {
             let (result, attempts) = self.call_with_retries(service, &batch).await;
             match result {
                 Ok(values) => vec![Piece::Values(values)],
+                Err(e) if e.fatal => vec![Piece::Fatal(format!("service `{}`: {}", self.name, e.message))],
                 Err(e) if !e.transient && batch.num_rows() > 1 => {
                     let half = batch.num_rows() / 2;
                     let mut pieces = self.answer(service, batch.slice(0, half), first_row).await;
+                    if matches!(pieces.last(), Some(Piece::Fatal(_))) {
+                        return pieces;
+                    }
                     pieces.extend(self.answer(service, batch.slice(half, batch.num_rows() - half), first_row + half).await);
                     pieces
                 }
@@ -558,6 +571,7 @@ impl Inner {
 enum Piece {
     Values(ArrayRef),
     Failed(usize, Vec<RowFailure>),
+    Fatal(String),
 }
 
 /// Exponential backoff with full jitter: a random time in [0, min(max, base × 2^(attempt-1))].
@@ -626,6 +640,13 @@ async fn serve(pool: &Inner, service: &dyn Service, requests: Vec<Request>) {
         }
     };
     let pieces = pool.answer(service, merged, 0).await;
+    if let Some(Piece::Fatal(why)) = pieces.iter().find(|p| matches!(p, Piece::Fatal(_))) {
+        tracing::error!(service = %pool.name, error = %why, "the service cannot work; stopping");
+        for r in requests {
+            let _ = r.reply.send(Err(Error::config(why.clone())));
+        }
+        return;
+    }
     // One value per row (null where failed) and the failures, then each request its rows.
     let mut parts = Vec::new();
     let mut failures = Vec::new();
@@ -636,6 +657,7 @@ async fn serve(pool: &Inner, service: &dyn Service, requests: Vec<Request>) {
                 parts.push(new_null_array(&DataType::Null, n));
                 failures.extend(f);
             }
+            Piece::Fatal(_) => unreachable!("answered above"),
         }
     }
     let c = &pool.counters;

@@ -35,6 +35,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::bert::{l2_normalize, mean_pool, Bert, BertConfig};
+use crate::remote::Endpoint;
 use crate::text::TextTokenizer;
 use crate::{candle, read_json, resolve};
 
@@ -67,6 +68,12 @@ pub trait EmbeddingModel: Send + Sync + 'static {
     /// One vector per row of `inputs`, row-major (`inputs.len() × dimensions` floats). A row the
     /// model cannot take makes the call fail; the pool then isolates that row as a dead letter.
     fn embed(&self, inputs: &dyn Array) -> Result<Vec<f32>>;
+    /// The tokens `texts` take, as the model counts them (reported as `usage` by the model
+    /// server); `None` when the model has no tokenizer.
+    fn count_tokens(&self, texts: &[&str]) -> Option<usize> {
+        let _ = texts;
+        None
+    }
 }
 
 /// A sentence-transformers BERT text model on candle. See the module docs.
@@ -161,6 +168,10 @@ impl EmbeddingModel for TextEmbedder {
         };
         self.embed_texts(&texts)
     }
+    fn count_tokens(&self, texts: &[&str]) -> Option<usize> {
+        let (_, mask, _) = self.tokenizer.encode_batch(texts).ok()?;
+        Some(mask.iter().map(|&m| m as usize).sum())
+    }
 }
 
 /// A local model as a [`Service`]: calls run on tokio's blocking pool.
@@ -183,11 +194,20 @@ impl Service for Local {
 /// How a worker makes its model: from a name and a device.
 type Loader = Arc<dyn Fn(&str, &Device) -> Result<Arc<dyn EmbeddingModel>> + Send + Sync>;
 
+/// Where the vectors come from.
+#[derive(Clone)]
+enum Source {
+    /// A model each worker loads.
+    Local(Loader),
+    /// An endpoint every worker calls.
+    Remote(Endpoint),
+}
+
 /// Builds an embedding stage. See the module docs.
 #[derive(Clone)]
 pub struct Embed {
     model: String,
-    loader: Loader,
+    source: Source,
     column: String,
     output: String,
     settings: PoolSettings,
@@ -203,8 +223,18 @@ impl Embed {
 
     /// An embedding stage with any [`EmbeddingModel`]: `loader` makes one instance per worker.
     pub fn with_loader(model: impl Into<String>, loader: Loader) -> Self {
+        Self::new(model.into(), Source::Local(loader))
+    }
+
+    /// An embedding stage calling a remote endpoint ([`crate::remote`]); each worker has one call in
+    /// flight, so `workers` is the stage's concurrency.
+    pub fn remote(endpoint: Endpoint) -> Self {
+        Self::new(endpoint.model().to_string(), Source::Remote(endpoint))
+    }
+
+    fn new(model: String, source: Source) -> Self {
         let settings = PoolSettings { max_batch_rows: 32, max_wait: Duration::from_millis(10), ..Default::default() };
-        Self { model: model.into(), loader, column: "text".into(), output: "embedding".into(), settings, gpus: 0.0 }
+        Self { model, source, column: "text".into(), output: "embedding".into(), settings, gpus: 0.0 }
     }
 
     /// The input column (`text`).
@@ -254,7 +284,18 @@ impl Embed {
 
     /// The pool whose workers each load the model once.
     pub fn pool(&self, name: &str) -> Result<ServicePool> {
-        let (model, loader, gpus, stage) = (self.model.clone(), self.loader.clone(), self.gpus, name.to_string());
+        let loader = match &self.source {
+            Source::Local(loader) => loader.clone(),
+            Source::Remote(endpoint) => {
+                // One client (connections, rate limits) for every worker.
+                let client: Arc<dyn Service> = Arc::new(endpoint.connect().map_err(|e| e.context(format!("stage `{name}`")))?);
+                return ServicePool::new(name, self.settings.clone(), move |_| {
+                    let client = client.clone();
+                    async move { Ok(client) }
+                });
+            }
+        };
+        let (model, gpus, stage) = (self.model.clone(), self.gpus, name.to_string());
         ServicePool::new(name, self.settings.clone(), move |worker| {
             let (model, loader, stage) = (model.clone(), loader.clone(), stage.clone());
             async move {
@@ -288,6 +329,15 @@ impl Embed {
     /// Where the model's files are, when it is a path or a registry name of the cache.
     pub fn model_dir(&self) -> Result<PathBuf> {
         resolve(&self.model, &TextEmbedder::FILES)
+    }
+
+    /// Checks what a run needs before it starts: a local model's files, or an endpoint's settings
+    /// and secrets.
+    pub fn check(&self) -> Result<()> {
+        match &self.source {
+            Source::Local(_) => self.model_dir().map(|_| ()),
+            Source::Remote(endpoint) => endpoint.connect().map(|_| ()),
+        }
     }
 }
 

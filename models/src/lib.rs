@@ -7,6 +7,10 @@
 //! * **Local embedding models** ([`embed`]): the [`EmbeddingModel`] trait, and [`TextEmbedder`], a
 //!   sentence-transformers BERT model (all-MiniLM-L6-v2) on candle ([`bert`]), on the CPU or, with
 //!   the `cuda` feature and a GPU, on the GPU. Weights load once per pool worker.
+//! * **Remote embedding models** ([`remote`]): OpenAI-compatible `/v1/embeddings` and KServe v2
+//!   endpoints, with API keys from the environment (never logged), rate limits and `Retry-After`.
+//! * **A model server** ([`serve`], `alluvium serve-model`): a local model behind both protocols on
+//!   127.0.0.1, so remote stages have a real endpoint to talk to in tests and on a laptop.
 //! * **Text chunking** ([`text`]): long documents → overlapping chunks counted in the model's tokens.
 //!
 //! ## Where models come from
@@ -32,11 +36,15 @@ use alluvium_core::{Error, Result};
 
 pub mod bert;
 pub mod embed;
+pub mod remote;
+pub mod serve;
 pub mod text;
 
 /// Where a model runs (candle's device): `Device::Cpu`, or a CUDA device with the `cuda` feature.
 pub use candle_core::Device;
 pub use embed::{Embed, EmbeddingModel, Modality, ModelInfo, TextEmbedder};
+pub use remote::{Endpoint, Protocol, RemoteModel};
+pub use serve::{ModelServer, ServeOptions};
 pub use text::{ChunkText, TextTokenizer};
 
 /// The registry name of the MiniLM sentence model.

@@ -3,6 +3,7 @@
 //! `.ci/run` runs), checked against sentence-transformers' own output.
 
 mod minilm;
+mod remote;
 mod text;
 
 /// The MiniLM model directory; the tests fail (they do not skip) when it is not installed.
