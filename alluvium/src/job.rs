@@ -36,6 +36,7 @@
 //! | `[source]` | `manifest` | the rows of CSV, JSON Lines or Parquet `paths`: `uri_column`, `columns`, `base_uri`, `split_bytes` |
 //! | `[[stages]]` | `fetch`, `hash`, `probe` | object bytes; blake3 hash (streamed); sniffed content type and size |
 //! | `[[stages]]` | `decode_image`, `resize`, `encode_image` | images: `max_pixels`, `target`; `width`, `height`, `fit`; `format`, `quality` |
+//! | `[[stages]]` | `chunk_text`, `embed` | text chunks by tokens (`max_tokens`, `overlap`); embeddings from a local `model` (`batch_rows`, `workers`, `max_workers`, `gpus`) or a remote endpoint (`url`, `protocol`, `api_key_env`, `requests_per_minute`, `tokens_per_minute`) |
 //! | `[[stages]]` | `fault` | chaos testing: `dead_letter_every`, `fail_subtask`, `fail_after_rows`, `fail_times`, `delay_per_batch` |
 //! | `[sink]`, `[dead_letters]` | `parquet`, `jsonl` | transactional files in a directory or under a URL |
 //! | `[sink]` | `delta`, `iceberg`, `lance` | exactly-once lake tables ([`crate::lake`]) |
@@ -47,7 +48,8 @@
 //! 1. [`interpolate`]: `${VAR}` and `${VAR:-default}` from the environment (`$$` is a literal `$`),
 //!    so one file serves many runs and secrets stay out of files. An unset variable without a
 //!    default is an error naming the variable and the line.
-//! 2. `--set key=value` overrides ([`apply_override`]) on the parsed TOML.
+//! 2. `--set key=value` overrides ([`apply_override`]) on the parsed TOML (`stages.3.workers=2`: a
+//!    number picks a list entry, from 1).
 //! 3. Typed parsing with unknown keys refused ([`JobFile`]); errors name the key and the line.
 //! 4. [`JobFile::build`] makes the [`Pipeline`] (it checks the checkpoint directory is writable).
 
@@ -902,7 +904,9 @@ fn interpolate_dyn(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
 }
 
 /// Applies `key.path=value` to a parsed TOML document; `value` is parsed as TOML when it can be
-/// (numbers, booleans, quoted strings), and taken as a string otherwise.
+/// (numbers, booleans, quoted strings), and taken as a string otherwise. A number in the path picks
+/// an entry of a list, counted from 1 as error messages count them: `stages.3.workers=2` is the
+/// third `[[stages]]` entry.
 pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
     let (key, value) = assignment
         .split_once('=')
@@ -912,13 +916,37 @@ pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(value.to_string()));
     let parts: Vec<&str> = key.trim().split('.').collect();
-    let mut table = doc;
-    for p in &parts[..parts.len() - 1] {
-        let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-        table = entry.as_table_mut().ok_or_else(|| Error::config(format!("--set `{key}`: `{p}` is not a section")))?;
+    set_in_table(doc, &parts, value, key.trim())
+}
+
+fn set_in_table(table: &mut toml::Table, parts: &[&str], value: toml::Value, key: &str) -> Result<()> {
+    let (first, rest) = parts.split_first().expect("split yields one part at least");
+    if rest.is_empty() {
+        table.insert(first.to_string(), value);
+        return Ok(());
     }
-    table.insert(parts[parts.len() - 1].to_string(), value);
-    Ok(())
+    let entry = table.entry(first.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+    match entry {
+        toml::Value::Table(t) => set_in_table(t, rest, value, key),
+        toml::Value::Array(items) => {
+            let n = items.len();
+            let item =
+                rest[0].parse::<usize>().ok().and_then(|i| i.checked_sub(1)).and_then(|i| items.get_mut(i)).ok_or_else(|| {
+                    Error::config(format!(
+                        "--set `{key}`: `{first}` is a list of {n}; pick an entry with a number from 1 to {n} (`{first}.1.…`)"
+                    ))
+                })?;
+            match (item, rest.len()) {
+                (item, 1) => {
+                    *item = value;
+                    Ok(())
+                }
+                (toml::Value::Table(t), _) => set_in_table(t, &rest[1..], value, key),
+                _ => Err(Error::config(format!("--set `{key}`: entry {} of `{first}` is not a section", rest[0]))),
+            }
+        }
+        _ => Err(Error::config(format!("--set `{key}`: `{first}` is not a section"))),
+    }
 }
 
 impl JobFile {
@@ -1649,6 +1677,17 @@ path = "${OUT}"
         assert_eq!(job.checkpoint.location.as_deref(), Some("/data/out/ckpt"));
         assert!(matches!(job.source, SourceConfig::Generate { rows: 99, .. }));
         assert_eq!(job.sink.path(), "/data/out");
+        // A number picks a list entry, counted from 1.
+        let job = JobFile::parse_with_env(JOB, &["stages.1.dead_letter_every=5".into()], env).unwrap();
+        assert!(format!("{:?}", job.stages[0]).contains("dead_letter_every: Some(5)"), "{:?}", job.stages[0]);
+        for (bad, says) in [
+            ("stages.0.dead_letter_every=5", "a list of 1; pick an entry with a number from 1 to 1"),
+            ("stages.x.dead_letter_every=5", "a list of 1"),
+            ("pipeline.name.x=5", "`name` is not a section"),
+        ] {
+            let e = JobFile::parse_with_env(JOB, &[bad.into()], env).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

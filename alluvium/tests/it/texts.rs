@@ -1,7 +1,41 @@
 //! Texts end to end: the texts_to_embeddings example (chunks → MiniLM → Delta), exactly once across
-//! a SIGKILL and two reruns, read back with the deltalake Python package.
+//! a SIGKILL and two reruns, read back with the deltalake Python package; with the model in the
+//! job, and behind `alluvium serve-model` over HTTP.
 
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The bundled texts plus a long document, copied into `dir/texts`.
+fn texts_input(dir: &Path) -> PathBuf {
+    let input = dir.join("texts");
+    std::fs::create_dir_all(&input).unwrap();
+    for e in std::fs::read_dir(root().join("examples/data/texts")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), input.join(e.file_name())).unwrap();
+    }
+    let long: String = (0..400).map(|i| format!("Paragraph {i}: the delta grew by a few metres that year. ")).collect();
+    std::fs::write(input.join("long.txt"), &long).unwrap();
+    input
+}
+
+/// `alluvium run examples/texts_to_embeddings.toml` on `input`, writing under `out`.
+fn texts_example(input: &Path, out: &Path, set: &[String]) -> Command {
+    let mut c = crate::bin();
+    c.current_dir(root())
+        .args(["run", "examples/texts_to_embeddings.toml"])
+        .env("ALLUVIUM_INPUT", input)
+        .env("ALLUVIUM_OUTPUT", out);
+    for s in set {
+        c.args(["--set", s]);
+    }
+    c
+}
 
 /// The bundled texts plus a long document → chunks → embeddings in Delta: every chunk once, 384
 /// floats each, equal to what the model gives for the chunk's text; the bad files are dead letters.
@@ -9,26 +43,52 @@ use std::time::Duration;
 fn the_texts_example_writes_each_chunk_once_with_its_embedding() {
     let Some(py) = alluvium_integration::python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let input = dir.path().join("texts");
-    std::fs::create_dir_all(&input).unwrap();
-    for e in std::fs::read_dir(root.join("examples/data/texts")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), input.join(e.file_name())).unwrap();
-    }
-    let long: String = (0..400).map(|i| format!("Paragraph {i}: the delta grew by a few metres that year. ")).collect();
-    std::fs::write(input.join("long.txt"), &long).unwrap();
+    let input = texts_input(dir.path());
     let out = dir.path().join("lake");
-    let run = || {
-        let mut c = crate::bin();
-        c.current_dir(&root)
-            .args(["run", "examples/texts_to_embeddings.toml"])
-            .env("ALLUVIUM_INPUT", &input)
-            .env("ALLUVIUM_OUTPUT", &out);
-        c
-    };
-    crate::killed_then_run_twice(run, Duration::from_millis(700));
+    crate::killed_then_run_twice(|| texts_example(&input, &out, &[]), Duration::from_millis(700));
+    check_text_embeddings(&py, &out);
+}
 
+/// The same job with its `embed` stage calling `alluvium serve-model` over HTTP (OpenAI protocol,
+/// a 503 on every 5th request, four workers and four rows a call), killed mid-run and run twice: the same table, each
+/// chunk once with the model's vector.
+#[test]
+fn the_texts_example_through_serve_model_writes_each_chunk_once() {
+    let Some(py) = alluvium_integration::python() else { return };
+    let mut server = crate::bin()
+        .args(["serve-model", "--listen", "127.0.0.1:0", "--workers", "2", "--inject", "503:5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first.split(" at ").nth(1).expect("serving `…` at URL").to_string();
+    assert!(first.starts_with("serving `all-MiniLM-L6-v2` (384-d) at http://127.0.0.1:"), "{first}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = texts_input(dir.path());
+    let out = dir.path().join("lake");
+    let set = [
+        format!("stages.3.url={url}"),
+        "stages.3.workers=4".into(),
+        "stages.3.max_workers=4".into(),
+        "stages.3.batch_rows=4".into(),
+    ];
+    crate::killed_then_run_twice(|| texts_example(&input, &out, &set), Duration::from_millis(1500));
+    check_text_embeddings(&py, &out);
+
+    assert!(Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap().success());
+    assert!(server.wait().unwrap().success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let served = rest.last().expect("a last line");
+    let numbers: Vec<u64> = served.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+    assert!(served.starts_with("served ") && numbers[0] > 0 && numbers[2] > 0, "requests, and injected 503s: {served}");
+}
+
+/// Reads the example's table and dead letters with other readers, and checks every chunk is there
+/// once with the model's vector.
+fn check_text_embeddings(py: &str, out: &Path) {
     let script = r#"
 import sys, os, json
 from deltalake import DeltaTable
@@ -45,7 +105,7 @@ note = [i for i, r in enumerate(rows) if name(r) == "note.txt"][0]
 print(json.dumps({"text": rows[note]["text"], "embedding": emb[note]}))
 sys.stdout.flush(); os._exit(0)
 "#;
-    let seen = alluvium_integration::python_run(&py, script, &[out.to_str().unwrap()]);
+    let seen = alluvium_integration::python_run(py, script, &[out.to_str().unwrap()]);
     let lines: Vec<&str> = seen.lines().collect();
     let counts: Vec<usize> = lines[0].split(' ').map(|n| n.parse().unwrap()).collect();
     assert_eq!(counts[0], counts[1], "every (file, chunk) once:\n{seen}");
