@@ -8,7 +8,9 @@
 //!
 //! The same 1024 sentences (8 to 45 words) in batches of 32: (1) `TextEmbedder::embed_texts`
 //! directly; (2) through a `ServicePool` with one worker, the requests of 4 lanes batched
-//! dynamically, as a pipeline's `embed` stage calls it. The overhead is (2) against (1).
+//! dynamically, as a pipeline's `embed` stage calls it. The overhead is (2) against (1). (3) The
+//! same through the OpenAI-compatible client and the model server over HTTP on 127.0.0.1, with a
+//! pool of 1 and 2 workers (and as many compute slots at the server).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +18,8 @@ use std::time::{Duration, Instant};
 use alluvium_core::arrow::array::{ArrayRef, StringArray};
 use alluvium_core::arrow::datatypes::{DataType, Field, Schema};
 use alluvium_core::arrow::record_batch::RecordBatch;
-use alluvium_models::{Device, Embed, TextEmbedder, MINILM};
+use alluvium_core::service::ServicePool;
+use alluvium_models::{Device, Embed, Endpoint, ModelServer, ServeOptions, TextEmbedder, MINILM};
 
 const WORDS: &str = "river delta silt flood plain channel current bank levee tide estuary meander water sand \
                      gravel clay stream valley basin marsh reed heron ferry bridge mill harbour";
@@ -58,29 +61,48 @@ fn main() {
         .chunks(64)
         .map(|c| RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(c.to_vec())) as ArrayRef]).unwrap())
         .collect();
-    let service = rt.block_on(async {
-        pool.call(batches[0].clone()).await.unwrap();
-        let mut best = Duration::MAX;
-        for _ in 0..3 {
-            let start = Instant::now();
-            // Four lanes, each with its share of the batches, one call at a time.
-            let lanes: Vec<_> = (0..4)
-                .map(|lane| {
-                    let (pool, mine) = (pool.clone(), batches.iter().skip(lane).step_by(4).cloned().collect::<Vec<_>>());
-                    tokio::spawn(async move {
-                        for b in mine {
-                            pool.call(b).await.unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for l in lanes {
-                l.await.unwrap();
-            }
-            best = best.min(start.elapsed());
-        }
-        best
-    });
+    let service = rt.block_on(four_lanes(&pool, &batches));
     let overhead = (service.as_secs_f64() / direct.as_secs_f64() - 1.0) * 100.0;
     println!("minilm CPU ({threads} threads), service stage: {:>6.0} sentences/s ({overhead:+.1}% time)", rate(service));
+
+    let model: Arc<TextEmbedder> = Arc::new(model);
+    for workers in [1, 2] {
+        let took = rt.block_on(async {
+            let options = ServeOptions { listen: "127.0.0.1:0".parse().unwrap(), workers, ..Default::default() };
+            let server = ModelServer::start(model.clone(), options).await.unwrap();
+            let endpoint = Endpoint::openai(server.url(), server.model_name());
+            let pool = Embed::remote(endpoint).batch_rows(32).workers(workers, workers).pool("embed").unwrap();
+            four_lanes(&pool, &batches).await
+        });
+        let overhead = (took.as_secs_f64() / direct.as_secs_f64() - 1.0) * 100.0;
+        println!(
+            "minilm CPU ({threads} threads), over HTTP, {workers} worker(s): {:>6.0} sentences/s ({overhead:+.1}% time)",
+            rate(took)
+        );
+    }
+}
+
+/// The best of three runs of four lanes, each calling `pool` with its share of the batches, one
+/// call at a time (after a warm-up call).
+async fn four_lanes(pool: &ServicePool, batches: &[RecordBatch]) -> Duration {
+    pool.call(batches[0].clone()).await.unwrap();
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let lanes: Vec<_> = (0..4)
+            .map(|lane| {
+                let (pool, mine) = (pool.clone(), batches.iter().skip(lane).step_by(4).cloned().collect::<Vec<_>>());
+                tokio::spawn(async move {
+                    for b in mine {
+                        pool.call(b).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for l in lanes {
+            l.await.unwrap();
+        }
+        best = best.min(start.elapsed());
+    }
+    best
 }
