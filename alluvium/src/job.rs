@@ -1314,10 +1314,10 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedConfig {
-    /// The model: a path or a registry name (all-MiniLM-L6-v2).
+    /// The model: a path or a registry name (all-MiniLM-L6-v2). A CLIP model embeds images.
     #[serde(default)]
     pub model: Option<String>,
-    /// The text column (`text`).
+    /// The input column (`text`; `image` for an image model).
     #[serde(default)]
     pub column: Option<String>,
     /// The embedding column (`embedding`).
@@ -1377,7 +1377,7 @@ impl EmbedConfig {
                         )));
                     }
                 }
-                alluvium_models::Embed::text(model)
+                alluvium_models::Embed::local(model)
             }
             Some(url) => {
                 if self.gpus.is_some() {

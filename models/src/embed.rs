@@ -35,6 +35,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::bert::{l2_normalize, mean_pool, Bert, BertConfig};
+use crate::image::ImageEmbedder;
 use crate::remote::Endpoint;
 use crate::text::TextTokenizer;
 use crate::{candle, read_json, resolve};
@@ -197,8 +198,8 @@ type Loader = Arc<dyn Fn(&str, &Device) -> Result<Arc<dyn EmbeddingModel>> + Sen
 /// Where the vectors come from.
 #[derive(Clone)]
 enum Source {
-    /// A model each worker loads.
-    Local(Loader),
+    /// A model each worker loads, from a directory with these files.
+    Local(Loader, &'static [&'static str]),
     /// An endpoint every worker calls.
     Remote(Endpoint),
 }
@@ -218,12 +219,33 @@ impl Embed {
     /// A text embedding stage with a sentence-transformers model (a path or a registry name).
     pub fn text(model: impl Into<String>) -> Self {
         let loader: Loader = Arc::new(|m: &str, d: &Device| Ok(Arc::new(TextEmbedder::load(m, d)?) as Arc<dyn EmbeddingModel>));
-        Self::with_loader(model, loader)
+        Self::new(model.into(), Source::Local(loader, &TextEmbedder::FILES))
+    }
+
+    /// An image embedding stage with a CLIP model (a path or a registry name, see
+    /// [`crate::image`]); the input column is `image` by default.
+    pub fn image(model: impl Into<String>) -> Self {
+        let loader: Loader = Arc::new(|m: &str, d: &Device| Ok(Arc::new(ImageEmbedder::load(m, d)?) as Arc<dyn EmbeddingModel>));
+        Self::new(model.into(), Source::Local(loader, &ImageEmbedder::FILES)).column("image")
+    }
+
+    /// A text or an image stage, from what the model's `config.json` says it is (a CLIP model
+    /// embeds images, anything else text).
+    pub fn local(model: impl Into<String>) -> Self {
+        let model = model.into();
+        let is_clip = resolve(&model, &["config.json"])
+            .and_then(|dir| read_json::<serde_json::Value>(&dir, "config.json"))
+            .is_ok_and(|c| c.get("vision_config").is_some() || c["model_type"].as_str().is_some_and(|t| t.starts_with("clip")));
+        if is_clip {
+            Self::image(model)
+        } else {
+            Self::text(model)
+        }
     }
 
     /// An embedding stage with any [`EmbeddingModel`]: `loader` makes one instance per worker.
     pub fn with_loader(model: impl Into<String>, loader: Loader) -> Self {
-        Self::new(model.into(), Source::Local(loader))
+        Self::new(model.into(), Source::Local(loader, &[]))
     }
 
     /// An embedding stage calling a remote endpoint ([`crate::remote`]); each worker has one call in
@@ -285,7 +307,7 @@ impl Embed {
     /// The pool whose workers each load the model once.
     pub fn pool(&self, name: &str) -> Result<ServicePool> {
         let loader = match &self.source {
-            Source::Local(loader) => loader.clone(),
+            Source::Local(loader, _) => loader.clone(),
             Source::Remote(endpoint) => {
                 // One client (connections, rate limits) for every worker.
                 let client: Arc<dyn Service> = Arc::new(endpoint.connect().map_err(|e| e.context(format!("stage `{name}`")))?);
@@ -328,14 +350,17 @@ impl Embed {
 
     /// Where the model's files are, when it is a path or a registry name of the cache.
     pub fn model_dir(&self) -> Result<PathBuf> {
-        resolve(&self.model, &TextEmbedder::FILES)
+        match &self.source {
+            Source::Local(_, files) => resolve(&self.model, files),
+            Source::Remote(_) => Err(Error::config(format!("model `{}` is remote; it has no directory", self.model))),
+        }
     }
 
     /// Checks what a run needs before it starts: a local model's files, or an endpoint's settings
     /// and secrets.
     pub fn check(&self) -> Result<()> {
         match &self.source {
-            Source::Local(_) => self.model_dir().map(|_| ()),
+            Source::Local(..) => self.model_dir().map(|_| ()),
             Source::Remote(endpoint) => endpoint.connect().map(|_| ()),
         }
     }

