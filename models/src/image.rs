@@ -47,7 +47,7 @@ use crate::{candle, read_json, resolve};
 
 /// CLIP's normalisation (OpenAI's training set statistics).
 const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// How images are made tensors: `preprocessor_config.json`, with CLIP's defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -264,7 +264,7 @@ pub fn images_of(inputs: &dyn Array) -> Result<Vec<image::RgbImage>> {
 /// Decoded HWC pixels (1, 3 or 4 channels) as RGB.
 fn from_pixels(row: usize, pixels: &[u8], w: u32, h: u32) -> Result<image::RgbImage> {
     let n = w as usize * h as usize;
-    if n == 0 || pixels.len() % n != 0 {
+    if n == 0 || !pixels.len().is_multiple_of(n) {
         return Err(Error::data(format!("row {row}: {} bytes of pixels for a {w}×{h} image", pixels.len())));
     }
     let rgb: Vec<u8> = match pixels.len() / n {

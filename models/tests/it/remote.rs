@@ -201,7 +201,7 @@ async fn a_rejected_key_or_unknown_model_stops_the_stage_and_never_shows_the_key
     std::env::set_var("ALLUVIUM_TEST_REMOTE_RIGHT_KEY", "right-key-1234");
     let wrong =
         remote_pool(Endpoint::openai(server.url(), server.model_name()).api_key_env("ALLUVIUM_TEST_REMOTE_WRONG_KEY"), 4, 1);
-    let err = wrong.call(batch(&texts(6))).await.err().expect("a config error, not dead letters");
+    let Err(err) = wrong.call(batch(&texts(6))).await else { panic!("a config error, not dead letters") };
     let text = format!("{err} {err:?}");
     assert_eq!(err.kind(), ErrorKind::Config, "{text}");
     assert!(text.contains("401") && text.contains("ALLUVIUM_TEST_REMOTE_WRONG_KEY"), "{text}");
