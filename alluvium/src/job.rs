@@ -1420,7 +1420,6 @@ impl EmbedConfig {
         if let Some(t) = self.timeout {
             e = e.timeout(t);
         }
-        e.check().map_err(|err| err.context(format!("stage `{name}`")))?;
         e.build(name)
     }
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alluvium_core::arrow::array::{Array, ArrayRef, LargeStringArray, StringArray};
+use alluvium_core::arrow::array::{Array, ArrayRef, AsArray};
 use alluvium_core::arrow::datatypes::DataType;
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::service::{PoolSettings, Service, ServiceError, ServicePool, ServiceStage};
@@ -158,20 +158,22 @@ impl EmbeddingModel for TextEmbedder {
         &self.info
     }
     fn embed(&self, inputs: &dyn Array) -> Result<Vec<f32>> {
-        let texts: Vec<&str> = match inputs.data_type() {
-            DataType::Utf8 => {
-                inputs.as_any().downcast_ref::<StringArray>().expect("utf8").iter().map(|t| t.unwrap_or("")).collect()
-            }
-            DataType::LargeUtf8 => {
-                inputs.as_any().downcast_ref::<LargeStringArray>().expect("utf8").iter().map(|t| t.unwrap_or("")).collect()
-            }
-            other => return Err(Error::config(format!("model `{}` embeds text (Utf8), not {other}", self.info.name))),
-        };
+        let texts = texts_of(inputs)
+            .ok_or_else(|| Error::config(format!("model `{}` embeds text (Utf8), not {}", self.info.name, inputs.data_type())))?;
         self.embed_texts(&texts)
     }
     fn count_tokens(&self, texts: &[&str]) -> Option<usize> {
         let (_, mask, _) = self.tokenizer.encode_batch(texts).ok()?;
         Some(mask.iter().map(|&m| m as usize).sum())
+    }
+}
+
+/// The strings of a Utf8 or LargeUtf8 column (a null as ""); `None` for any other type.
+pub(crate) fn texts_of(inputs: &dyn Array) -> Option<Vec<&str>> {
+    match inputs.data_type() {
+        DataType::Utf8 => Some(inputs.as_string::<i32>().iter().map(|t| t.unwrap_or("")).collect()),
+        DataType::LargeUtf8 => Some(inputs.as_string::<i64>().iter().map(|t| t.unwrap_or("")).collect()),
+        _ => None,
     }
 }
 
@@ -304,10 +306,14 @@ impl Embed {
         self
     }
 
-    /// The pool whose workers each load the model once.
+    /// The pool whose workers each load the model once. A local model's files, or an endpoint's
+    /// settings and secrets, are checked here, before a run starts.
     pub fn pool(&self, name: &str) -> Result<ServicePool> {
         let loader = match &self.source {
-            Source::Local(loader, _) => loader.clone(),
+            Source::Local(loader, _) => {
+                self.model_dir().map_err(|e| e.context(format!("stage `{name}`")))?;
+                loader.clone()
+            }
             Source::Remote(endpoint) => {
                 // One client (connections, rate limits) for every worker.
                 let client: Arc<dyn Service> = Arc::new(endpoint.connect().map_err(|e| e.context(format!("stage `{name}`")))?);
@@ -353,15 +359,6 @@ impl Embed {
         match &self.source {
             Source::Local(_, files) => resolve(&self.model, files),
             Source::Remote(_) => Err(Error::config(format!("model `{}` is remote; it has no directory", self.model))),
-        }
-    }
-
-    /// Checks what a run needs before it starts: a local model's files, or an endpoint's settings
-    /// and secrets.
-    pub fn check(&self) -> Result<()> {
-        match &self.source {
-            Source::Local(..) => self.model_dir().map(|_| ()),
-            Source::Remote(endpoint) => endpoint.connect().map(|_| ()),
         }
     }
 }

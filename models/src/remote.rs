@@ -31,8 +31,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use alluvium_core::arrow::array::{Array, ArrayRef, LargeStringArray, StringArray};
-use alluvium_core::arrow::datatypes::DataType;
+use alluvium_core::arrow::array::{Array, ArrayRef};
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::service::{Service, ServiceError};
 use alluvium_core::types::embedding_array;
@@ -42,6 +41,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+
+use crate::embed::texts_of;
 
 /// The wire protocol of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,20 +371,14 @@ impl RemoteModel {
 impl Service for RemoteModel {
     async fn call(&self, requests: RecordBatch) -> std::result::Result<ArrayRef, ServiceError> {
         let column = requests.column(0);
-        let texts: Vec<&str> = match column.data_type() {
-            DataType::Utf8 => {
-                column.as_any().downcast_ref::<StringArray>().expect("utf8").iter().map(|t| t.unwrap_or("")).collect()
-            }
-            DataType::LargeUtf8 => {
-                column.as_any().downcast_ref::<LargeStringArray>().expect("utf8").iter().map(|t| t.unwrap_or("")).collect()
-            }
-            other => {
-                return Err(ServiceError::fatal(format!(
-                    "model `{}` at {} embeds text (Utf8), not {other}",
-                    self.endpoint.model, self.shown
-                )))
-            }
-        };
+        let texts = texts_of(column).ok_or_else(|| {
+            ServiceError::fatal(format!(
+                "model `{}` at {} embeds text (Utf8), not {}",
+                self.endpoint.model,
+                self.shown,
+                column.data_type()
+            ))
+        })?;
         let (values, dims) = self.embed_texts(&texts).await?;
         let array = embedding_array(dims, values).map_err(|e| ServiceError::permanent(e.to_string()))?;
         Ok(Arc::new(array))

@@ -234,8 +234,15 @@ impl Shared {
         Refusal { status, message: message.into(), openai }
     }
 
-    /// Checks the key, the injected faults and the load; then embeds `texts`.
-    async fn embed(&self, headers: &HeaderMap, model: &str, texts: Vec<String>, openai: bool) -> Result<Vec<f32>, Refusal> {
+    /// Checks the key, the injected faults and the load; then embeds `texts`, and for the OpenAI
+    /// protocol counts their tokens (its `usage`), both on the blocking pool.
+    async fn embed(
+        &self,
+        headers: &HeaderMap,
+        model: &str,
+        texts: Vec<String>,
+        openai: bool,
+    ) -> Result<(Vec<f32>, Option<usize>), Refusal> {
         let c = &self.counters;
         let n = c.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(key) = &self.options.api_key {
@@ -269,7 +276,11 @@ impl Shared {
         c.peak_in_flight.fetch_max(now, Ordering::Relaxed);
         let rows = texts.len() as u64;
         let model = self.model.clone();
-        let result = tokio::task::spawn_blocking(move || model.embed(&StringArray::from(texts))).await;
+        let result = tokio::task::spawn_blocking(move || {
+            let tokens = openai.then(|| model.count_tokens(&texts.iter().map(String::as_str).collect::<Vec<_>>())).flatten();
+            model.embed(&StringArray::from(texts)).map(|v| (v, tokens))
+        })
+        .await;
         c.in_flight.fetch_sub(1, Ordering::Relaxed);
         match result {
             Ok(Ok(v)) => {
@@ -326,12 +337,8 @@ async fn openai(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         OneOrMany::One(t) => vec![t],
         OneOrMany::Many(v) => v,
     };
-    let tokens = {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        shared.model.count_tokens(&refs)
-    };
     let n = texts.len();
-    let values = shared.embed(&headers, &r.model, texts, true).await?;
+    let (values, tokens) = shared.embed(&headers, &r.model, texts, true).await?;
     let dims = shared.model.info().dimensions;
     let data: Vec<serde_json::Value> =
         (0..n).map(|i| json!({"object": "embedding", "index": i, "embedding": &values[i * dims..(i + 1) * dims]})).collect();
@@ -371,7 +378,7 @@ async fn kserve(
         ));
     }
     let n = input.data.len();
-    let values = shared.embed(&headers, &model, input.data, false).await?;
+    let (values, _) = shared.embed(&headers, &model, input.data, false).await?;
     let dims = shared.model.info().dimensions;
     let mut body = json!({
         "model_name": shared.name,
