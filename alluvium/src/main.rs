@@ -9,6 +9,7 @@
 //! alluvium backfill JOB.toml --from T1 --to T2 [--window 1d]   window by window, each resumable
 //! alluvium inspect JOB.toml                     the sink's table: rows, schema, last commits and keys
 //! alluvium serve-model [--model M] [--listen 127.0.0.1:8080]   a local model over OpenAI and KServe v2
+//! alluvium demo-clip DIR                        a tiny random CLIP image model, for trying pipelines
 //! ```
 //!
 //! Exit codes: 0 success (also after a requested stop: SIGINT/SIGTERM take a last checkpoint, and a
@@ -113,6 +114,14 @@ enum Command {
         /// For testing clients: answer every Nth request with STATUS, as STATUS:N (e.g. 503:4).
         #[arg(long, value_name = "STATUS:N")]
         inject: Option<String>,
+    },
+    /// Writes a tiny CLIP image model with random weights into DIR (Hugging Face's layout, 16-d
+    /// vectors), to try image embedding pipelines without real weights: its vectors carry no
+    /// meaning. For real ones put a CLIP model there (see examples/images_to_lance_embeddings.toml).
+    #[cfg(feature = "models")]
+    DemoClip {
+        /// The directory to write (created if missing).
+        dir: PathBuf,
     },
 }
 
@@ -238,6 +247,12 @@ fn main() -> ExitCode {
         Command::ServeModel { model, name, listen, workers, max_pending, api_key_env, inject } => {
             let options = alluvium::models::ServeOptions { listen, name, workers, max_pending, api_key: None, inject: None };
             report(block_on(serve_model(model, options, api_key_env, inject)))
+        }
+        #[cfg(feature = "models")]
+        Command::DemoClip { dir } => {
+            report(alluvium::models::image::write_random_clip(&dir).map(|_| {
+                println!("wrote a random 16-d CLIP model (for demos: its vectors carry no meaning) in {}", dir.display())
+            }))
         }
     }
 }

@@ -29,7 +29,7 @@ use alluvium_core::arrow::datatypes::DataType;
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::service::{PoolSettings, Service, ServiceError, ServicePool, ServiceStage};
 use alluvium_core::types::{embedding_array, EmbeddingType, Metric};
-use alluvium_core::{Error, Result, Stage};
+use alluvium_core::{Error, ErrorKind, Result, Stage};
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -67,7 +67,9 @@ pub trait EmbeddingModel: Send + Sync + 'static {
     /// The model's name, dimensions, metric and input.
     fn info(&self) -> &ModelInfo;
     /// One vector per row of `inputs`, row-major (`inputs.len() × dimensions` floats). A row the
-    /// model cannot take makes the call fail; the pool then isolates that row as a dead letter.
+    /// model cannot take makes the call fail (a data error); the pool then isolates that row as a
+    /// dead letter. A column of a type the model cannot take at all is a config error: the stage
+    /// stops and says to change its `column`.
     fn embed(&self, inputs: &dyn Array) -> Result<Vec<f32>>;
     /// The tokens `texts` take, as the model counts them (reported as `usage` by the model
     /// server); `None` when the model has no tokenizer.
@@ -188,7 +190,11 @@ impl Service for Local {
         let out = tokio::task::spawn_blocking(move || model.embed(requests.column(0).as_ref()))
             .await
             .map_err(|e| ServiceError::permanent(format!("the model panicked: {e}")))?;
-        let values = out.map_err(|e| ServiceError::permanent(e.to_string()))?;
+        let values = out.map_err(|e| match e.kind() {
+            // The column is not what the model takes: no row can succeed, so the stage stops.
+            ErrorKind::Config => ServiceError::fatal(format!("{}; set the stage's `column` to one it takes", e.message())),
+            _ => ServiceError::permanent(e.to_string()),
+        })?;
         let array = embedding_array(dims, values).map_err(|e| ServiceError::permanent(e.to_string()))?;
         Ok(Arc::new(array))
     }
@@ -235,9 +241,12 @@ impl Embed {
     /// embeds images, anything else text).
     pub fn local(model: impl Into<String>) -> Self {
         let model = model.into();
-        let is_clip = resolve(&model, &["config.json"])
-            .and_then(|dir| read_json::<serde_json::Value>(&dir, "config.json"))
-            .is_ok_and(|c| c.get("vision_config").is_some() || c["model_type"].as_str().is_some_and(|t| t.starts_with("clip")));
+        // A missing model named like CLIP is reported as a missing CLIP model.
+        let is_clip = match resolve(&model, &["config.json"]).and_then(|dir| read_json::<serde_json::Value>(&dir, "config.json"))
+        {
+            Ok(c) => c.get("vision_config").is_some() || c["model_type"].as_str().is_some_and(|t| t.starts_with("clip")),
+            Err(_) => model.to_ascii_lowercase().contains("clip"),
+        };
         if is_clip {
             Self::image(model)
         } else {

@@ -221,6 +221,41 @@ impl ImageEmbedder {
     }
 }
 
+/// The `config.json` of [`write_random_clip`]'s model: 32×32 images, 8×8 patches, 2 layers, 16-d.
+const RANDOM_CLIP_CONFIG: &str = r#"{
+  "model_type": "clip",
+  "projection_dim": 16,
+  "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "hidden_act": "quick_gelu"},
+  "text_config": {"hidden_size": 32}
+}"#;
+
+/// Writes a tiny CLIP vision model with random weights into `dir`, laid out as Hugging Face saves
+/// CLIP (`config.json`, `model.safetensors`, `preprocessor_config.json`: shorter side 40, crop 32),
+/// and returns it, as [`ImageEmbedder::load`] would read it back.
+///
+/// **For tests and demos only**: it runs a whole image pipeline (loading, preprocessing, batching,
+/// 16-d unit vectors that depend on the image) in milliseconds without real weights, but its
+/// vectors carry no meaning. `alluvium demo-clip DIR` writes one.
+pub fn write_random_clip(dir: &Path) -> Result<ImageEmbedder> {
+    let io = |what: &str, e: &dyn std::fmt::Display| Error::config(format!("cannot write {what} in {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io("the model", &e))?;
+    let config: serde_json::Value = serde_json::from_str(RANDOM_CLIP_CONFIG).expect("a valid config");
+    let c = vision_config(&config)?;
+    let vm = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    // A parameter, not a module: made here so that it is saved with the rest.
+    let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.5 };
+    vb.pp("vision_model.embeddings").get_with_hints(c.embed_dim, "class_embedding", init).map_err(candle)?;
+    let name = dir.to_string_lossy();
+    let model = ImageEmbedder::new(&name, vb, &c, Preprocess { size: 40, ..Preprocess::clip(32) })?;
+    vm.save(dir.join("model.safetensors")).map_err(|e| io("model.safetensors", &e))?;
+    std::fs::write(dir.join("config.json"), RANDOM_CLIP_CONFIG).map_err(|e| io("config.json", &e))?;
+    let preprocessor = r#"{"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}}"#;
+    std::fs::write(dir.join("preprocessor_config.json"), preprocessor).map_err(|e| io("preprocessor_config.json", &e))?;
+    Ok(model)
+}
+
 /// The images of a column: decoded, encoded or bytes. See the module docs.
 pub fn images_of(inputs: &dyn Array) -> Result<Vec<image::RgbImage>> {
     let decode = |i: usize, bytes: &[u8]| -> Result<image::RgbImage> {
@@ -242,17 +277,19 @@ pub fn images_of(inputs: &dyn Array) -> Result<Vec<image::RgbImage>> {
             if let (Some(pixels), Some(w), Some(h)) =
                 (s.column_by_name("pixels"), s.column_by_name("width"), s.column_by_name("height"))
             {
-                let pixels = pixels.as_binary::<i32>();
+                let pixels = pixels.as_any().downcast_ref::<BinaryArray>();
                 let (w, h) = (w.as_any().downcast_ref::<UInt32Array>(), h.as_any().downcast_ref::<UInt32Array>());
-                let (Some(w), Some(h)) = (w, h) else {
-                    return Err(Error::config("a decoded image's width and height must be UInt32"));
+                let (Some(pixels), Some(w), Some(h)) = (pixels, w, h) else {
+                    return Err(Error::config("a decoded image has Binary `pixels` and UInt32 `width` and `height`"));
                 };
                 (0..s.len()).map(|i| from_pixels(i, pixels.value(i), w.value(i), h.value(i))).collect()
-            } else if let Some(data) = s.column_by_name("data") {
-                let data = data.as_binary::<i32>();
+            } else if let Some(data) = s.column_by_name("data").and_then(|d| d.as_any().downcast_ref::<BinaryArray>()) {
                 (0..s.len()).map(|i| decode(i, data.value(i))).collect()
             } else {
-                Err(Error::config("an image embedding model takes images (alluvium.image or alluvium.image.decoded) or bytes"))
+                Err(Error::config(format!(
+                    "an image embedding model takes images (alluvium.image or alluvium.image.decoded) or bytes, not {}",
+                    inputs.data_type()
+                )))
             }
         }
         other => Err(Error::config(format!(

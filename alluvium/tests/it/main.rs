@@ -3,6 +3,8 @@
 #[cfg(feature = "video")]
 mod audio;
 mod cli;
+#[cfg(all(feature = "models", feature = "lance", feature = "video"))]
+mod image_embeddings;
 mod lake;
 mod library;
 mod tables;

@@ -9,36 +9,13 @@ use std::sync::Arc;
 use alluvium_core::arrow::array::{Array, ArrayRef, BinaryArray, FixedSizeListArray, Float32Array, StructArray, UInt32Array};
 use alluvium_core::arrow::datatypes::{DataType, Field, Fields, Schema};
 use alluvium_core::arrow::record_batch::RecordBatch;
-use alluvium_models::image::vision_config;
+use alluvium_models::image::write_random_clip;
 use alluvium_models::{Embed, EmbeddingModel, ImageEmbedder, Modality, Preprocess};
-use candle_core::{DType, Device};
-use candle_nn::{Init, VarBuilder, VarMap};
-
-const CONFIG: &str = r#"{
-  "model_type": "clip",
-  "projection_dim": 16,
-  "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                    "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "hidden_act": "quick_gelu"},
-  "text_config": {"hidden_size": 32}
-}"#;
+use candle_core::Device;
 
 /// Writes a random CLIP model into `dir`; returns the same model in memory.
 fn tiny_clip(dir: &Path) -> ImageEmbedder {
-    let config: serde_json::Value = serde_json::from_str(CONFIG).unwrap();
-    let c = vision_config(&config).unwrap();
-    let vm = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    // A parameter, not a module: made here so that it is saved with the rest.
-    vb.pp("vision_model.embeddings").get_with_hints(32, "class_embedding", Init::Randn { mean: 0.0, stdev: 0.5 }).unwrap();
-    let model = ImageEmbedder::new("tiny-clip", vb, &c, Preprocess { size: 40, ..Preprocess::clip(32) }).unwrap();
-    vm.save(dir.join("model.safetensors")).unwrap();
-    std::fs::write(dir.join("config.json"), CONFIG).unwrap();
-    std::fs::write(
-        dir.join("preprocessor_config.json"),
-        r#"{"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}}"#,
-    )
-    .unwrap();
-    model
+    write_random_clip(dir).unwrap()
 }
 
 /// Three images unlike each other: a colour gradient, a gray checkerboard, a translucent disc.
@@ -160,4 +137,13 @@ async fn the_image_embed_stage_makes_dead_letters_of_rows_that_are_not_images() 
         let got = got.as_any().downcast_ref::<Float32Array>().unwrap();
         assert!(max_diff(got.values(), &want[k * 16..(k + 1) * 16]) < 1e-5, "row {row}");
     }
+
+    // A column that holds no images at all is the job's mistake, not the rows': the stage stops
+    // with a config error naming `column`, instead of making every row a dead letter.
+    let texts: ArrayRef = Arc::new(alluvium_core::arrow::array::StringArray::from(vec!["a cat", "a dog"]));
+    let batch =
+        RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("bytes", DataType::Utf8, true)])), vec![texts]).unwrap();
+    let err = pool.call(batch).await.unwrap_err();
+    assert_eq!(err.kind(), alluvium_core::ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("not Utf8; set the stage's `column`"), "{err}");
 }

@@ -75,13 +75,14 @@ async fn the_embed_stage_pool_answers_vectors_and_isolates_bad_rows() {
     assert_eq!(stats.workers, 2);
     assert!(stats.calls >= 3, "12 rows in calls of at most 4: {stats:?}");
 
-    // A number column is not text: every row fails for good, with the reason, and nothing hangs.
+    // A number column is not text: no row could succeed, so the stage stops with a config error
+    // that says what to fix (rather than making every row a dead letter), and nothing hangs.
     let numbers: ArrayRef = Arc::new(alluvium_core::arrow::array::Int64Array::from(vec![1, 2]));
     let bad =
         RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("text", DataType::Int64, true)])), vec![numbers]).unwrap();
-    let answer = pool.call(bad).await.unwrap();
-    assert_eq!(answer.failures.len(), 2);
-    assert!(answer.failures[0].message.contains("embeds text (Utf8), not Int64"), "{}", answer.failures[0].message);
+    let err = pool.call(bad).await.unwrap_err();
+    assert_eq!(err.kind(), alluvium_core::ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("embeds text (Utf8), not Int64; set the stage's `column`"), "{err}");
 }
 
 #[test]
@@ -92,4 +93,9 @@ fn a_missing_model_says_how_to_install_it() {
     assert!(err.contains("models/install-minilm.sh"), "{err}");
     let err = TextEmbedder::load("./no/such/model", &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("point `model` at a directory"), "{err}");
+    // A missing CLIP model: only its files, and where to get one.
+    let clip = dir.path().join("clip-vit-base-patch32");
+    let err = Embed::local(clip.to_str().unwrap()).build("embed").err().unwrap().to_string();
+    assert!(err.contains("has no config.json, model.safetensors;"), "{err}");
+    assert!(err.contains("huggingface-cli download openai/clip-vit-base-patch32") && err.contains("alluvium demo-clip"), "{err}");
 }
