@@ -1,3 +1,4 @@
 //! Cross-crate tests against real services.
 
+mod faults;
 mod s3;

@@ -23,8 +23,13 @@
 //! * [`ffmpeg`]: Debian's `ffmpeg` CLI (installed by `.ci/run`), to make test videos and audio;
 //!   [`test_video`] makes an H.264 MP4 of a test pattern.
 //!
+//! * [`faults::FaultProxy`]: a proxy in front of an S3 server that injects throttling, server
+//!   errors, connection resets, lost replies, slow and truncated bodies into a share of requests.
+//!
 //! When a service is missing, tests are skipped with a visible message — except under CI
 //! (`CI` set), where a missing service fails the test: CI must never pass by skipping.
+
+pub mod faults;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,37 @@
+//! The fault proxy injects each kind of failure, and `object_store`, configured as Alluvium
+//! configures it, gets every read and write through them with the right bytes.
+
+use alluvium_core::store::Location;
+use alluvium_integration::faults::{Fault, FaultProxy};
+use alluvium_integration::S3Server;
+use futures::TryStreamExt;
+use object_store::{ObjectStoreExt, PutPayload};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_is_injected_and_retried_through_with_the_right_bytes() {
+    let Some(s3) = S3Server::start() else { return };
+    let bucket = s3.bucket();
+    let proxy = FaultProxy::start(&s3.endpoint, 0.4, &Fault::ALL, 7);
+    // object_store reads the AWS_* variables; nextest runs this test in a process of its own.
+    for (k, v) in proxy.env(&s3) {
+        std::env::set_var(k, v);
+    }
+    let loc = Location::parse(&format!("s3://{bucket}/data")).unwrap();
+    let body = |i: usize| -> Vec<u8> { (0..20_000 + i * 13).map(|b| (b * 31 + i) as u8).collect() };
+    for i in 0..40 {
+        loc.store.put(&loc.child(&format!("o{i}")), PutPayload::from(body(i))).await.unwrap();
+    }
+    for i in 0..40 {
+        let got = loc.store.get(&loc.child(&format!("o{i}"))).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&got[..], &body(i)[..], "object {i}");
+        assert_eq!(std::fs::read(s3.object_path(&bucket, &format!("data/o{i}"))).unwrap(), body(i));
+    }
+    let listed: Vec<_> = loc.store.list(Some(&loc.child(""))).try_collect().await.unwrap();
+    assert_eq!(listed.len(), 40);
+
+    let injected = proxy.injected();
+    assert_eq!(injected.len(), Fault::ALL.len(), "every kind was injected: {injected:?}");
+    // Every fault but a slow body fails its request, which the client then repeats once.
+    let failed = proxy.injected_total() - injected[&Fault::SlowBody];
+    assert_eq!(proxy.requests(), 81 + failed, "one retry per failed request: {injected:?}");
+}
