@@ -6,13 +6,14 @@
 //! ```text
 //! pipeline.json                         name, topology fingerprint, number of regions
 //! assignments/00000000000000000007.json  split assignments, in order, each with the enumerator state
-//! regions/0/epochs/0000000003            one empty object per (re)start of region 0 (create-if-absent)
+//! regions/0/epochs/0000000003            one object per (re)start of region 0, naming its claimant (create-if-absent)
 //! regions/0/chk-00000000000000000042.json  region 0's manifest of checkpoint 42
 //! ```
 //!
 //! Every object is written once with create-if-absent (`PutMode::Create`), so two processes running the
 //! same pipeline cannot silently overwrite each other's state: the second one fails with a clear
-//! error. The latest manifest of a region is the one with the highest checkpoint id; older ones
+//! error. A create whose reply was lost and that the client retried finds its own bytes there and
+//! counts as written (each object's bytes are unique to its writer). The latest manifest of a region is the one with the highest checkpoint id; older ones
 //! are pruned, keeping a few. A manifest that cannot be parsed, or whose format version is not ours,
 //! is an error that says what to do; it is never skipped.
 
@@ -147,6 +148,15 @@ pub fn new_instance_id() -> String {
     format!("{:016x}", h.finish())
 }
 
+/// What an epoch claim holds: who claimed it (process, time, sequence), unique to this claim, so
+/// that a retried claim recognises itself.
+fn claimant() -> Bytes {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Bytes::from(format!("{{\"pid\": {}, \"nanos\": {nanos}, \"seq\": {seq}}}", std::process::id()))
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -166,13 +176,25 @@ impl CheckpointStore {
         self.location.store.as_ref()
     }
 
+    /// Creates `rel` holding `bytes` unless it exists; `false` when another writer created it.
+    ///
+    /// A create whose reply was lost (the object was written, the connection dropped) is retried
+    /// by the client and then finds the object there: that is our own write when the object holds
+    /// exactly our bytes, so every caller writes bytes no other writer would write.
     async fn put_new(&self, rel: &str, bytes: Bytes) -> Result<bool> {
         let path = self.location.child(rel);
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store().put_opts(&path, PutPayload::from(bytes), opts).await {
+        let failed = |e: object_store::Error| Error::from(e).context(format!("writing {rel} in checkpoint location {}", self.display()));
+        match self.store().put_opts(&path, PutPayload::from(bytes.clone()), opts).await {
             Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(false),
-            Err(e) => Err(Error::from(e).context(format!("writing {rel} in checkpoint location {}", self.display()))),
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                match self.store().get(&path).await {
+                    Ok(found) => Ok(found.bytes().await.map_err(failed)? == bytes),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(e) => Err(failed(e)),
+                }
+            }
+            Err(e) => Err(failed(e)),
         }
     }
 
@@ -328,7 +350,7 @@ impl CheckpointStore {
     pub async fn claim_epoch(&self, region: usize, after: Option<u64>) -> Result<u64> {
         let mut epoch = after.map_or(0, |e| e + 1);
         loop {
-            if self.put_new(&format!("regions/{region}/epochs/{epoch:010}"), Bytes::new()).await? {
+            if self.put_new(&format!("regions/{region}/epochs/{epoch:010}"), claimant()).await? {
                 return Ok(epoch);
             }
             epoch += 1;

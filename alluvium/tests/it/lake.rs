@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::bin;
+use alluvium_integration::faults::{Fault, FaultProxy};
 use rand::{Rng, SeedableRng};
 
 #[derive(Clone, Copy, Debug)]
@@ -22,7 +23,7 @@ enum Format {
 /// table in a REST catalog (`None`: each run starts its own server on the run's warehouse).
 enum Target<'a> {
     Local,
-    S3 { server: &'a alluvium_integration::S3Server, bucket: String },
+    S3 { server: &'a alluvium_integration::S3Server, bucket: String, proxy: Option<&'a FaultProxy> },
     Rest(Option<alluvium_integration::RestCatalogServer>),
 }
 
@@ -35,7 +36,7 @@ impl Target<'_> {
         }
     }
 
-    /// The environment that reaches the storage (for our binary and the Python readers).
+    /// The environment that reaches the storage directly (for the Python readers).
     fn env(&self) -> Vec<(String, String)> {
         match self {
             Target::Local | Target::Rest(None) => vec![],
@@ -44,9 +45,13 @@ impl Target<'_> {
         }
     }
 
+    /// Our binary, reaching the storage through the fault proxy when there is one.
     fn command(&self) -> Command {
         let mut c = bin();
-        c.envs(self.env());
+        match self {
+            Target::S3 { server, proxy: Some(proxy), .. } => c.envs(proxy.env(server)),
+            _ => c.envs(self.env()),
+        };
         c
     }
 }
@@ -172,7 +177,7 @@ fn exactly_once(format: Format, target: &Target, parallelism: usize, seeds: &[u6
         let target = match target {
             Target::Local => Target::Local,
             // A fresh bucket per seed.
-            Target::S3 { server, .. } => Target::S3 { server, bucket: server.bucket() },
+            Target::S3 { server, proxy, .. } => Target::S3 { server, bucket: server.bucket(), proxy: *proxy },
             Target::Rest(_) => {
                 let Some(server) = alluvium_integration::RestCatalogServer::start(&dir.path().join("out/warehouse")) else {
                     return;
@@ -198,12 +203,66 @@ fn exactly_once(format: Format, target: &Target, parallelism: usize, seeds: &[u6
 /// are proven on local disk above, where the put-if-absent is atomic.
 fn exactly_once_on_s3(format: Format) {
     let Some(server) = alluvium_integration::S3Server::start() else { return };
-    exactly_once(format, &Target::S3 { server: &server, bucket: String::new() }, 1, &[1]);
+    exactly_once(format, &Target::S3 { server: &server, bucket: String::new(), proxy: None }, 1, &[1]);
+}
+
+/// The kill trials: seeds 1..=`ALLUVIUM_KILL_TRIALS` (default `default`), each a run of SIGKILLs
+/// at random moments and a run to the end. CI runs a handful; set hundreds for a long trial.
+fn trials(default: u64) -> Vec<u64> {
+    let n = std::env::var("ALLUVIUM_KILL_TRIALS").ok().and_then(|n| n.parse().ok()).unwrap_or(default);
+    (1..=n).collect()
+}
+
+/// A job on S3 behind the fault proxy, which fails 10 % of requests with every kind of fault it
+/// has (throttling, 500s, resets, lost replies, slow and truncated bodies): each run completes with
+/// exactly the source's rows, and the faults cost a bounded number of extra requests next to a
+/// clean run of the same job through a proxy that injects nothing. One clean run, then one run per
+/// seed of `ALLUVIUM_FAULT_TRIALS` (default 2).
+fn exactly_once_under_faults(format: Format) {
+    let Some(server) = alluvium_integration::S3Server::start() else { return };
+    let rows = 36_000;
+    let runs = std::env::var("ALLUVIUM_FAULT_TRIALS").ok().and_then(|n| n.parse().ok()).unwrap_or(2u64);
+    let mut clean = 0;
+    for seed in 0..=runs {
+        let rate = if seed == 0 { 0.0 } else { 0.1 };
+        let proxy = FaultProxy::start(&server.endpoint, rate, &Fault::ALL, seed);
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::S3 { server: &server, bucket: server.bucket(), proxy: Some(&proxy) };
+        let job = job(dir.path(), format, rows, &target, 1);
+        let out = target.command().args(["run", job.to_str().unwrap()]).output().unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{format:?} seed {seed}: {}\n{shown}", String::from_utf8_lossy(&out.stderr));
+        let (requests, faults) = (proxy.requests(), proxy.injected_total());
+        eprintln!("{format:?} seed {seed}, fault rate {rate}: {requests} requests, faults {:?}", proxy.injected());
+        let Some(seen) = read_ids(format, dir.path(), &target) else { return };
+        assert_eq!(seen, (rows, rows), "{format:?} seed {seed}: (rows, distinct ids) must be exactly the source rows");
+        if seed == 0 {
+            clean = requests;
+        } else {
+            assert!(faults > 0, "faults were injected");
+            assert!(requests <= 2 * clean + 4 * faults, "{format:?}: {requests} requests with {faults} faults, {clean} without");
+        }
+    }
+}
+
+#[test]
+fn delta_on_s3_holds_every_row_once_under_a_ten_percent_fault_rate() {
+    exactly_once_under_faults(Format::Delta);
+}
+
+#[test]
+fn iceberg_on_s3_holds_every_row_once_under_a_ten_percent_fault_rate() {
+    exactly_once_under_faults(Format::Iceberg);
+}
+
+#[test]
+fn lance_on_s3_holds_every_row_once_under_a_ten_percent_fault_rate() {
+    exactly_once_under_faults(Format::Lance);
 }
 
 #[test]
 fn delta_holds_every_row_once_after_kills_and_crashes_mid_commit() {
-    exactly_once(Format::Delta, &Target::Local, 2, &[1, 2]);
+    exactly_once(Format::Delta, &Target::Local, 2, &trials(2));
 }
 
 #[test]
@@ -213,7 +272,7 @@ fn delta_on_s3_holds_every_row_once_after_kills_and_crashes_mid_commit() {
 
 #[test]
 fn iceberg_holds_every_row_once_after_kills_and_crashes_mid_commit() {
-    exactly_once(Format::Iceberg, &Target::Local, 2, &[1, 2]);
+    exactly_once(Format::Iceberg, &Target::Local, 2, &trials(2));
 }
 
 #[test]
@@ -231,7 +290,7 @@ fn iceberg_in_a_rest_catalog_holds_every_row_once_after_kills_and_crashes_mid_co
 
 #[test]
 fn lance_holds_every_row_once_after_kills_and_crashes_mid_commit() {
-    exactly_once(Format::Lance, &Target::Local, 2, &[1, 2]);
+    exactly_once(Format::Lance, &Target::Local, 2, &trials(2));
 }
 
 #[test]
@@ -382,7 +441,7 @@ fn a_refused_s3_table_stops_each_sink_with_the_table_named_and_no_secret() {
     let Some(server) = alluvium_integration::S3Server::start() else { return };
     for format in [Format::Delta, Format::Iceberg, Format::Lance] {
         let dir = tempfile::tempdir().unwrap();
-        let target = Target::S3 { server: &server, bucket: server.bucket() };
+        let target = Target::S3 { server: &server, bucket: server.bucket(), proxy: None };
         let rows = 6_000;
         // One region, as in the other tests on s3s-fs: its `If-None-Match` is not atomic, so two
         // regions committing the same Lance or Delta version at once could both "win" there (it
