@@ -2,6 +2,7 @@
 //! configures it, gets every read and write through them with the right bytes.
 
 use alluvium_core::store::Location;
+use alluvium_core::CheckpointStore;
 use alluvium_integration::faults::{Fault, FaultProxy};
 use alluvium_integration::S3Server;
 use futures::TryStreamExt;
@@ -34,4 +35,30 @@ async fn every_fault_is_injected_and_retried_through_with_the_right_bytes() {
     // Every fault but a slow body fails its request, which the client then repeats once.
     let failed = proxy.injected_total() - injected[&Fault::SlowBody];
     assert_eq!(proxy.requests(), 81 + failed, "one retry per failed request: {injected:?}");
+}
+
+/// Half the replies lost (the request took effect, the client saw the connection drop and
+/// retried): the checkpoint store still claims consecutive epochs and writes every manifest,
+/// because a retried create that finds its own bytes counts as written, while a claim by
+/// someone else is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_whose_replies_are_lost_are_recognised_as_ours() {
+    let Some(s3) = S3Server::start() else { return };
+    let bucket = s3.bucket();
+    let proxy = FaultProxy::start(&s3.endpoint, 0.5, &[Fault::LostReply], 3);
+    for (k, v) in proxy.env(&s3) {
+        std::env::set_var(k, v);
+    }
+    let store = CheckpointStore::new(Location::parse(&format!("s3://{bucket}/ckpt")).unwrap());
+    let mut epochs = Vec::new();
+    for _ in 0..12 {
+        epochs.push(store.claim_epoch(0, epochs.last().copied()).await.unwrap());
+    }
+    assert_eq!(epochs, (0..12).collect::<Vec<u64>>(), "no epoch skipped");
+    let lost = proxy.injected()[&Fault::LostReply];
+    assert!(lost >= 3, "replies were lost: {lost}");
+
+    // Someone else's claim is still someone else's: a second store sees epoch 0 taken.
+    let other = CheckpointStore::new(Location::parse(&format!("s3://{bucket}/ckpt")).unwrap());
+    assert_eq!(other.claim_epoch(0, None).await.unwrap(), 12);
 }
