@@ -184,7 +184,8 @@ impl CheckpointStore {
     async fn put_new(&self, rel: &str, bytes: Bytes) -> Result<bool> {
         let path = self.location.child(rel);
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        let failed = |e: object_store::Error| Error::from(e).context(format!("writing {rel} in checkpoint location {}", self.display()));
+        let failed =
+            |e: object_store::Error| Error::from(e).context(format!("writing {rel} in checkpoint location {}", self.display()));
         match self.store().put_opts(&path, PutPayload::from(bytes.clone()), opts).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
@@ -444,8 +445,13 @@ mod tests {
             .unwrap()
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("chk-"));
         assert_eq!(files.count(), KEEP_MANIFESTS);
-        let again = s.write_manifest(&manifest("p", 0, 5, 0, false, vec![], BTreeMap::new(), vec![])).await;
+        // Another process (another epoch) writing checkpoint 5 is refused; the same bytes again are
+        // what a retried write whose reply was lost sends, and count as written.
+        let again = s.write_manifest(&manifest("p", 0, 5, 1, false, vec![], BTreeMap::new(), vec![])).await;
         assert!(again.unwrap_err().to_string().contains("another process"));
+        let m = manifest("p", 0, 6, 0, false, vec![], BTreeMap::new(), vec![]);
+        s.write_manifest(&m).await.unwrap();
+        s.write_manifest(&m).await.unwrap();
     }
 
     #[tokio::test]

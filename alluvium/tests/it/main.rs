@@ -7,6 +7,8 @@ mod cli;
 mod image_embeddings;
 mod lake;
 mod library;
+#[cfg(all(feature = "delta", feature = "lance"))]
+mod soak;
 mod tables;
 #[cfg(all(feature = "models", feature = "delta"))]
 mod texts;

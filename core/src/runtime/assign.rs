@@ -5,8 +5,15 @@
 //! sent to the readers. A region that restarts gets back its unfinished splits from its manifest
 //! plus every split assigned to its readers after that manifest (replayed from the log), so every
 //! split is read by exactly one reader and none is lost in between.
+//!
+//! Discovery is backpressured: while the readers hold [`QUEUED_PER_READER`] unread splits each
+//! (on average), the enumerator waits. A huge or endless source (a trillion generated rows, a
+//! bucket of millions of objects) is therefore enumerated as fast as it is read, and the splits
+//! a reader holds, which its checkpoints carry, stay few.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Mutex};
 
@@ -29,10 +36,33 @@ struct State {
     assigned: Vec<usize>,
 }
 
+/// Unread splits a reader may hold, on average, before discovery waits.
+pub(crate) const QUEUED_PER_READER: usize = 64;
+
+/// The unread splits of each reader: set by the reader whenever its queue changes, and raised by
+/// the assigner when it sends more (until the reader has taken them).
+#[derive(Default)]
+pub(crate) struct Backlog(Vec<AtomicUsize>);
+
+impl Backlog {
+    /// Reader `reader` holds `n` unread splits.
+    pub(crate) fn set(&self, reader: usize, n: usize) {
+        self.0[reader].store(n, Ordering::Relaxed);
+    }
+    fn add(&self, reader: usize, n: usize) {
+        self.0[reader].fetch_add(n, Ordering::Relaxed);
+    }
+    fn total(&self) -> usize {
+        self.0.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// Shared by the enumerator loop and the region drivers.
 pub(crate) struct Assigner {
     store: CheckpointStore,
     state: Mutex<State>,
+    /// Shared with the source tasks.
+    pub(crate) backlog: Arc<Backlog>,
 }
 
 impl Assigner {
@@ -50,7 +80,9 @@ impl Assigner {
                 assigned[*reader] += 1;
             }
         }
-        Ok(Arc::new(Self { store, state: Mutex::new(State { log, readers: (0..readers).map(|_| None).collect(), assigned }) }))
+        let backlog = Arc::new(Backlog((0..readers).map(|_| AtomicUsize::new(0)).collect()));
+        let state = Mutex::new(State { log, readers: (0..readers).map(|_| None).collect(), assigned });
+        Ok(Arc::new(Self { store, state, backlog }))
     }
 
     /// Registers a (re)started reader and returns what it must replay: assignments after
@@ -91,7 +123,11 @@ impl Assigner {
             st.log.last().map(|r| r.enumerator.clone())
         };
         let mut enumerator = source.enumerator(restored).await?;
+        let limit = QUEUED_PER_READER * self.backlog.0.len().max(1);
         loop {
+            while self.backlog.total() >= limit {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let discovery = enumerator.discover().await?;
             let (splits, exhausted) = match discovery {
                 Discovery::Splits(s) if s.is_empty() => continue,
@@ -117,6 +153,7 @@ impl Assigner {
                 let splits: Vec<Split> = record.splits.iter().filter(|(i, _)| *i == reader).map(|(_, s)| s.clone()).collect();
                 // A send fails only while the reader's region restarts; it replays from the log.
                 if !splits.is_empty() {
+                    self.backlog.add(reader, splits.len());
                     let _ = tx.send(ReaderMsg::Assign { seq: record.seq, splits });
                 }
                 if exhausted {

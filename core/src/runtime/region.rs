@@ -388,6 +388,7 @@ async fn spawn_tasks(
             state,
             replay,
             splits_rx,
+            backlog: run.assigner.backlog.clone(),
             triggers: trx,
             outputs: Outputs::new(outs, metrics.clone()),
             dead_letters: dead_letters(format!("source-{reader}")),

@@ -102,6 +102,8 @@ pub(crate) struct SourceTask {
     pub state: ReaderState,
     pub replay: Vec<ReaderMsg>,
     pub splits_rx: mpsc::UnboundedReceiver<ReaderMsg>,
+    /// Where this reader says how many splits it has not read yet.
+    pub backlog: Arc<crate::runtime::assign::Backlog>,
     pub triggers: mpsc::UnboundedReceiver<Barrier>,
     pub outputs: Outputs,
     pub dead_letters: DeadLetters,
@@ -127,6 +129,7 @@ impl SourceTask {
         for msg in std::mem::take(&mut self.replay) {
             self.receive(msg);
         }
+        self.backlog.set(self.reader, self.state.splits.len());
         // `state.splits[0]` is the split being read, when `current` is set.
         let mut current: Option<Box<dyn SplitReader>> = None;
         let mut reported = false;
@@ -159,7 +162,10 @@ impl SourceTask {
             tokio::select! {
                 biased;
                 Some(b) = self.triggers.recv() => pending.push_back(b),
-                Some(msg) = self.splits_rx.recv() => self.receive(msg),
+                Some(msg) = self.splits_rx.recv() => {
+                    self.receive(msg);
+                    self.backlog.set(self.reader, self.state.splits.len());
+                }
                 (next, took) = async {
                     let start = Instant::now();
                     let next = current.as_mut().expect("guarded").next_batch().await;
@@ -180,6 +186,7 @@ impl SourceTask {
                         None => {
                             current = None;
                             self.state.splits.remove(0);
+                            self.backlog.set(self.reader, self.state.splits.len());
                         }
                     }
                 }

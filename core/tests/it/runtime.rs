@@ -275,6 +275,34 @@ async fn a_requested_stop_commits_a_last_checkpoint_and_a_rerun_resumes() {
     assert!(counts.values().all(|c| *c == 1));
 }
 
+/// A source of a trillion rows in splits of 10: enumeration waits for the readers, so in a short
+/// run the splits assigned are those read plus a bounded few (not a hundred billion), and the
+/// checkpoints that carry the readers' unread splits stay small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enumerating_a_huge_source_waits_for_its_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let p = Pipeline::builder("huge")
+        .source(Generate::new(1_000_000_000_000).batch_size(10).split_rows(10).rows_per_second(20_000.0))
+        .sink(FileSink::new(JsonLines, dir.path().join("out").to_str().unwrap()))
+        .parallelism(2)
+        .checkpoint_every(Duration::from_millis(100))
+        .checkpoint_location(ckpt.to_str().unwrap())
+        .build()
+        .unwrap();
+    let s = p.run_until(tokio::time::sleep(Duration::from_millis(800))).await.unwrap();
+    assert!(s.stopped && s.rows_read > 0, "{s:?}");
+    let mut assigned = 0;
+    for e in std::fs::read_dir(ckpt.join("assignments")).unwrap() {
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+        assigned += record["splits"].as_array().unwrap().len();
+    }
+    // Beyond the splits read: at most one discovery (Generate finds up to 1000 splits at a time)
+    // on top of the 2 × 64 unread splits the readers may hold.
+    let read = s.rows_read.div_ceil(10);
+    assert!(assigned as u64 >= read && assigned as u64 <= read + 1000 + 128, "{assigned} splits assigned, {read} read");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalanced_pipeline_is_one_region_that_aligns_barriers_and_recovers_whole() {
     use alluvium_core::{Edge, Stage};

@@ -160,7 +160,8 @@ fn io(e: impl std::fmt::Display) -> std::io::Error {
 
 /// S3's XML error answer.
 fn s3_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>");
+    let xml =
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>");
     let mut r = Response::new(Full::new(Bytes::from(xml)).map_err(|e: Infallible| match e {}).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert("content-type", "application/xml".parse().unwrap());
@@ -181,7 +182,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> std::io::Result<Re
     state.requests.fetch_add(1, Ordering::SeqCst);
     let fault = state.pick();
     match fault {
-        Some(Fault::SlowDown) => return Ok(s3_error(StatusCode::SERVICE_UNAVAILABLE, "SlowDown", "Please reduce your request rate.")),
+        Some(Fault::SlowDown) => {
+            return Ok(s3_error(StatusCode::SERVICE_UNAVAILABLE, "SlowDown", "Please reduce your request rate."))
+        }
         Some(Fault::InternalError) => {
             return Ok(s3_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "We encountered an internal error."))
         }
