@@ -13,9 +13,10 @@
 //! Every object is written once with create-if-absent (`PutMode::Create`), so two processes running the
 //! same pipeline cannot silently overwrite each other's state: the second one fails with a clear
 //! error. A create whose reply was lost and that the client retried finds its own bytes there and
-//! counts as written (each object's bytes are unique to its writer). The latest manifest of a region is the one with the highest checkpoint id; older ones
-//! are pruned, keeping a few. A manifest that cannot be parsed, or whose format version is not ours,
-//! is an error that says what to do; it is never skipped.
+//! counts as written (each object's bytes are unique to its writer). The latest manifest of a
+//! region is the one with the highest checkpoint id; older ones are pruned, keeping a few. A
+//! manifest that cannot be parsed, or whose format version is not ours, is an error that says
+//! what to do; it is never skipped.
 
 use std::collections::BTreeMap;
 

@@ -214,6 +214,12 @@ impl EmbeddingModel for TextEmbedder {
     }
 }
 
+/// The stage's column is not what its model takes: no row can succeed, so the stage stops with
+/// `message` and the fix (local and remote models alike).
+pub(crate) fn wrong_column(message: impl std::fmt::Display) -> ServiceError {
+    ServiceError::fatal(format!("{message}; set the stage's `column` to one it takes"))
+}
+
 /// The strings of a Utf8 or LargeUtf8 column (a null as ""); `None` for any other type.
 pub(crate) fn texts_of(inputs: &dyn Array) -> Option<Vec<&str>> {
     match inputs.data_type() {
@@ -235,8 +241,7 @@ impl Service for Local {
             .await
             .map_err(|e| ServiceError::permanent(format!("the model panicked: {e}")))?;
         let values = out.map_err(|e| match e.kind() {
-            // The column is not what the model takes: no row can succeed, so the stage stops.
-            ErrorKind::Config => ServiceError::fatal(format!("{}; set the stage's `column` to one it takes", e.message())),
+            ErrorKind::Config => wrong_column(e.message()),
             _ => ServiceError::permanent(e.to_string()),
         })?;
         let array = embedding_array(dims, values).map_err(|e| ServiceError::permanent(e.to_string()))?;

@@ -42,7 +42,7 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::embed::texts_of;
+use crate::embed::{texts_of, wrong_column};
 
 /// The wire protocol of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,7 +372,7 @@ impl Service for RemoteModel {
     async fn call(&self, requests: RecordBatch) -> std::result::Result<ArrayRef, ServiceError> {
         let column = requests.column(0);
         let texts = texts_of(column).ok_or_else(|| {
-            ServiceError::fatal(format!(
+            wrong_column(format!(
                 "model `{}` at {} embeds text (Utf8), not {}",
                 self.endpoint.model,
                 self.shown,

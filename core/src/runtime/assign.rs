@@ -41,7 +41,6 @@ pub(crate) const QUEUED_PER_READER: usize = 64;
 
 /// The unread splits of each reader: set by the reader whenever its queue changes, and raised by
 /// the assigner when it sends more (until the reader has taken them).
-#[derive(Default)]
 pub(crate) struct Backlog(Vec<AtomicUsize>);
 
 impl Backlog {

@@ -191,6 +191,15 @@ async fn a_row_the_server_rejects_becomes_a_dead_letter_with_its_reason() {
     let good: Vec<String> = t.iter().filter(|s| !s.is_empty()).cloned().collect();
     let kept = alluvium_core::arrow::compute::filter(v, &alluvium_core::arrow::compute::is_not_null(v).unwrap()).unwrap();
     assert_local_vectors(&good, &kept);
+
+    // A column that is not text at all is the job's mistake: the stage stops, naming the fix,
+    // as it does for a local model.
+    let numbers: ArrayRef = Arc::new(alluvium_core::arrow::array::Int64Array::from(vec![1, 2]));
+    let bad =
+        RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("text", DataType::Int64, true)])), vec![numbers]).unwrap();
+    let err = pool.call(bad).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("embeds text (Utf8), not Int64; set the stage's `column`"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
