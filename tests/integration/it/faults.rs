@@ -1,7 +1,6 @@
 //! The fault proxy injects each kind of failure, and `object_store`, configured as Alluvium
 //! configures it, gets every read and write through them with the right bytes.
 
-use alluvium_core::store::Location;
 use alluvium_core::CheckpointStore;
 use alluvium_integration::faults::{Fault, FaultProxy};
 use alluvium_integration::S3Server;
@@ -13,11 +12,7 @@ async fn every_fault_is_injected_and_retried_through_with_the_right_bytes() {
     let Some(s3) = S3Server::start() else { return };
     let bucket = s3.bucket();
     let proxy = FaultProxy::start(&s3.endpoint, 0.4, &Fault::ALL, 7);
-    // object_store reads the AWS_* variables; nextest runs this test in a process of its own.
-    for (k, v) in proxy.env(&s3) {
-        std::env::set_var(k, v);
-    }
-    let loc = Location::parse(&format!("s3://{bucket}/data")).unwrap();
+    let loc = crate::location(&proxy.env(&s3), &format!("s3://{bucket}/data"));
     let body = |i: usize| -> Vec<u8> { (0..20_000 + i * 13).map(|b| (b * 31 + i) as u8).collect() };
     for i in 0..40 {
         loc.store.put(&loc.child(&format!("o{i}")), PutPayload::from(body(i))).await.unwrap();
@@ -46,10 +41,8 @@ async fn creates_whose_replies_are_lost_are_recognised_as_ours() {
     let Some(s3) = S3Server::start() else { return };
     let bucket = s3.bucket();
     let proxy = FaultProxy::start(&s3.endpoint, 0.5, &[Fault::LostReply], 3);
-    for (k, v) in proxy.env(&s3) {
-        std::env::set_var(k, v);
-    }
-    let store = CheckpointStore::new(Location::parse(&format!("s3://{bucket}/ckpt")).unwrap());
+    let env = proxy.env(&s3);
+    let store = CheckpointStore::new(crate::location(&env, &format!("s3://{bucket}/ckpt")));
     let mut epochs = Vec::new();
     for _ in 0..12 {
         epochs.push(store.claim_epoch(0, epochs.last().copied()).await.unwrap());
@@ -59,6 +52,6 @@ async fn creates_whose_replies_are_lost_are_recognised_as_ours() {
     assert!(lost >= 3, "replies were lost: {lost}");
 
     // Someone else's claim is still someone else's: a second store sees epoch 0 taken.
-    let other = CheckpointStore::new(Location::parse(&format!("s3://{bucket}/ckpt")).unwrap());
+    let other = CheckpointStore::new(crate::location(&env, &format!("s3://{bucket}/ckpt")));
     assert_eq!(other.claim_epoch(0, None).await.unwrap(), 12);
 }

@@ -1,7 +1,6 @@
 //! The S3 server does what our checkpoint store and file sinks rely on, through `object_store`
 //! exactly as Alluvium configures it (`Location::parse` with the `AWS_*` environment).
 
-use alluvium_core::store::Location;
 use alluvium_core::CheckpointStore;
 use alluvium_integration::S3Server;
 use futures::TryStreamExt;
@@ -11,11 +10,8 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 async fn conditional_put_rename_and_listing_work_as_the_checkpoint_store_needs() {
     let Some(s3) = S3Server::start() else { return };
     let bucket = s3.bucket();
-    // object_store reads the AWS_* variables; this test binary has no other thread reading them.
-    for (k, v) in s3.env() {
-        std::env::set_var(k, v);
-    }
-    let loc = Location::parse(&format!("s3://{bucket}/ckpt")).unwrap();
+    let env = s3.env();
+    let loc = crate::location(&env, &format!("s3://{bucket}/ckpt"));
     let p = loc.child("a/one.json");
     let create = PutOptions { mode: PutMode::Create, ..Default::default() };
     loc.store.put_opts(&p, PutPayload::from_static(b"1"), create.clone()).await.unwrap();
@@ -31,14 +27,15 @@ async fn conditional_put_rename_and_listing_work_as_the_checkpoint_store_needs()
     assert!(std::fs::read(s3.object_path(&bucket, "ckpt/b/two.json")).is_ok());
 
     // The checkpoint store's epoch claims are exclusive on S3 too.
-    let store = CheckpointStore::new(Location::parse(&format!("s3://{bucket}/ckpt2")).unwrap());
+    let store = CheckpointStore::new(crate::location(&env, &format!("s3://{bucket}/ckpt2")));
     store.probe().await.unwrap();
     assert_eq!(store.claim_epoch(0, None).await.unwrap(), 0);
     assert_eq!(store.claim_epoch(0, None).await.unwrap(), 1);
 
     // Wrong credentials are refused, and the error does not echo the secret.
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "wrong-secret-value");
-    let bad = Location::parse(&format!("s3://{bucket}/x")).unwrap();
+    let mut wrong = env.clone();
+    wrong.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong-secret-value".into()));
+    let bad = crate::location(&wrong, &format!("s3://{bucket}/x"));
     let err = bad.store.put(&bad.child("k"), PutPayload::from_static(b"x")).await.unwrap_err();
     let shown = alluvium_core::Error::from(err).to_string();
     assert!(!shown.contains("wrong-secret-value"), "{shown}");
