@@ -10,6 +10,7 @@
 //! alluvium inspect JOB.toml                     the sink's table: rows, schema, last commits and keys
 //! alluvium serve-model [--model M] [--listen 127.0.0.1:8080]   a local model over OpenAI and KServe v2
 //! alluvium demo-clip DIR                        a tiny random CLIP image model, for trying pipelines
+//! alluvium bench [--only images,write] [--scale 0.1]   the standard workloads: items/s, MB/s, RSS, CPU
 //! ```
 //!
 //! Exit codes: 0 success (also after a requested stop: SIGINT/SIGTERM take a last checkpoint, and a
@@ -122,6 +123,29 @@ enum Command {
     DemoClip {
         /// The directory to write (created if missing).
         dir: PathBuf,
+    },
+    /// Runs the standard workloads on generated data, each as a job of this binary, and prints
+    /// items/s, MB/s, peak RSS and CPU seconds (also as JSON): images → Lance, video → frames,
+    /// texts → MiniLM, a 2 GiB object through hash, writes to each lake format, checkpoint
+    /// overhead at 1 s, recovery time after a kill.
+    Bench {
+        /// Only these workloads (names or prefixes, comma-separated): images, video, texts,
+        /// hash-2gb, write-parquet, write-delta, write-iceberg, write-lance, checkpoints-none,
+        /// checkpoints-1s, recovery.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Multiplies every data size (0.01 for a quick smoke run).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Seeds the generated data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Generated data (kept for the next run) and job outputs (removed after each workload).
+        #[arg(long, default_value = "./out/bench")]
+        dir: PathBuf,
+        /// Where the JSON results go (default DIR/bench.json).
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -247,6 +271,13 @@ fn main() -> ExitCode {
         Command::ServeModel { model, name, listen, workers, max_pending, api_key_env, inject } => {
             let options = alluvium::models::ServeOptions { listen, name, workers, max_pending, api_key: None, inject: None };
             report(block_on(serve_model(model, options, api_key_env, inject)))
+        }
+        Command::Bench { only, scale, seed, dir, json } => {
+            match cli::bench::bench(&cli::bench::Options { only, scale, seed, dir, json }) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => report(Err(e)),
+            }
         }
         #[cfg(feature = "models")]
         Command::DemoClip { dir } => {

@@ -1,6 +1,7 @@
 //! The commands of the `alluvium` binary beyond `run` and `validate`, one module each.
 
 pub mod backfill;
+pub mod bench;
 pub mod checkpoints;
 pub mod inspect;
 pub mod metrics;

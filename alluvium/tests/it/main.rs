@@ -2,6 +2,7 @@
 
 #[cfg(feature = "video")]
 mod audio;
+mod bench;
 mod cli;
 #[cfg(all(feature = "models", feature = "lance", feature = "video"))]
 mod image_embeddings;
