@@ -263,6 +263,7 @@ pub enum SourceConfig {
 /// The `[source]` keys of a table source (`delta`, `lance`, `iceberg`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(not(any(feature = "delta", feature = "lance", feature = "iceberg")), allow(dead_code))]
 pub struct TableSourceConfig {
     /// The table: a directory or a URL (`s3://bucket/tables/t`); for Iceberg `namespace.table`.
     table: String,
@@ -298,6 +299,7 @@ pub struct TableSourceConfig {
     parallelism: Option<usize>,
 }
 
+#[cfg_attr(not(any(feature = "delta", feature = "lance", feature = "iceberg")), allow(dead_code))]
 impl TableSourceConfig {
     fn read(&self) -> Result<alluvium_core::sources::TableRead> {
         let mut read = alluvium_core::sources::TableRead::new(self.table.clone());

@@ -207,25 +207,7 @@ impl CheckpointStore {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(Error::from(e).context(format!("reading {rel} in checkpoint location {}", self.display()))),
         };
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::checkpoint(format!(
-                "checkpoint file {rel} in {} is corrupt ({e}); delete it to fall back to the previous checkpoint, \
-                 or use a fresh checkpoint location to start over",
-                self.display()
-            ))
-        })?;
-        let format = value.get("format").and_then(|v| v.as_str()).unwrap_or_default();
-        let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
-        if format != FORMAT || version != VERSION as u64 {
-            return Err(Error::checkpoint(format!(
-                "checkpoint file {rel} in {} has format `{format}` version {version}, but this Alluvium reads `{FORMAT}` \
-                 version {VERSION}; run the version that wrote it, or use a fresh checkpoint location",
-                self.display()
-            )));
-        }
-        serde_json::from_value(value).map(Some).map_err(|e| {
-            Error::checkpoint(format!("checkpoint file {rel} in {} is not a valid {FORMAT} file ({e})", self.display()))
-        })
+        decode(&format!("{rel} in {}", self.display()), &bytes).map(Some)
     }
 
     async fn list_names(&self, rel_dir: &str) -> Result<Vec<String>> {
@@ -392,6 +374,38 @@ impl CheckpointStore {
         }
         Ok(out)
     }
+}
+
+/// One of our checkpoint files, `what` naming it in errors: JSON with our format and version, and
+/// the fields of `T`. Every failure is a checkpoint error saying what to do.
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        Error::checkpoint(format!(
+            "checkpoint file {what} is corrupt ({e}); delete it to fall back to the previous checkpoint, \
+             or use a fresh checkpoint location to start over"
+        ))
+    })?;
+    let format = value.get("format").and_then(|v| v.as_str()).unwrap_or_default();
+    let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+    if format != FORMAT || version != VERSION as u64 {
+        return Err(Error::checkpoint(format!(
+            "checkpoint file {what} has format `{format}` version {version}, but this Alluvium reads `{FORMAT}` \
+             version {VERSION}; run the version that wrote it, or use a fresh checkpoint location"
+        )));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| Error::checkpoint(format!("checkpoint file {what} is not a valid {FORMAT} file ({e})")))
+}
+
+/// Parses a region manifest (`regions/R/chk-N.json`) as the store reads it: for tools that read
+/// checkpoints themselves, and for the fuzzer.
+pub fn parse_manifest(bytes: &[u8]) -> Result<RegionManifest> {
+    decode("(a region manifest)", bytes)
+}
+
+/// Parses an assignment log entry (`assignments/N.json`) as the store reads it.
+pub fn parse_assignment(bytes: &[u8]) -> Result<AssignmentRecord> {
+    decode("(an assignment record)", bytes)
 }
 
 fn manifest_name(region: usize, checkpoint: u64) -> String {

@@ -57,12 +57,15 @@ impl Media {
         let what = if kind == ffmpeg::media::Type::Audio { "audio" } else { "video" };
         let deadline = Instant::now() + budget;
         let io = ffmpeg::format::context::StreamIo::from_read_seek(media).map_err(|e| format!("cannot read: {e}"))?;
-        let input =
-            ffmpeg::format::input_from_stream_with_interrupt(io, None, None, move || Instant::now() > deadline).map_err(|e| {
-                match Instant::now() > deadline {
-                    true => format!("opening took longer than the time budget of {budget:?}"),
-                    false => format!("not a readable {what} container: {e}"),
-                }
+        // The media is these bytes only: demuxers that open what a file names (HLS and DASH
+        // playlists, concat lists) may open no protocol at all, so a reference cannot read local
+        // files or reach URLs past the access policy.
+        let mut options = ffmpeg::Dictionary::new();
+        options.set("protocol_whitelist", "none");
+        let input = ffmpeg::format::input_from_stream_with_interrupt(io, None, Some(options), move || Instant::now() > deadline)
+            .map_err(|e| match Instant::now() > deadline {
+                true => format!("opening took longer than the time budget of {budget:?}"),
+                false => format!("not a readable {what} container: {e}"),
             })?;
         let stream = input.streams().best(kind).ok_or_else(|| format!("no {what} stream"))?;
         let (index, tb) = (stream.index(), stream.time_base());

@@ -16,7 +16,7 @@
 //! | `recovery` | an endless generated stream into Delta | SIGKILL after two checkpoints; time from the restart to every region's next checkpoint |
 //!
 //! `--scale` multiplies every size (0.01 for a smoke run); `--seed` changes the data. Data is
-//! generated once per (workload, scale, seed) under `--dir` and kept for the next run; each
+//! generated once per (workload, size, seed) under `--dir` and kept for the next run; each
 //! workload's output is removed after it is measured. The table goes to stdout and the same
 //! figures as JSON to `--json` (default `DIR/bench.json`). A workload this build or machine
 //! cannot run (no `ffmpeg`, no MiniLM weights, a sink feature left out) is listed as skipped with
@@ -209,9 +209,10 @@ impl Bench {
         ((n as f64 * self.scale).round() as u64).max(min)
     }
 
-    /// Where a data set lives; `None` when it has to be (re)made (a marker file says it is whole).
-    fn data(&self, name: &str) -> (PathBuf, bool) {
-        let dir = self.dir.join("data").join(format!("{name}-scale{}-seed{}", self.scale, self.seed));
+    /// Where a data set lives (`what` names its size), and whether it is already whole (a marker
+    /// file says so); if not, the directory is emptied for the generator.
+    fn data(&self, what: &str) -> (PathBuf, bool) {
+        let dir = self.dir.join("data").join(format!("{what}-seed{}", self.seed));
         let done = dir.join(".complete").exists();
         if !done {
             let _ = std::fs::remove_dir_all(&dir);
@@ -235,7 +236,7 @@ impl Bench {
 
     fn images(&self) -> Result<Figures> {
         let n = self.n(5000, 4);
-        let (data, done) = self.data("images");
+        let (data, done) = self.data(&format!("images-{n}"));
         if !done {
             eprintln!("bench: generating {n} 640×480 JPEGs");
             let mut rng = Rng::new(self.seed);
@@ -261,7 +262,7 @@ impl Bench {
             return Ok(skipped("video", "the ffmpeg CLI makes the videos; install ffmpeg"));
         }
         let (count, seconds) = (self.n(4, 1), self.n(10, 2));
-        let (data, done) = self.data("video");
+        let (data, done) = self.data(&format!("video-{count}x{seconds}s"));
         if !done {
             eprintln!("bench: generating {count} H.264 videos of {seconds} s (1280×720, 30 fps, 2 s GOPs)");
             for i in 0..count {
@@ -307,7 +308,7 @@ impl Bench {
 
     fn texts(&self) -> Result<Figures> {
         let n = self.n(300, 2);
-        let (data, done) = self.data("texts");
+        let (data, done) = self.data(&format!("texts-{n}"));
         if !done {
             eprintln!("bench: generating {n} text documents");
             let mut rng = Rng::new(self.seed);
@@ -331,7 +332,7 @@ impl Bench {
 
     fn hash(&self) -> Result<Figures> {
         let bytes = self.n(2 << 30, 1 << 20);
-        let (data, done) = self.data("hash");
+        let (data, done) = self.data(&format!("object-{bytes}"));
         if !done {
             eprintln!("bench: writing one object of {} MiB", bytes >> 20);
             let mut rng = Rng::new(self.seed);

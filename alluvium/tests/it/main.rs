@@ -4,6 +4,8 @@
 mod audio;
 mod bench;
 mod cli;
+#[cfg(feature = "video")]
+mod fuzz;
 #[cfg(all(feature = "models", feature = "lance", feature = "video"))]
 mod image_embeddings;
 mod lake;

@@ -269,3 +269,22 @@ fn seeks_into_long_gops_decode_forward_to_the_target() {
         assert_eq!((got, times), (Ok(want.len() as u64), want), "{sampling:?}");
     }
 }
+
+/// A reference's media is its own bytes: a playlist (HLS) among them must not make FFmpeg open the
+/// files or URLs it names, which would read past the access policy (local files, internal
+/// services). Found by `cargo fuzz run video`, which produced an HLS playlist.
+#[test]
+fn playlists_cannot_make_ffmpeg_open_other_files_or_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(path) = four_seconds(dir.path()) else { return };
+    for entry in [format!("file://{}", path.display()), path.display().to_string()] {
+        let playlist = format!(
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:4.0,\n{entry}\n#EXT-X-ENDLIST\n"
+        );
+        let media = || Box::new(std::io::Cursor::new(playlist.clone().into_bytes()));
+        let probed = probe(media(), &Limits::default());
+        assert!(probed.is_err(), "the playlist was followed to {entry}: {probed:?}");
+        let extracted = extract(media(), &Sampling::EveryNth(1), FrameSize::Original, &Limits::default(), &mut |_| Ok(()));
+        assert!(matches!(extracted, Ok(Err(_))), "the playlist was followed to {entry}: {extracted:?}");
+    }
+}

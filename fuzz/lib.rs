@@ -1,0 +1,3 @@
+//! The fuzz targets' bodies ([`targets`]), for the binaries in `fuzz_targets/`.
+#[path = "targets.rs"]
+pub mod targets;
