@@ -15,8 +15,11 @@ use alluvium::core::arrow::datatypes::{DataType, Field, Schema};
 use alluvium::core::Operator;
 use alluvium::formats::{DecodeImage, FrameSize, LastWindow, Resize, Sampling, Target, Windowing};
 
+/// A target's body.
+pub type Body = fn(&[u8]);
+
 /// The targets by name, as the fuzz binaries and `fuzz/regressions/NAME/` call them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("image", image),
     ("video", video),
     ("audio", audio),
@@ -90,8 +93,10 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// location parses or is a config error; an ObjectRef column round-trips it.
 pub fn object_ref(data: &[u8]) {
     let Ok(uri) = std::str::from_utf8(data) else { return };
-    let mut config = alluvium::object::StoreConfig::default();
-    config.access = alluvium::object::AccessPolicy::default().allow_file_root("/nonexistent/alluvium-fuzz");
+    let config = alluvium::object::StoreConfig {
+        access: alluvium::object::AccessPolicy::default().allow_file_root("/nonexistent/alluvium-fuzz"),
+        ..Default::default()
+    };
     let registry = alluvium::object::ObjectStoreRegistry::new(config);
     let _ = runtime().block_on(registry.resolve(uri));
     if let Err(e) = alluvium::core::store::Location::parse(uri) {

@@ -79,6 +79,24 @@ pub fn tune_allocator() {
     }
 }
 
+/// Returns the memory glibc's malloc holds freed to the kernel (`malloc_trim`); a no-op on other
+/// C libraries. [`tune_allocator`] keeps freed memory for reuse, and malloc keeps it per arena
+/// (one per thread, up to 8 per core): a long job whose threads take turns with short-lived
+/// large buffers (a Delta log replay allocates tens of MB at once) then grows its RSS arena by
+/// arena, though its live heap stays flat. The `alluvium` binary calls this every
+/// [`TRIM_EVERY`] while a job runs; do the same in a long-running process of your own.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages; it takes the arenas' locks itself.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// How often the `alluvium` binary calls [`release_freed_memory`] while a job runs.
+pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub mod job;
 #[cfg(any(feature = "delta", feature = "iceberg", feature = "lance"))]
 pub mod lake;

@@ -354,7 +354,14 @@ async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration, metrics_
         _ => None,
     };
     let progress = cli::progress::spawn(metrics, total_rows, progress_every);
+    let trim = tokio::spawn(async {
+        loop {
+            tokio::time::sleep(alluvium::TRIM_EVERY).await;
+            let _ = tokio::task::spawn_blocking(alluvium::release_freed_memory).await;
+        }
+    });
     let result = pipeline.run_until(shutdown_signal()).await;
+    trim.abort();
     progress.abort();
     cli::progress::finish();
     match result {

@@ -64,6 +64,12 @@ pub struct DeltaSinkConfig {
     /// Files of failed attempts are deleted only when older than this (default 1 hour), so that a
     /// commit still in flight from a previous process never loses its files.
     pub orphan_grace: Duration,
+    /// `delta.checkpointInterval` of a table this sink creates (default 10, Spark's default;
+    /// delta-rs's is 100): a log checkpoint every N commits. Every commit re-reads the log back to
+    /// its last checkpoint, all entries at once, so with a commit a second and 100 entries between
+    /// checkpoints a job spent ~60 MB of transient buffers and dozens of IO threads per commit,
+    /// and its RSS crept up. Tables that exist keep their own setting.
+    pub log_checkpoint_interval: u64,
 }
 
 impl DeltaSinkConfig {
@@ -75,6 +81,7 @@ impl DeltaSinkConfig {
             parquet: ParquetFormat::default(),
             commit_retries: 100,
             orphan_grace: Duration::from_secs(3600),
+            log_checkpoint_interval: 10,
         }
     }
 }
@@ -84,6 +91,16 @@ impl DeltaSinkConfig {
 pub struct DeltaSink {
     config: DeltaSinkConfig,
     loc: OnceLock<Location>,
+    /// The table as the last commit saw it, brought up to date before the next one: reading
+    /// only the log entries written since, not the whole log back to its last checkpoint.
+    /// Commits of one process go through it one at a time.
+    table: Arc<tokio::sync::Mutex<Option<DeltaTable>>>,
+    /// Per idempotency key (region), the checkpoint this process knows is in the table: read
+    /// from the table on a region's first commit after each (re)start, then kept by its own
+    /// commits, so a steady commit does not replay the log's `txn` actions (every JSON entry back
+    /// to the last log checkpoint, read at once: hundreds of MB of transient buffers). Forgotten on
+    /// `recover` and after a failed commit, when only the table can say.
+    committed: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
 }
 
 impl std::fmt::Debug for DeltaSink {
@@ -107,7 +124,7 @@ fn now_ms() -> i64 {
 impl DeltaSink {
     /// A sink for the table in `config`.
     pub fn new(config: DeltaSinkConfig) -> Self {
-        Self { config, loc: OnceLock::new() }
+        Self { config, loc: OnceLock::new(), table: Arc::default(), committed: Arc::default() }
     }
 
     fn what(&self) -> String {
@@ -141,7 +158,15 @@ impl DeltaSink {
         if !exists {
             let kernel: StructType =
                 mapped.as_ref().try_into_kernel().map_err(|e| Error::config(format!("{}: {e}", self.what())))?;
-            match table.create().with_columns(kernel.fields().cloned()).with_save_mode(SaveMode::ErrorIfExists).await {
+            let create = table
+                .create()
+                .with_columns(kernel.fields().cloned())
+                .with_configuration_property(
+                    deltalake::TableProperty::CheckpointInterval,
+                    Some(self.config.log_checkpoint_interval.max(1).to_string()),
+                )
+                .with_save_mode(SaveMode::ErrorIfExists);
+            match create.await {
                 Ok(t) => {
                     tracing::info!(table = %self.what(), "created the table");
                     table = t
@@ -171,10 +196,40 @@ impl DeltaSink {
         Ok(current)
     }
 
-    /// The region's last committed checkpoint, read from the table's `txn` actions.
+    /// The cached table, brought up to date (loaded on first use, or again after a failure);
+    /// `None` when there is no table.
+    async fn latest<'a>(&self, cached: &'a mut Option<DeltaTable>) -> Result<Option<&'a DeltaTable>> {
+        if let Some(table) = cached.as_mut() {
+            if table.update_incremental(None).await.is_ok() {
+                return Ok(cached.as_ref());
+            }
+            *cached = None;
+        }
+        let (table, exists) = self.load().await?;
+        if !exists {
+            return Ok(None);
+        }
+        *cached = Some(table);
+        Ok(cached.as_ref())
+    }
+
+    /// The region's last committed checkpoint: known from this process's own commits, else read
+    /// from the table's `txn` actions.
     async fn committed(&self, table: &DeltaTable, ctx: &SinkContext) -> Result<Option<i64>> {
+        let key = ctx.sink_key();
+        if let Some(v) = self.known().get(&key) {
+            return Ok(Some(*v));
+        }
         let state = table.snapshot().map_err(|e| self.err("reading", e))?;
-        state.transaction_version(table.log_store().as_ref(), ctx.sink_key()).await.map_err(|e| self.err("reading", e))
+        let v = state.transaction_version(table.log_store().as_ref(), &key).await.map_err(|e| self.err("reading", e))?;
+        if let Some(v) = v {
+            self.known().insert(key, v);
+        }
+        Ok(v)
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, i64>> {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -340,17 +395,17 @@ impl Sink for DeltaSink {
         // fails Delta's conflict check: reload and try again; appends themselves are retried by
         // Delta's own commit loop.
         let mut attempt = 0;
+        let mut cached = self.table.lock().await;
         loop {
-            let (table, exists) = self.load().await?;
-            if !exists {
+            let Some(table) = self.latest(&mut cached).await? else {
                 return Err(Error::checkpoint(format!(
                     "{} is gone, but checkpoint {checkpoint} of region {} has files to commit to it; it was deleted \
                      outside Alluvium",
                     self.what(),
                     ctx.region
                 )));
-            }
-            if self.committed(&table, ctx).await?.is_some_and(|v| v >= version) {
+            };
+            if self.committed(table, ctx).await?.is_some_and(|v| v >= version) {
                 tracing::debug!(region = ctx.region, checkpoint, "committed to the delta table");
                 return Ok(());
             }
@@ -362,12 +417,15 @@ impl Sink for DeltaSink {
             match CommitBuilder::from(props).with_actions(adds.clone()).build(Some(state), table.log_store(), op).await {
                 Ok(done) => {
                     tracing::debug!(region = ctx.region, checkpoint, version = done.version(), "committed to the delta table");
+                    self.known().insert(ctx.sink_key(), version);
                     return Ok(());
                 }
                 Err(e) => {
                     // The outcome may be unknown (a lost response): the reload at the top of the
                     // loop reads the txn version again before anything is retried.
                     let error = self.err(&format!("committing region {} checkpoint {checkpoint} to", ctx.region), e);
+                    *cached = None;
+                    self.known().remove(&ctx.sink_key());
                     attempt += 1;
                     if attempt >= 10 {
                         let (table, _) = self.load().await?;
@@ -384,6 +442,9 @@ impl Sink for DeltaSink {
     }
 
     async fn recover(&self, ctx: &SinkContext, pending: &[Committable]) -> Result<()> {
+        // A restarted region asks the table what is committed (another process may have
+        // committed for it).
+        self.known().remove(&ctx.sink_key());
         let loc = self.location()?;
         let (table, exists) = self.load().await?;
         if !exists {

@@ -147,3 +147,52 @@ async fn recovery_deletes_only_files_proven_orphaned() {
     let Some(t) = read(&table) else { return };
     assert_eq!(t["rows"], 20, "{t}");
 }
+
+/// The sink remembers what its own commits put in the table instead of replaying the log's `txn`
+/// actions every commit. A region that restarts must ask the table again: here another process
+/// (a second sink on the same table: a zombie of an earlier run) commits the region's checkpoint
+/// 2 while the first sink knows only checkpoint 1. After `recover`, re-committing checkpoint 2
+/// must be a no-op, not a second copy of its rows.
+#[tokio::test]
+async fn a_restarted_region_reads_what_another_process_committed_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t");
+    let (ours, zombie) = (sink(&table), sink(&table));
+    let ctx = context("p", 0, 1);
+    write_and_commit(&ours, &ctx, 1, vec![id_batch(0..10)]).await.unwrap();
+    let second = write_and_commit(&zombie, &context("p", 0, 0), 2, vec![id_batch(10..25)]).await.unwrap();
+    let commit_ctx = SinkContext { writer: String::new(), ..ctx.clone() };
+    ours.recover(&commit_ctx, &second).await.unwrap();
+    ours.commit(&commit_ctx, 2, &second).await.unwrap();
+    // Steady commits after the restart go on landing once each.
+    write_and_commit(&ours, &ctx, 3, vec![id_batch(25..30)]).await.unwrap();
+    ours.commit(&commit_ctx, 3, &[]).await.unwrap();
+    let Some(t) = read(&table) else { return };
+    assert_eq!((t["rows"].as_u64(), t["distinct"].as_u64()), (Some(30), Some(30)), "{t}");
+    // Create, 1, the zombie's 2, 3: no second commit of 2 (its files again, in a new version).
+    assert_eq!(t["version"], 3, "{t}");
+}
+
+/// Tables the sink creates take a log checkpoint every 10 commits (`log_checkpoint_interval`), so
+/// a commit re-reads at most 10 log entries.
+#[tokio::test]
+async fn created_tables_checkpoint_their_log_every_ten_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t");
+    let s = sink(&table);
+    let ctx = context("p", 0, 1);
+    for c in 1..=12 {
+        write_and_commit(&s, &ctx, c, vec![id_batch(c as i64 * 10..c as i64 * 10 + 10)]).await.unwrap();
+    }
+    let first = std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json")).unwrap();
+    assert!(first.contains(r#""delta.checkpointInterval":"10""#), "{first}");
+    let checkpoints: Vec<String> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".checkpoint.parquet"))
+        .collect();
+    assert_eq!(checkpoints, ["00000000000000000009.checkpoint.parquet"], "versions 0..=12: one checkpoint, at 9");
+    let Some(t) = read(&table) else { return };
+    assert_eq!(t["rows"], 120, "{t}");
+}
