@@ -1,9 +1,9 @@
 //! Soak: a continuous job (generated rows at a steady rate into a table on S3, checkpoints every
 //! 500 ms, so two commits a second) behind the fault proxy failing 5 % of requests, for
 //! `ALLUVIUM_SOAK_SECS` seconds (30 by default; set 1800 for the 30-minute soak). The table is
-//! Lance, or Delta with `ALLUVIUM_SOAK_SINK=delta` (whose memory still grows: see the README). The job's resident memory and open file
-//! descriptors are sampled every second and must stay flat: the slope over the second half of
-//! the run is printed and bounded. Then SIGTERM stops it cleanly, and the table holds every row
+//! Lance, or Delta with `ALLUVIUM_SOAK_SINK=delta` (see the README for Delta's memory). The job's
+//! resident memory and open file descriptors are sampled every second and must stay flat: the
+//! slope over the second half of the run is printed and bounded. Then SIGTERM stops it cleanly, and the table holds every row
 //! it committed exactly once.
 
 use std::process::Stdio;
