@@ -341,6 +341,15 @@ impl CheckpointStore {
         }
     }
 
+    /// Deletes assignment `seq`, compacted away (already gone counts as deleted).
+    pub async fn delete_assignment(&self, seq: u64) -> Result<()> {
+        let path = self.location.child(&format!("assignments/{seq:020}.json"));
+        match self.store().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::from(e).context(format!("deleting split assignment {seq} in {}", self.display()))),
+        }
+    }
+
     /// Appends to the assignment log. Fails if `record.seq` exists (another process is running).
     pub async fn append_assignment(&self, record: &AssignmentRecord) -> Result<()> {
         let rel = format!("assignments/{:020}.json", record.seq);
@@ -356,14 +365,16 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// The whole assignment log, in order.
+    /// The assignment log, in order: from its oldest record not compacted away (see
+    /// `runtime::assign`) to the newest, without gaps.
     pub async fn assignments(&self) -> Result<Vec<AssignmentRecord>> {
         let mut seqs: Vec<u64> =
             self.list_names("assignments").await?.iter().filter_map(|n| n.strip_suffix(".json")?.parse().ok()).collect();
         seqs.sort_unstable();
+        let first = seqs.first().copied().unwrap_or(0);
         let mut out = Vec::with_capacity(seqs.len());
         for (i, seq) in seqs.iter().enumerate() {
-            if *seq != i as u64 {
+            if *seq != first + i as u64 {
                 return Err(Error::checkpoint(format!(
                     "the split assignment log in {} has a gap before entry {seq}; it cannot be resumed safely",
                     self.display()

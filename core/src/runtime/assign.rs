@@ -6,6 +6,12 @@
 //! plus every split assigned to its readers after that manifest (replayed from the log), so every
 //! split is read by exactly one reader and none is lost in between.
 //!
+//! The log is compacted as regions checkpoint: once every reader's latest durable manifest has
+//! received an assignment, no restore can replay it, and it is dropped from memory and deleted
+//! from the store (oldest first, so the stored log is always a contiguous run; the newest record
+//! stays, with the enumerator's state). A continuous source's log therefore stays as long as the
+//! readers' distance between checkpoints, not as long as the job has run.
+//!
 //! Discovery is backpressured: while the readers hold [`QUEUED_PER_READER`] unread splits each
 //! (on average), the enumerator waits. A huge or endless source (a trillion generated rows, a
 //! bucket of millions of objects) is therefore enumerated as fast as it is read, and the splits
@@ -17,7 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Mutex};
 
-use crate::checkpoint::{AssignmentRecord, CheckpointStore};
+use crate::checkpoint::{AssignmentRecord, CheckpointStore, ReaderState};
 use crate::error::Result;
 use crate::source::{Discovery, Source, Split};
 
@@ -31,10 +37,17 @@ pub(crate) enum ReaderMsg {
 }
 
 struct State {
+    /// The records a restore may still need, in order (the newest always).
     log: Vec<AssignmentRecord>,
+    next_seq: u64,
     readers: Vec<Option<mpsc::UnboundedSender<ReaderMsg>>>,
     assigned: Vec<usize>,
+    /// Each reader's `received_through` in its region's latest durable manifest, this run.
+    durable: Vec<Option<u64>>,
 }
+
+/// The log is compacted in steps of at least this many records.
+const COMPACT_EVERY: u64 = 32;
 
 /// Unread splits a reader may hold, on average, before discovery waits.
 pub(crate) const QUEUED_PER_READER: usize = 64;
@@ -60,6 +73,8 @@ impl Backlog {
 pub(crate) struct Assigner {
     store: CheckpointStore,
     state: Mutex<State>,
+    /// The oldest stored record not yet deleted; held while deleting, so deletions go in order.
+    compacted: Mutex<u64>,
     /// Shared with the source tasks.
     pub(crate) backlog: Arc<Backlog>,
 }
@@ -80,22 +95,69 @@ impl Assigner {
             }
         }
         let backlog = Arc::new(Backlog((0..readers).map(|_| AtomicUsize::new(0)).collect()));
-        let state = Mutex::new(State { log, readers: (0..readers).map(|_| None).collect(), assigned });
-        Ok(Arc::new(Self { store, state, backlog }))
+        let first = log.first().map_or(0, |r| r.seq);
+        let next_seq = log.last().map_or(0, |r| r.seq + 1);
+        let state = Mutex::new(State {
+            log,
+            next_seq,
+            readers: (0..readers).map(|_| None).collect(),
+            assigned,
+            durable: vec![None; readers],
+        });
+        Ok(Arc::new(Self { store, state, compacted: Mutex::new(first), backlog }))
+    }
+
+    /// A region's manifest naming `readers` is durable: assignments every reader has received in
+    /// a durable manifest are compacted away (see the module docs).
+    pub(crate) async fn durable(&self, readers: &[ReaderState]) {
+        let through = {
+            let mut st = self.state.lock().await;
+            for r in readers {
+                if let (Some(seq), Some(d)) = (r.received_through, st.durable.get_mut(r.reader)) {
+                    *d = Some(d.map_or(seq, |d| d.max(seq)));
+                }
+            }
+            let floor = st.durable.iter().copied().collect::<Option<Vec<u64>>>().and_then(|d| d.into_iter().min());
+            let (Some(floor), Some(first), Some(last)) = (floor, st.log.first(), st.log.last()) else { return };
+            // The newest record stays: it carries the enumerator's state and the next sequence number.
+            let through = floor.min(last.seq.saturating_sub(1));
+            if last.seq == 0 || through < first.seq || through + 1 - first.seq < COMPACT_EVERY {
+                return;
+            }
+            st.log.retain(|r| r.seq > through);
+            through
+        };
+        let mut next = self.compacted.lock().await;
+        while *next <= through {
+            if let Err(e) = self.store.delete_assignment(*next).await {
+                tracing::warn!(error = %e, "could not delete a compacted split assignment; the next compaction retries");
+                return;
+            }
+            *next += 1;
+        }
     }
 
     /// Registers a (re)started reader and returns what it must replay: assignments after
-    /// `received_through`. Later assignments are sent to `tx`.
+    /// `received_through`. Later assignments are sent to `tx`. An error when those were compacted
+    /// away (the reader's manifest is older than every region's latest: restored by hand).
     pub(crate) async fn attach(
         &self,
         reader: usize,
         received_through: Option<u64>,
         tx: mpsc::UnboundedSender<ReaderMsg>,
-    ) -> Vec<ReaderMsg> {
+    ) -> Result<Vec<ReaderMsg>> {
         let mut st = self.state.lock().await;
-        let from = received_through.map_or(0, |s| s + 1) as usize;
+        let from = received_through.map_or(0, |s| s + 1);
+        if let Some(first) = st.log.first().filter(|r| r.seq > from) {
+            return Err(crate::Error::checkpoint(format!(
+                "reader {reader} resumes after split assignment {received_through:?}, but the assignment log starts at \
+                 {}: its checkpoint is older than the log; restore the latest checkpoints or use a fresh checkpoint \
+                 location",
+                first.seq
+            )));
+        }
         let mut replay = Vec::new();
-        for r in st.log.iter().skip(from) {
+        for r in st.log.iter().filter(|r| r.seq >= from) {
             let splits: Vec<Split> = r.splits.iter().filter(|(i, _)| *i == reader).map(|(_, s)| s.clone()).collect();
             if !splits.is_empty() {
                 replay.push(ReaderMsg::Assign { seq: r.seq, splits });
@@ -105,7 +167,7 @@ impl Assigner {
             }
         }
         st.readers[reader] = Some(tx);
-        replay
+        Ok(replay)
     }
 
     fn exhausted(st: &State) -> bool {
@@ -144,8 +206,7 @@ impl Assigner {
                 st.assigned[reader] += 1;
                 pairs.push((reader, split));
             }
-            let record =
-                AssignmentRecord { seq: st.log.len() as u64, splits: pairs, enumerator: enumerator.snapshot(), exhausted };
+            let record = AssignmentRecord { seq: st.next_seq, splits: pairs, enumerator: enumerator.snapshot(), exhausted };
             self.store.append_assignment(&record).await?;
             for (reader, tx) in st.readers.iter().enumerate() {
                 let Some(tx) = tx else { continue };
@@ -160,6 +221,7 @@ impl Assigner {
                 }
             }
             st.log.push(record);
+            st.next_seq += 1;
             if exhausted {
                 return Ok(());
             }

@@ -265,6 +265,7 @@ async fn complete(
     let is_final = cp.kind == BarrierKind::EndOfInput;
     let m = manifest(&run.plan.name, region, cp.id, epoch, is_final, cp.readers, cp.operators, pending.clone());
     run.store.write_manifest(&m).await?;
+    run.assigner.durable(&m.readers).await;
     let took = cp.started.elapsed().as_nanos() as u64;
     let p = &run.metrics.pipeline;
     p.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -377,7 +378,7 @@ async fn spawn_tasks(
             no_more_splits: false,
         });
         let (tx, splits_rx) = mpsc::unbounded_channel();
-        let replay = run.assigner.attach(reader, state.received_through, tx).await;
+        let replay = run.assigner.attach(reader, state.received_through, tx).await?;
         let (ttx, trx) = mpsc::unbounded_channel();
         triggers.push(ttx);
         readers.push(reader);

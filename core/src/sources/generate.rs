@@ -26,12 +26,27 @@ pub struct Generate {
     split_rows: u64,
     rows_per_second: Option<f64>,
     seed: u64,
+    splits_per_discovery: usize,
 }
 
 impl Generate {
     /// `rows` rows, in batches of 8192, 32-byte payloads, splits of 100,000 rows, no rate limit.
     pub fn new(rows: u64) -> Self {
-        Self { rows, batch_size: 8192, payload_bytes: 32, split_rows: 100_000, rows_per_second: None, seed: 0 }
+        Self {
+            rows,
+            batch_size: 8192,
+            payload_bytes: 32,
+            split_rows: 100_000,
+            rows_per_second: None,
+            seed: 0,
+            splits_per_discovery: 1000,
+        }
+    }
+    /// Splits found per discovery (1000); fewer make more, smaller split assignments, as a
+    /// source that finds its input bit by bit does.
+    pub fn splits_per_discovery(mut self, n: usize) -> Self {
+        self.splits_per_discovery = n.max(1);
+        self
     }
     /// Rows per batch.
     pub fn batch_size(mut self, n: usize) -> Self {
@@ -128,7 +143,12 @@ impl Source for Generate {
 
     async fn enumerator(&self, restored: Option<State>) -> Result<Box<dyn SplitEnumerator>> {
         let next = restored.and_then(|s| s.get("next").and_then(|v| v.as_u64())).unwrap_or(0);
-        Ok(Box::new(GenerateEnumerator { next, rows: self.rows, split_rows: self.split_rows }))
+        Ok(Box::new(GenerateEnumerator {
+            next,
+            rows: self.rows,
+            split_rows: self.split_rows,
+            per_discovery: self.splits_per_discovery,
+        }))
     }
 
     async fn open(&self, split: &Split, position: Option<&State>) -> Result<Box<dyn SplitReader>> {
@@ -143,6 +163,7 @@ struct GenerateEnumerator {
     next: u64,
     rows: u64,
     split_rows: u64,
+    per_discovery: usize,
 }
 
 #[async_trait]
@@ -152,7 +173,7 @@ impl SplitEnumerator for GenerateEnumerator {
             return Ok(Discovery::Exhausted);
         }
         let mut splits = Vec::new();
-        while self.next < self.rows && splits.len() < 1000 {
+        while self.next < self.rows && splits.len() < self.per_discovery {
             let end = (self.next + self.split_rows).min(self.rows);
             splits.push(Split {
                 id: format!("ids-{}-{end}", self.next),
