@@ -27,7 +27,7 @@
 //! a struct, unsigned integers widened). New nullable columns are added to an existing table;
 //! any other difference is an error naming the table and the column.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -91,16 +91,22 @@ impl DeltaSinkConfig {
 pub struct DeltaSink {
     config: DeltaSinkConfig,
     loc: OnceLock<Location>,
+    /// What this process knows of the table between commits; commits hold it one at a time.
+    known: Arc<tokio::sync::Mutex<Known>>,
+}
+
+/// What a sink's commits know of the table, so a steady commit reads only what is new.
+#[derive(Default)]
+struct Known {
     /// The table as the last commit saw it, brought up to date before the next one: reading
     /// only the log entries written since, not the whole log back to its last checkpoint.
-    /// Commits of one process go through it one at a time.
-    table: Arc<tokio::sync::Mutex<Option<DeltaTable>>>,
-    /// Per idempotency key (region), the checkpoint this process knows is in the table: read
-    /// from the table on a region's first commit after each (re)start, then kept by its own
-    /// commits, so a steady commit does not replay the log's `txn` actions (every JSON entry back
-    /// to the last log checkpoint, read at once: hundreds of MB of transient buffers). Forgotten on
+    table: Option<DeltaTable>,
+    /// Per idempotency key (region), the checkpoint known to be in the table: read from the
+    /// table on a region's first commit after each (re)start, then kept by its own commits, so a
+    /// steady commit does not replay the log's `txn` actions (every JSON entry back to the last
+    /// log checkpoint, read at once: hundreds of MB of transient buffers). Forgotten on
     /// `recover` and after a failed commit, when only the table can say.
-    committed: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
+    committed: HashMap<String, i64>,
 }
 
 impl std::fmt::Debug for DeltaSink {
@@ -124,7 +130,7 @@ fn now_ms() -> i64 {
 impl DeltaSink {
     /// A sink for the table in `config`.
     pub fn new(config: DeltaSinkConfig) -> Self {
-        Self { config, loc: OnceLock::new(), table: Arc::default(), committed: Arc::default() }
+        Self { config, loc: OnceLock::new(), known: Arc::default() }
     }
 
     fn what(&self) -> String {
@@ -215,21 +221,17 @@ impl DeltaSink {
 
     /// The region's last committed checkpoint: known from this process's own commits, else read
     /// from the table's `txn` actions.
-    async fn committed(&self, table: &DeltaTable, ctx: &SinkContext) -> Result<Option<i64>> {
+    async fn committed(&self, table: &DeltaTable, known: &mut HashMap<String, i64>, ctx: &SinkContext) -> Result<Option<i64>> {
         let key = ctx.sink_key();
-        if let Some(v) = self.known().get(&key) {
+        if let Some(v) = known.get(&key) {
             return Ok(Some(*v));
         }
         let state = table.snapshot().map_err(|e| self.err("reading", e))?;
         let v = state.transaction_version(table.log_store().as_ref(), &key).await.map_err(|e| self.err("reading", e))?;
         if let Some(v) = v {
-            self.known().insert(key, v);
+            known.insert(key, v);
         }
         Ok(v)
-    }
-
-    fn known(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, i64>> {
-        self.committed.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -395,9 +397,10 @@ impl Sink for DeltaSink {
         // fails Delta's conflict check: reload and try again; appends themselves are retried by
         // Delta's own commit loop.
         let mut attempt = 0;
-        let mut cached = self.table.lock().await;
+        let mut guard = self.known.lock().await;
+        let known = &mut *guard;
         loop {
-            let Some(table) = self.latest(&mut cached).await? else {
+            let Some(table) = self.latest(&mut known.table).await? else {
                 return Err(Error::checkpoint(format!(
                     "{} is gone, but checkpoint {checkpoint} of region {} has files to commit to it; it was deleted \
                      outside Alluvium",
@@ -405,7 +408,7 @@ impl Sink for DeltaSink {
                     ctx.region
                 )));
             };
-            if self.committed(table, ctx).await?.is_some_and(|v| v >= version) {
+            if self.committed(table, &mut known.committed, ctx).await?.is_some_and(|v| v >= version) {
                 tracing::debug!(region = ctx.region, checkpoint, "committed to the delta table");
                 return Ok(());
             }
@@ -417,19 +420,19 @@ impl Sink for DeltaSink {
             match CommitBuilder::from(props).with_actions(adds.clone()).build(Some(state), table.log_store(), op).await {
                 Ok(done) => {
                     tracing::debug!(region = ctx.region, checkpoint, version = done.version(), "committed to the delta table");
-                    self.known().insert(ctx.sink_key(), version);
+                    known.committed.insert(ctx.sink_key(), version);
                     return Ok(());
                 }
                 Err(e) => {
                     // The outcome may be unknown (a lost response): the reload at the top of the
                     // loop reads the txn version again before anything is retried.
                     let error = self.err(&format!("committing region {} checkpoint {checkpoint} to", ctx.region), e);
-                    *cached = None;
-                    self.known().remove(&ctx.sink_key());
+                    known.table = None;
+                    known.committed.remove(&ctx.sink_key());
                     attempt += 1;
                     if attempt >= 10 {
                         let (table, _) = self.load().await?;
-                        if self.committed(&table, ctx).await?.is_some_and(|v| v >= version) {
+                        if self.committed(&table, &mut known.committed, ctx).await?.is_some_and(|v| v >= version) {
                             return Ok(());
                         }
                         return Err(error);
@@ -444,7 +447,7 @@ impl Sink for DeltaSink {
     async fn recover(&self, ctx: &SinkContext, pending: &[Committable]) -> Result<()> {
         // A restarted region asks the table what is committed (another process may have
         // committed for it).
-        self.known().remove(&ctx.sink_key());
+        self.known.lock().await.committed.remove(&ctx.sink_key());
         let loc = self.location()?;
         let (table, exists) = self.load().await?;
         if !exists {
