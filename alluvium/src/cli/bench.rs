@@ -392,7 +392,7 @@ impl Bench {
         let sink = format!("type = \"delta\"\ntable = \"{}\"\n", self.out("stream"));
         let job = self.generate_job("recovery", u64::MAX / 4, 256, "1s", &sink);
         let path = self.job_file("recovery", &job)?;
-        let checkpoints = self.dir.join("out/recovery/_checkpoints/regions");
+        let checkpoints = PathBuf::from(self.out("recovery/_checkpoints")).join("regions");
         let mut first = self.spawn(&path)?;
         let deadline = Instant::now() + Duration::from_secs(120);
         while latest_checkpoints(&checkpoints).iter().copied().min().unwrap_or(0) < 2 {
