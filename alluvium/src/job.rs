@@ -36,7 +36,7 @@
 //! | `[source]` | `manifest` | the rows of CSV, JSON Lines or Parquet `paths`: `uri_column`, `columns`, `base_uri`, `split_bytes` |
 //! | `[[stages]]` | `fetch`, `hash`, `probe` | object bytes; blake3 hash (streamed); sniffed content type and size |
 //! | `[[stages]]` | `decode_image`, `resize`, `encode_image` | images: `max_pixels`, `target`; `width`, `height`, `fit`; `format`, `quality` |
-//! | `[[stages]]` | `chunk_text`, `embed` | text chunks by tokens (`max_tokens`, `overlap`); embeddings from a local `model` (`batch_rows`, `workers`, `max_workers`, `gpus`) or a remote endpoint (`url`, `protocol`, `api_key_env`, `requests_per_minute`, `tokens_per_minute`) |
+//! | `[[stages]]` | `chunk_text`, `embed` | text chunks by tokens (`max_tokens`, `overlap`); embeddings from a local `model` (`modality`, `batch_rows`, `workers`, `max_workers`, `gpus`) or a remote endpoint (`url`, `protocol`, `api_key_env`, `requests_per_minute`, `tokens_per_minute`) |
 //! | `[[stages]]` | `fault` | chaos testing: `dead_letter_every`, `fail_subtask`, `fail_after_rows`, `fail_times`, `delay_per_batch` |
 //! | `[sink]`, `[dead_letters]` | `parquet`, `jsonl` | transactional files in a directory or under a URL |
 //! | `[sink]` | `delta`, `iceberg`, `lance` | exactly-once lake tables ([`crate::lake`]) |
@@ -1319,6 +1319,10 @@ pub struct EmbedConfig {
     /// The model: a path or a registry name (all-MiniLM-L6-v2). A CLIP model embeds images.
     #[serde(default)]
     pub model: Option<String>,
+    /// What a local model embeds: `image` or `text` (a CLIP model has both towers; by default it
+    /// embeds images, and `text` puts texts in the same space).
+    #[serde(default)]
+    pub modality: Option<String>,
     /// The input column (`text`; `image` for an image model).
     #[serde(default)]
     pub column: Option<String>,
@@ -1379,13 +1383,26 @@ impl EmbedConfig {
                         )));
                     }
                 }
-                alluvium_models::Embed::local(model)
+                let modality = match self.modality.as_deref() {
+                    None => None,
+                    Some("text") => Some(alluvium_models::Modality::Text),
+                    Some("image") => Some(alluvium_models::Modality::Image),
+                    Some(other) => {
+                        return Err(Error::config(format!(
+                            "stage `{name}`: key `modality` is `{other}`; write `image` or `text`"
+                        )))
+                    }
+                };
+                alluvium_models::Embed::local(model, modality).map_err(|e| e.context(format!("stage `{name}`")))?
             }
             Some(url) => {
-                if self.gpus.is_some() {
-                    return Err(Error::config(format!(
-                        "stage `{name}`: `gpus` is for local models; a remote endpoint (`url`) runs on its own hardware"
-                    )));
+                for (key, set) in [("gpus", self.gpus.is_some()), ("modality", self.modality.is_some())] {
+                    if set {
+                        return Err(Error::config(format!(
+                            "stage `{name}`: `{key}` is for local models; a remote endpoint (`url`) serves one model \
+                             on its own hardware: remove `{key}`"
+                        )));
+                    }
                 }
                 let protocol = alluvium_models::Protocol::parse(self.protocol.as_deref().unwrap_or("openai"))
                     .map_err(|e| e.context(format!("stage `{name}`: key `protocol`")))?;
@@ -1867,6 +1884,12 @@ timeout = "30s"
         assert!(e.contains("`api_key_env` is for remote endpoints; set `url`"), "{e}");
         let e = bad("batch_rows = 16", &format!("{remote}\ngpus = 1"));
         assert!(e.contains("`gpus` is for local models"), "{e}");
+        let e = bad("batch_rows = 16", &format!("{remote}\nmodality = \"text\""));
+        assert!(e.contains("`modality` is for local models"), "{e}");
+        let e = bad("batch_rows = 16", "batch_rows = 16\nmodality = \"sound\"");
+        assert!(e.contains("key `modality` is `sound`; write `image` or `text`"), "{e}");
+        let e = bad("batch_rows = 16", "batch_rows = 16\nmodality = \"image\"");
+        assert!(e.contains("is a text model; images need a CLIP model"), "{e}");
         let e = bad("batch_rows = 16", &remote.replace("kserve", "grpc"));
         assert!(e.contains("`protocol`") && e.contains("grpc"), "{e}");
         let e = bad("batch_rows = 16", &format!("{remote}\napi_key_env = \"ALLUVIUM_TEST_JOB_UNSET_KEY\""));

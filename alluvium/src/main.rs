@@ -8,8 +8,8 @@
 //! alluvium checkpoints show JOB.toml [--region R] [--checkpoint N]   a manifest, as JSON
 //! alluvium backfill JOB.toml --from T1 --to T2 [--window 1d]   window by window, each resumable
 //! alluvium inspect JOB.toml                     the sink's table: rows, schema, last commits and keys
-//! alluvium serve-model [--model M] [--listen 127.0.0.1:8080]   a local model over OpenAI and KServe v2
-//! alluvium demo-clip DIR                        a tiny random CLIP image model, for trying pipelines
+//! alluvium serve-model [--model M] [--listen 127.0.0.1:8080]   a local text model (a CLIP's text tower) over OpenAI and KServe v2
+//! alluvium demo-clip DIR                        a tiny random CLIP model, for trying pipelines
 //! alluvium bench [--only images,write] [--scale 0.1]   the standard workloads: items/s, MB/s, RSS, CPU
 //! ```
 //!
@@ -94,7 +94,8 @@ enum Command {
     /// those protocols). Runs until Ctrl-C or SIGTERM.
     #[cfg(feature = "models")]
     ServeModel {
-        /// The model: a path or a registry name of the model cache.
+        /// The model: a path or a registry name of the model cache. A CLIP model serves its text
+        /// tower (text queries in the space of its image vectors).
         #[arg(long, default_value = "all-MiniLM-L6-v2")]
         model: String,
         /// The model's name in requests (default: --model).
@@ -116,9 +117,9 @@ enum Command {
         #[arg(long, value_name = "STATUS:N")]
         inject: Option<String>,
     },
-    /// Writes a tiny CLIP image model with random weights into DIR (Hugging Face's layout, 16-d
-    /// vectors), to try image embedding pipelines without real weights: its vectors carry no
-    /// meaning. For real ones put a CLIP model there (see examples/images_to_lance_embeddings.toml).
+    /// Writes a tiny CLIP model with random weights into DIR (Hugging Face's layout, 16-d vectors;
+    /// its text tower reads CLIP's vocabulary from the model cache), to try image and text
+    /// embedding pipelines without real weights: its vectors carry no meaning. For real ones put a CLIP model there (see examples/images_to_lance_embeddings.toml).
     #[cfg(feature = "models")]
     DemoClip {
         /// The directory to write (created if missing).
@@ -295,7 +296,7 @@ async fn serve_model(
     api_key_env: Option<String>,
     inject: Option<String>,
 ) -> alluvium::Result<()> {
-    use alluvium::models::{Device, EmbeddingModel, ModelServer, TextEmbedder};
+    use alluvium::models::{ClipTextEmbedder, Device, EmbeddingModel, ModelServer, TextEmbedder};
     if let Some(var) = api_key_env {
         let key = std::env::var(&var).ok().filter(|k| !k.is_empty());
         options.api_key = Some(key.ok_or_else(|| {
@@ -308,11 +309,18 @@ async fn serve_model(
             .ok_or_else(|| Error::config(format!("--inject `{spec}` is not STATUS:N; write 503:4 for every 4th request")))?;
         options = options.inject(status, every);
     }
-    let loaded = tokio::task::spawn_blocking(move || TextEmbedder::load(&model, &Device::Cpu))
-        .await
-        .map_err(|e| Error::internal(format!("loading the model panicked: {e}")))??;
+    // A CLIP model serves its text tower: queries for searching the images it embedded.
+    let loaded = tokio::task::spawn_blocking(move || -> alluvium::Result<std::sync::Arc<dyn EmbeddingModel>> {
+        Ok(if alluvium::models::embed::is_clip(&model) {
+            std::sync::Arc::new(ClipTextEmbedder::load(&model, &Device::Cpu)?)
+        } else {
+            std::sync::Arc::new(TextEmbedder::load(&model, &Device::Cpu)?)
+        })
+    })
+    .await
+    .map_err(|e| Error::internal(format!("loading the model panicked: {e}")))??;
     let dims = loaded.info().dimensions;
-    let server = ModelServer::start(std::sync::Arc::new(loaded), options).await?;
+    let server = ModelServer::start(loaded, options).await?;
     let (url, name) = (server.url(), server.model_name().to_string());
     println!("serving `{name}` ({dims}-d) at {url}");
     println!("  OpenAI   POST {url}/v1/embeddings  {{\"model\": \"{name}\", \"input\": [...]}}");

@@ -35,6 +35,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::bert::{l2_normalize, mean_pool, Bert, BertConfig};
+use crate::clip::ClipTextEmbedder;
 use crate::image::ImageEmbedder;
 use crate::remote::Endpoint;
 use crate::text::TextTokenizer;
@@ -229,6 +230,15 @@ pub(crate) fn texts_of(inputs: &dyn Array) -> Option<Vec<&str>> {
     }
 }
 
+/// Whether `model` (a path or a registry name) is a CLIP model, from its `config.json`; a missing
+/// model named like CLIP counts as one, so that it is reported as a missing CLIP model.
+pub fn is_clip(model: &str) -> bool {
+    match resolve(model, &["config.json"]).and_then(|dir| read_json::<serde_json::Value>(&dir, "config.json")) {
+        Ok(c) => c.get("vision_config").is_some() || c["model_type"].as_str().is_some_and(|t| t.starts_with("clip")),
+        Err(_) => model.to_ascii_lowercase().contains("clip"),
+    }
+}
+
 /// A local model as a [`Service`]: calls run on tokio's blocking pool.
 struct Local(Arc<dyn EmbeddingModel>);
 
@@ -286,20 +296,25 @@ impl Embed {
         Self::new(model.into(), Source::Local(loader, &ImageEmbedder::FILES)).column("image")
     }
 
-    /// A text or an image stage, from what the model's `config.json` says it is (a CLIP model
-    /// embeds images, anything else text).
-    pub fn local(model: impl Into<String>) -> Self {
+    /// A text stage with a CLIP model's text tower ([`crate::clip`]): texts as vectors in the
+    /// space of [`Embed::image`]'s, for searching images by text.
+    pub fn clip_text(model: impl Into<String>) -> Self {
+        let loader: Loader =
+            Arc::new(|m: &str, d: &Device| Ok(Arc::new(ClipTextEmbedder::load(m, d)?) as Arc<dyn EmbeddingModel>));
+        Self::new(model.into(), Source::Local(loader, &ClipTextEmbedder::FILES))
+    }
+
+    /// A stage from what the model's `config.json` says it is: a CLIP model embeds images, or,
+    /// with `modality` [`Modality::Text`], texts with its text tower; any other model embeds text.
+    pub fn local(model: impl Into<String>, modality: Option<Modality>) -> Result<Self> {
         let model = model.into();
-        // A missing model named like CLIP is reported as a missing CLIP model.
-        let is_clip = match resolve(&model, &["config.json"]).and_then(|dir| read_json::<serde_json::Value>(&dir, "config.json"))
-        {
-            Ok(c) => c.get("vision_config").is_some() || c["model_type"].as_str().is_some_and(|t| t.starts_with("clip")),
-            Err(_) => model.to_ascii_lowercase().contains("clip"),
-        };
-        if is_clip {
-            Self::image(model)
-        } else {
-            Self::text(model)
+        match (is_clip(&model), modality) {
+            (true, None | Some(Modality::Image)) => Ok(Self::image(model)),
+            (true, Some(Modality::Text)) => Ok(Self::clip_text(model)),
+            (false, None | Some(Modality::Text)) => Ok(Self::text(model)),
+            (false, Some(Modality::Image)) => Err(Error::config(format!(
+                "model `{model}` is a text model; images need a CLIP model (see `alluvium demo-clip`), or leave out `modality`"
+            ))),
         }
     }
 

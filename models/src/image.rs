@@ -25,8 +25,8 @@
 //!
 //! A row is an image: a decoded `alluvium.image.decoded` (gray, RGB or RGBA pixels), an encoded
 //! `alluvium.image`, or plain bytes of an encoded image (`fetch`'s `bytes`), so a pipeline can embed
-//! straight after `fetch`. Each is made RGB, resized so its shorter side is `size` (bicubic,
-//! Catmull-Rom, as CLIP's processor), centre-cropped to `crop_size`, scaled to [0, 1] and normalised
+//! straight after `fetch`. Each is made RGB, resized so its shorter side is `size` (Pillow's
+//! bicubic, to the bit, as CLIP's processor), centre-cropped to `crop_size`, scaled to [0, 1] and normalised
 //! with `image_mean`/`image_std`. A row that is not an image makes the call fail; the pool then
 //! finds it and makes it a dead letter. Vectors are L2-normalised (cosine).
 
@@ -147,13 +147,12 @@ impl Preprocess {
     /// An RGB image as a normalised `[3, crop, crop]` tensor's values (CHW).
     pub fn apply(&self, rgb: &image::RgbImage) -> Vec<f32> {
         let (w, h) = rgb.dimensions();
-        let scale = self.size as f64 / w.min(h) as f64;
-        let (nw, nh) = (((w as f64 * scale).round() as u32).max(self.crop), ((h as f64 * scale).round() as u32).max(self.crop));
-        let resized = if (nw, nh) == (w, h) {
-            rgb.clone()
-        } else {
-            image::imageops::resize(rgb, nw, nh, image::imageops::FilterType::CatmullRom)
-        };
+        // The shorter side becomes `size`, the longer `size × long / short` rounded down, as
+        // transformers' `get_resize_output_image_size` does.
+        let long = |side: u32| (self.size as f64 * side as f64 / w.min(h) as f64) as u32;
+        let (nw, nh) = if w <= h { (self.size, long(h)) } else { (long(w), self.size) };
+        let (nw, nh) = (nw.max(self.crop), nh.max(self.crop));
+        let resized = if (nw, nh) == (w, h) { rgb.clone() } else { bicubic(rgb, nw, nh) };
         let (x0, y0) = ((nw - self.crop) / 2, (nh - self.crop) / 2);
         let side = self.crop as usize;
         let mut out = vec![0f32; 3 * side * side];
@@ -167,6 +166,82 @@ impl Preprocess {
         }
         out
     }
+}
+
+/// Pillow's bicubic resize (`Image.resize(size, BICUBIC)`, which CLIP's preprocessing uses), to
+/// the bit: a = -0.5 cubic stretched over the source pixels a target pixel covers (anti-aliased),
+/// coefficients in 22-bit fixed point, the horizontal pass first, rounded and clamped to bytes
+/// before the vertical one. `image`'s Catmull-Rom differs from it by up to 8 levels at sharp edges,
+/// enough to move a CLIP vector.
+pub fn bicubic(src: &image::RgbImage, width: u32, height: u32) -> image::RgbImage {
+    const PRECISION: u32 = 22;
+    fn cubic(x: f64) -> f64 {
+        let (a, x) = (-0.5, x.abs());
+        if x < 1.0 {
+            ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            (((x - 5.0) * x + 8.0) * x - 4.0) * a
+        } else {
+            0.0
+        }
+    }
+    // For each output index: the first source index and the fixed-point weights from there.
+    let coefficients = |input: u32, output: u32| -> Vec<(usize, Vec<i64>)> {
+        let scale = input as f64 / output as f64;
+        let filter_scale = scale.max(1.0);
+        let support = 2.0 * filter_scale;
+        (0..output)
+            .map(|i| {
+                let center = (i as f64 + 0.5) * scale;
+                let min = ((center - support + 0.5) as i64).max(0) as usize;
+                let max = ((center + support + 0.5) as i64).min(input as i64) as usize;
+                let weights: Vec<f64> = (min..max).map(|x| cubic((x as f64 - center + 0.5) / filter_scale)).collect();
+                let total: f64 = weights.iter().sum();
+                let fixed = weights
+                    .iter()
+                    .map(|w| {
+                        let w = if total != 0.0 { w / total } else { *w } * (1u64 << PRECISION) as f64;
+                        (if w < 0.0 { w - 0.5 } else { w + 0.5 }) as i64
+                    })
+                    .collect();
+                (min, fixed)
+            })
+            .collect()
+    };
+    let clip = |sum: i64| -> u8 { (sum >> PRECISION).clamp(0, 255) as u8 };
+    let (w, h) = src.dimensions();
+    let mut pass = image::RgbImage::new(width, h);
+    if width == w {
+        pass = src.clone();
+    } else {
+        let k = coefficients(w, width);
+        for y in 0..h {
+            for (x, (min, weights)) in k.iter().enumerate() {
+                let mut sum = [1i64 << (PRECISION - 1); 3];
+                for (j, wt) in weights.iter().enumerate() {
+                    let p = src.get_pixel((min + j) as u32, y);
+                    (0..3).for_each(|c| sum[c] += p[c] as i64 * wt);
+                }
+                pass.put_pixel(x as u32, y, image::Rgb(sum.map(clip)));
+            }
+        }
+    }
+    if height == h {
+        return pass;
+    }
+    let k = coefficients(h, height);
+    let mut out = image::RgbImage::new(width, height);
+    for (y, (min, weights)) in k.iter().enumerate() {
+        for x in 0..width {
+            let mut sum = [1i64 << (PRECISION - 1); 3];
+            for (j, wt) in weights.iter().enumerate() {
+                let p = pass.get_pixel(x, (min + j) as u32);
+                (0..3).for_each(|c| sum[c] += p[c] as i64 * wt);
+            }
+            out.put_pixel(x, y as u32, image::Rgb(sum.map(clip)));
+        }
+    }
+    out
 }
 
 impl ImageEmbedder {
@@ -209,10 +284,19 @@ impl ImageEmbedder {
         if images.is_empty() {
             return Ok(Vec::new());
         }
+        self.embed_pixels(images.iter().flat_map(|i| self.preprocess.apply(i)).collect())
+    }
+
+    /// Embeds images already preprocessed ([`Preprocess::apply`]): `n × [3, crop, crop]` values,
+    /// row-major, as transformers' `pixel_values`.
+    pub fn embed_pixels(&self, pixels: Vec<f32>) -> Result<Vec<f32>> {
         let side = self.preprocess.crop as usize;
-        let pixels: Vec<f32> = images.iter().flat_map(|i| self.preprocess.apply(i)).collect();
+        if pixels.is_empty() || !pixels.len().is_multiple_of(3 * side * side) {
+            return Err(Error::data(format!("{} pixel values are not whole {side}×{side} RGB images", pixels.len())));
+        }
+        let n = pixels.len() / (3 * side * side);
         let run = || -> candle_core::Result<Vec<f32>> {
-            let x = Tensor::from_vec(pixels, (images.len(), 3, side, side), &self.device)?;
+            let x = Tensor::from_vec(pixels, (n, 3, side, side), &self.device)?;
             let pooled = self.vision.forward(&x)?;
             let projected = self.projection.forward(&pooled)?;
             l2_normalize(&projected)?.flatten_all()?.to_vec1::<f32>()
@@ -221,18 +305,29 @@ impl ImageEmbedder {
     }
 }
 
-/// The `config.json` of [`write_random_clip`]'s model: 32×32 images, 8×8 patches, 2 layers, 16-d.
+/// The `config.json` of [`write_random_clip`]'s model: 32×32 images, 8×8 patches, 2 layers, 16-d;
+/// a text tower of 2 layers over CLIP's vocabulary.
 const RANDOM_CLIP_CONFIG: &str = r#"{
   "model_type": "clip",
+  "architectures": ["CLIPModel"],
   "projection_dim": 16,
+  "logit_scale_init_value": 2.6592,
   "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                     "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "hidden_act": "quick_gelu"},
-  "text_config": {"hidden_size": 32}
+  "text_config": {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                  "num_attention_heads": 4, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                  "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1}
 }"#;
 
-/// Writes a tiny CLIP vision model with random weights into `dir`, laid out as Hugging Face saves
-/// CLIP (`config.json`, `model.safetensors`, `preprocessor_config.json`: shorter side 40, crop 32),
-/// and returns it, as [`ImageEmbedder::load`] would read it back.
+/// Writes a tiny CLIP model into `dir`, laid out as Hugging Face saves CLIP (`config.json`,
+/// `model.safetensors`, `preprocessor_config.json`: shorter side 40, crop 32), and returns its image
+/// tower, as [`ImageEmbedder::load`] would read it back. Its text tower
+/// ([`ClipTextEmbedder`](crate::ClipTextEmbedder)) uses OpenAI's vocabulary from the model cache
+/// (see [`crate::clip`]).
+///
+/// The weights are random but the same on every machine: each tensor's values come from a
+/// generator seeded by the tensor's name, so the tests can compare with vectors transformers
+/// computed from a model this function wrote (`models/tests/fixtures/make_clip_reference.py`).
 ///
 /// **For tests and demos only**: it runs a whole image pipeline (loading, preprocessing, batching,
 /// 16-d unit vectors that depend on the image) in milliseconds without real weights, but its
@@ -244,16 +339,50 @@ pub fn write_random_clip(dir: &Path) -> Result<ImageEmbedder> {
     let c = vision_config(&config)?;
     let vm = candle_nn::VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    // A parameter, not a module: made here so that it is saved with the rest.
-    let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.5 };
-    vb.pp("vision_model.embeddings").get_with_hints(c.embed_dim, "class_embedding", init).map_err(candle)?;
+    // Parameters, not modules: made here so that they are saved with the rest.
+    vb.pp("vision_model.embeddings").get(c.embed_dim, "class_embedding").map_err(candle)?;
+    vb.get((), "logit_scale").map_err(candle)?;
+    crate::clip::tower(&vb, &crate::clip::text_config(&config)?).map_err(candle)?;
     let name = dir.to_string_lossy();
     let model = ImageEmbedder::new(&name, vb, &c, Preprocess { size: 40, ..Preprocess::clip(32) })?;
+    for (key, var) in vm.data().lock().expect("not poisoned").iter() {
+        var.set(&seeded(key, var.shape())).map_err(candle)?;
+    }
     vm.save(dir.join("model.safetensors")).map_err(|e| io("model.safetensors", &e))?;
     std::fs::write(dir.join("config.json"), RANDOM_CLIP_CONFIG).map_err(|e| io("config.json", &e))?;
     let preprocessor = r#"{"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}}"#;
     std::fs::write(dir.join("preprocessor_config.json"), preprocessor).map_err(|e| io("preprocessor_config.json", &e))?;
     Ok(model)
+}
+
+/// Values for the weight `name` of `shape`, the same on every machine: uniform from a xorshift
+/// generator seeded by the name (FNV-1a), scaled so that activations stay near unit size (layer
+/// norm gains near 1, small biases, linear weights by their fan-in).
+fn seeded(name: &str, shape: &candle_core::Shape) -> Tensor {
+    let mut state = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)) | 1;
+    let dims = shape.dims();
+    let fan_in = dims.iter().skip(1).product::<usize>().max(1);
+    let (offset, scale) = if name == "logit_scale" {
+        (2.6592, 0.0)
+    } else if name.ends_with(".bias") {
+        (0.0, 0.1)
+    } else if name.contains("norm") {
+        (1.0, 0.2)
+    } else if name.contains("embedding") {
+        (0.0, 0.5)
+    } else {
+        (0.0, (3.0 / fan_in as f64).sqrt())
+    };
+    let values: Vec<f32> = (0..shape.elem_count())
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let unit = (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+            (offset + scale * unit) as f32
+        })
+        .collect();
+    Tensor::from_vec(values, dims, &Device::Cpu).expect("sized to the shape")
 }
 
 /// The images of a column: decoded, encoded or bytes. See the module docs.

@@ -8,7 +8,8 @@
 //!   sentence-transformers BERT model (all-MiniLM-L6-v2) on candle ([`bert`]), on the CPU or, with
 //!   the `cuda` feature and a GPU, on the GPU. Weights load once per pool worker.
 //! * **Image embeddings** ([`image`]): [`ImageEmbedder`], a CLIP vision tower (candle-transformers)
-//!   from a Hugging Face model directory you provide, on decoded or encoded images or plain bytes.
+//!   from a Hugging Face model directory you provide, on decoded or encoded images or plain bytes;
+//!   [`ClipTextEmbedder`] ([`clip`]), its text tower, puts texts in the same space.
 //! * **Remote embedding models** ([`remote`]): OpenAI-compatible `/v1/embeddings` and KServe v2
 //!   endpoints, with API keys from the environment (never logged), rate limits and `Retry-After`.
 //! * **A model server** ([`serve`], `alluvium serve-model`): a local model behind both protocols on
@@ -37,6 +38,7 @@ use std::path::{Path, PathBuf};
 use alluvium_core::{Error, Result};
 
 pub mod bert;
+pub mod clip;
 pub mod embed;
 pub mod image;
 pub mod remote;
@@ -45,6 +47,7 @@ pub mod text;
 
 /// Where a model runs (candle's device): `Device::Cpu`, or a CUDA device with the `cuda` feature.
 pub use candle_core::Device;
+pub use clip::ClipTextEmbedder;
 pub use embed::{Embed, EmbeddingModel, Modality, ModelInfo, TextEmbedder};
 pub use image::{ImageEmbedder, Preprocess};
 pub use remote::{Endpoint, Protocol, RemoteModel};

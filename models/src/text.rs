@@ -46,18 +46,23 @@ impl TextTokenizer {
     /// `sentence_bert_config.json` when there is one, else `max_positions`.
     pub fn load(dir: &Path, max_positions: usize) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let mut t = Tokenizer::from_file(&path).map_err(|e| Error::config(format!("cannot load {}: {e}", path.display())))?;
-        let mut plain = t.clone();
-        plain.with_truncation(None).map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
-        plain.with_padding(None);
+        let t = Tokenizer::from_file(&path).map_err(|e| Error::config(format!("cannot load {}: {e}", path.display())))?;
         let max_tokens = if dir.join("sentence_bert_config.json").is_file() {
             crate::read_json::<SentenceBertConfig>(dir, "sentence_bert_config.json")?.max_seq_length
         } else {
             max_positions
-        }
-        .min(max_positions);
+        };
+        Self::new(t, max_tokens.min(max_positions), &path)
+    }
+
+    /// `t` cutting inputs at `max_tokens` (special tokens included) and padding a batch to its
+    /// longest; `from` names where it came from, for errors.
+    pub fn new(mut t: Tokenizer, max_tokens: usize, from: &Path) -> Result<Self> {
+        let mut plain = t.clone();
+        plain.with_truncation(None).map_err(|e| Error::config(format!("{}: {e}", from.display())))?;
+        plain.with_padding(None);
         t.with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
-            .map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::config(format!("{}: {e}", from.display())))?;
         t.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
         Ok(Self { inner: Arc::new(t), plain: Arc::new(plain), max_tokens })
     }

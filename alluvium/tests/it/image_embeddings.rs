@@ -72,3 +72,35 @@ sys.stdout.flush(); os._exit(0)
         crate::dead_letter_message(&letters, bad);
     }
 }
+
+/// `alluvium serve-model` with a CLIP model serves its text tower: a text query comes back as the
+/// vector transformers computes for it (the models crate's fixture), in the space of the images.
+#[test]
+fn serve_model_answers_text_queries_with_a_clip_models_text_tower() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("demo-clip");
+    assert!(crate::bin().arg("demo-clip").arg(&model).output().unwrap().status.success());
+    let mut server = crate::bin()
+        .args(["serve-model", "--listen", "127.0.0.1:0", "--name", "clip", "--model"])
+        .arg(&model)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let first = std::io::BufReader::new(server.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let url = first.split(" at ").nth(1).expect("serving `…` at URL").to_string();
+    assert!(first.starts_with("serving `clip` (16-d) at http://127.0.0.1:"), "{first}");
+
+    let endpoint = alluvium::models::Endpoint::openai(url, "clip").connect().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (got, _) = rt.block_on(endpoint.embed_texts(&["a photo of a cat"])).unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/clip_reference.json");
+    let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    assert_eq!(fixture["texts"][0], "a photo of a cat");
+    let want: Vec<f32> = fixture["text_embeddings"][0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(got.len() == 16 && diff < 1e-4, "{got:?} against {want:?}");
+}

@@ -10,7 +10,7 @@ use alluvium_core::arrow::array::{Array, ArrayRef, BinaryArray, FixedSizeListArr
 use alluvium_core::arrow::datatypes::{DataType, Field, Fields, Schema};
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_models::image::write_random_clip;
-use alluvium_models::{Embed, EmbeddingModel, ImageEmbedder, Modality, Preprocess};
+use alluvium_models::{ClipTextEmbedder, Embed, EmbeddingModel, ImageEmbedder, Modality, Preprocess};
 use candle_core::Device;
 
 /// Writes a random CLIP model into `dir`; returns the same model in memory.
@@ -116,7 +116,7 @@ async fn the_image_embed_stage_makes_dead_letters_of_rows_that_are_not_images() 
     tiny_clip(dir.path());
     let model = dir.path().to_str().unwrap().to_string();
     // `Embed::local` tells a CLIP model from a text model by its config.json.
-    let embed = Embed::local(model.clone()).column("bytes").batch_rows(8);
+    let embed = Embed::local(model.clone(), None).unwrap().column("bytes").batch_rows(8);
     assert_eq!(embed.model_dir().unwrap(), dir.path());
     let pool = embed.pool("embed").unwrap();
     let mut bytes: Vec<Vec<u8>> = images().iter().map(png).collect();
@@ -146,4 +146,120 @@ async fn the_image_embed_stage_makes_dead_letters_of_rows_that_are_not_images() 
     let err = pool.call(batch).await.unwrap_err();
     assert_eq!(err.kind(), alluvium_core::ErrorKind::Config, "{err}");
     assert!(err.to_string().contains("not Utf8; set the stage's `column`"), "{err}");
+}
+
+/// What transformers computed with the model `write_random_clip` writes
+/// (`models/tests/fixtures/make_clip_reference.py`).
+#[derive(serde::Deserialize)]
+struct Reference {
+    made_by: String,
+    texts: Vec<String>,
+    input_ids: Vec<Vec<u32>>,
+    text_embeddings: Vec<Vec<f32>>,
+    pixel_values: Vec<Vec<f32>>,
+    image_embeddings: Vec<Vec<f32>>,
+}
+
+fn reference() -> Reference {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The text tower of `dir`'s model; the CLIP vocabulary must be installed (`models/install.sh
+/// clip-vocab`, which `.ci/run` runs): the tests fail, they do not skip, without it.
+fn text_tower(dir: &Path) -> ClipTextEmbedder {
+    ClipTextEmbedder::load(dir.to_str().unwrap(), &Device::Cpu).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn clip_vectors_match_transformers_for_images_and_texts() {
+    let r = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let vision = tiny_clip(dir.path());
+
+    // The vision tower on transformers' own pixel values: the same vectors.
+    let worst = |got: &[f32], want: &[Vec<f32>]| max_diff(got, &want.concat());
+    let from_pixels = vision.embed_pixels(r.pixel_values.concat()).unwrap();
+    assert!(worst(&from_pixels, &r.image_embeddings) < 1e-4, "{} ({})", worst(&from_pixels, &r.image_embeddings), r.made_by);
+
+    // Our preprocessing against CLIPImageProcessor's: Pillow's bicubic resize, centre crop and
+    // normalisation, the same to the rounding of the fixture's six decimals.
+    let rgb: Vec<image::RgbImage> = images().iter().map(|i| i.to_rgb8()).collect();
+    for (i, img) in rgb.iter().enumerate() {
+        let diff = max_diff(&vision.preprocess().apply(img), &r.pixel_values[i]);
+        assert!(diff < 2e-5, "image {i}: pixel values differ by {diff}");
+    }
+    // And so images to vectors end to end.
+    let ours = vision.embed_images(&rgb).unwrap();
+    assert!(worst(&ours, &r.image_embeddings) < 1e-4, "{}", worst(&ours, &r.image_embeddings));
+
+    // The text tower: token ids and vectors, in a padded batch and alone.
+    let text = text_tower(dir.path());
+    assert_eq!((text.info().dimensions, text.info().modality), (16, Modality::Text));
+    let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
+    for (t, want) in texts.iter().zip(&r.input_ids) {
+        let (ids, _, _) = text.tokenizer().encode_batch(&[t]).unwrap();
+        assert_eq!(&ids, want, "{t:?}");
+    }
+    let all = text.embed_texts(&texts).unwrap();
+    assert!(worst(&all, &r.text_embeddings) < 1e-4, "{}", worst(&all, &r.text_embeddings));
+    let alone = text.embed_texts(&texts[3..4]).unwrap();
+    assert!(max_diff(&alone, &r.text_embeddings[3]) < 1e-4);
+}
+
+#[test]
+fn the_clip_tokenizer_loads_from_each_form_clip_models_ship_it_in() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_clip(dir.path());
+    let r = reference();
+    let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
+    let ids_of = |t: &ClipTextEmbedder| texts.iter().map(|s| t.tokenizer().encode_batch(&[s]).unwrap().0).collect::<Vec<_>>();
+    // From the model cache's OpenAI vocabulary (the directory has no tokenizer of its own).
+    let from_cache = text_tower(dir.path());
+    assert_eq!(ids_of(&from_cache), r.input_ids);
+
+    // As Hugging Face's vocab.json and merges.txt, written from the same vocabulary.
+    let hf = tempfile::tempdir().unwrap();
+    tiny_clip(hf.path());
+    let tokenizer = alluvium_models::clip::clip_tokenizer(dir.path()).unwrap();
+    let bpe = match tokenizer.get_model() {
+        tokenizers::ModelWrapper::BPE(bpe) => bpe.clone(),
+        _ => unreachable!("CLIP's tokenizer is BPE"),
+    };
+    tokenizers::Model::save(&bpe, hf.path(), None).unwrap();
+    assert!(hf.path().join("vocab.json").is_file() && hf.path().join("merges.txt").is_file());
+    assert_eq!(ids_of(&text_tower(hf.path())), r.input_ids);
+
+    // As a tokenizer.json, which takes precedence.
+    tokenizer.save(hf.path().join("tokenizer.json"), false).unwrap();
+    std::fs::remove_file(hf.path().join("merges.txt")).unwrap();
+    assert_eq!(ids_of(&text_tower(hf.path())), r.input_ids);
+
+    // A broken merges file is named.
+    std::fs::write(dir.path().join(alluvium_models::clip::OPENAI_BPE), b"not gzip").unwrap();
+    let err = ClipTextEmbedder::load(dir.path().to_str().unwrap(), &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("bpe_simple_vocab_16e6.txt.gz is not CLIP's merges file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clip_text_stage_puts_texts_in_the_space_of_the_image_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_clip(dir.path());
+    let model = dir.path().to_str().unwrap().to_string();
+    let embed = Embed::local(model.clone(), Some(Modality::Text)).unwrap().batch_rows(4);
+    let pool = embed.pool("embed").unwrap();
+    let texts: ArrayRef = Arc::new(alluvium_core::arrow::array::StringArray::from(vec!["a photo of a cat", "a dog"]));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, true)])), vec![texts]).unwrap();
+    let answer = pool.call(batch).await.unwrap();
+    assert!(answer.failures.is_empty(), "{:?}", answer.failures);
+    let v = answer.values.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+    let first = v.value(0);
+    let got = first.as_any().downcast_ref::<Float32Array>().unwrap();
+    let want = reference().text_embeddings[0].clone();
+    assert!(max_diff(got.values(), &want) < 1e-4);
+
+    // A text model cannot embed images.
+    let minilm = crate::minilm();
+    let err = Embed::local(minilm, Some(Modality::Image)).err().unwrap().to_string();
+    assert!(err.contains("is a text model; images need a CLIP model"), "{err}");
 }

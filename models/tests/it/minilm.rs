@@ -95,7 +95,7 @@ fn a_missing_model_says_how_to_install_it() {
     assert!(err.contains("point `model` at a directory"), "{err}");
     // A missing CLIP model: only its files, and where to get one.
     let clip = dir.path().join("clip-vit-base-patch32");
-    let err = Embed::local(clip.to_str().unwrap()).build("embed").err().unwrap().to_string();
+    let err = Embed::local(clip.to_str().unwrap(), None).unwrap().build("embed").err().unwrap().to_string();
     assert!(err.contains("has no config.json, model.safetensors;"), "{err}");
     assert!(err.contains("huggingface-cli download openai/clip-vit-base-patch32") && err.contains("alluvium demo-clip"), "{err}");
 }
