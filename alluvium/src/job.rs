@@ -1845,7 +1845,7 @@ path = "${OUT}/out"
     #[cfg(feature = "models")]
     #[test]
     fn model_stages_parse_build_and_name_bad_settings() {
-        // The model is installed by models/install-minilm.sh (CI runs it); a missing one is a
+        // The model is installed by models/install.sh all-MiniLM-L6-v2 (CI runs it); a missing one is a
         // config error that says how to install it, checked below with a path that has none.
         let stages = r#"[[stages]]
 type = "chunk_text"

