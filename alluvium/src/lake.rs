@@ -12,6 +12,9 @@
 //! table = "default.images"              # namespace.table
 //! catalog = "${ALLUVIUM_CATALOG}"       # a SQLite file, postgres://… or http(s):// (REST)
 //! warehouse = "${ALLUVIUM_OUTPUT}"      # where new tables' files go (a REST catalog's own)
+//! expire_snapshots_every = 50           # commits; by the table's history.expire.* (0: never)
+//! [sink.table_properties]               # of a table the sink creates, e.g. keep 1 hour of snapshots:
+//! "history.expire.max-snapshot-age-ms" = "3600000"
 //! [sink.catalog_properties]             # passed to the catalog client, e.g. REST credentials:
 //! token = "${ICEBERG_TOKEN}"            #   a bearer token, or `credential = "id:secret"` (OAuth2),
 //! "header.X-API-Key" = "${API_KEY}"     #   or any HTTP header
@@ -110,6 +113,14 @@ pub struct IcebergConfig {
     /// Delete files of failed attempts after this long (default 1h).
     #[serde(default, with = "crate::job::opt_duration")]
     pub orphan_grace: Option<Duration>,
+    /// Expire snapshots (by the table's `history.expire.*` properties) every this many commits
+    /// (default 50; 0: never).
+    #[serde(default)]
+    pub expire_snapshots_every: Option<u64>,
+    /// Properties of the table when the sink creates it (`history.expire.max-snapshot-age-ms`,
+    /// `write.*`, …); an existing table keeps its own.
+    #[serde(default)]
+    pub table_properties: std::collections::HashMap<String, String>,
 }
 
 #[cfg(feature = "iceberg")]
@@ -127,6 +138,10 @@ impl IcebergConfig {
         if let Some(g) = self.orphan_grace {
             c.orphan_grace = g;
         }
+        if let Some(n) = self.expire_snapshots_every {
+            c.expire_snapshots_every = n;
+        }
+        c.properties.extend(self.table_properties.clone());
         let sink = alluvium_iceberg::IcebergSink::new(c, catalog);
         sink.validate().map_err(|e| e.context("key `table`"))?;
         Ok(Arc::new(sink))

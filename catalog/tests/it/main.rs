@@ -158,3 +158,56 @@ async fn recovery_deletes_only_files_proven_orphaned() {
     let Some(t) = read(catalog, dir.path(), "default.t") else { return };
     assert_eq!(t["rows"], 20, "{t}");
 }
+
+/// 22 commits to `default.t` with snapshot expiry every 5 commits, keeping 3; then a replay of
+/// checkpoint 2, whose snapshot is long expired. Returns the snapshots left and the region's
+/// committed-checkpoint property, as the catalog reports them.
+async fn expiring(catalog: &str, warehouse: &std::path::Path) -> (usize, Option<String>, String) {
+    let mut c = IcebergSinkConfig::new("default.t");
+    c.expire_snapshots_every = 5;
+    // Everything older than 1 ms may go, but the 3 newest snapshots stay.
+    c.properties = [("history.expire.max-snapshot-age-ms", "1"), ("history.expire.min-snapshots-to-keep", "3")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let connector = Arc::new(IcebergCatalog::new(IcebergCatalogConfig::new(catalog, warehouse.to_str().unwrap())));
+    let s = IcebergSink::new(c, connector.clone());
+    let ctx = context("p", 0, 1);
+    let mut second = Vec::new();
+    for cp in 1..=22u64 {
+        let batch = id_batch((cp as i64 - 1) * 50..cp as i64 * 50);
+        let c = write_and_commit(&s, &ctx, cp, vec![batch]).await.unwrap();
+        if cp == 2 {
+            second = c;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The table property still knows checkpoint 2 landed: the replay is a no-op.
+    s.commit(&SinkContext { writer: String::new(), ..ctx.clone() }, 2, &second).await.unwrap();
+    let cat = alluvium_iceberg::CatalogConnector::connect(connector.as_ref()).await.unwrap();
+    let t = cat.load_table(&iceberg::TableIdent::from_strs(["default", "t"]).unwrap()).await.unwrap();
+    let key = format!("alluvium.commit.{}", ctx.sink_key());
+    (t.metadata().snapshots().count(), t.metadata().properties().get(&key).cloned(), key)
+}
+
+#[tokio::test]
+async fn snapshots_are_expired_as_commits_go_and_a_replayed_commit_still_lands_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.db");
+    let catalog = catalog.to_str().unwrap();
+    // Expired at the 20th commit down to 3, then 2 more commits.
+    let (snapshots, committed, key) = expiring(catalog, dir.path()).await;
+    assert_eq!((snapshots, committed.as_deref()), (5, Some("22")));
+    let Some(t) = read(catalog, dir.path(), "default.t") else { return };
+    assert_eq!((t["rows"].as_i64().unwrap(), t["distinct"].as_i64().unwrap()), (22 * 50, 22 * 50), "{t}");
+    assert_eq!(t["snapshots"], 5, "{t}");
+    assert_eq!(t["properties"][key], "22", "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_expired_in_a_rest_catalog_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = alluvium_integration::RestCatalogServer::start(&dir.path().join("warehouse")) else { return };
+    let (snapshots, committed, _) = expiring(&server.uri, &dir.path().join("warehouse")).await;
+    assert_eq!((snapshots, committed.as_deref()), (5, Some("22")));
+}

@@ -20,6 +20,15 @@
 //! top of our own landed commit (a retried request whose first try succeeded) is rejected instead
 //! of appending the files twice.
 //!
+//! **Snapshot expiry.** Every commit adds a snapshot, and the table's metadata lists them all: a
+//! continuous job committing every few seconds would grow it (and each commit's work) without
+//! bound. Every [`IcebergSinkConfig::expire_snapshots_every`] commits, the sink expires snapshots
+//! by the table's own `history.expire.*` properties (Java's `ExpireSnapshots` rules: older than
+//! `max-snapshot-age-ms`, keeping `min-snapshots-to-keep`); tables it creates keep one day and at
+//! least 10. Expiry rewrites metadata only: with appends, every data file stays in the current
+//! snapshot, and idempotency reads the table property, never an old snapshot. A failed expiry is
+//! logged and retried at the next round; it never fails a commit.
+//!
 //! **Concurrency.** Regions and pipelines append concurrently: a catalog conflict reloads the table
 //! and re-applies the append (`commit.retry.num-retries`, set to 50 on tables this sink creates).
 //!
@@ -83,6 +92,9 @@ pub struct IcebergSinkConfig {
     pub orphan_grace: Duration,
     /// Extra properties of tables this sink creates.
     pub properties: HashMap<String, String>,
+    /// Expire snapshots after this many commits of this sink (default 50; 0: never). See the
+    /// module docs.
+    pub expire_snapshots_every: u64,
 }
 
 impl IcebergSinkConfig {
@@ -94,6 +106,7 @@ impl IcebergSinkConfig {
             parquet: ParquetFormat::default(),
             orphan_grace: Duration::from_secs(3600),
             properties: HashMap::new(),
+            expire_snapshots_every: 50,
         }
     }
 }
@@ -103,6 +116,8 @@ impl IcebergSinkConfig {
 pub struct IcebergSink {
     config: Arc<IcebergSinkConfig>,
     table: CatalogTable,
+    /// Commits by this sink (all its regions), for snapshot expiry.
+    commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for IcebergSink {
@@ -128,7 +143,7 @@ impl IcebergSink {
     /// A sink writing `config.table` in the catalog `catalog` opens.
     pub fn new(config: IcebergSinkConfig, catalog: Arc<dyn CatalogConnector>) -> Self {
         let table = CatalogTable { name: config.table.clone(), catalog };
-        Self { config: Arc::new(config), table }
+        Self { config: Arc::new(config), table, commits: Arc::default() }
     }
 
     /// Loads the table, creating it (or adding nullable columns) to fit `incoming`.
@@ -195,6 +210,8 @@ impl IcebergSink {
             ("commit.retry.min-wait-ms", "20"),
             ("commit.retry.max-wait-ms", "2000"),
             ("write.parquet.compression-codec", "zstd"),
+            ("history.expire.max-snapshot-age-ms", "86400000"),
+            ("history.expire.min-snapshots-to-keep", "10"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -224,6 +241,25 @@ impl IcebergSink {
             (p.get(SUMMARY_SINK_KEY).map(String::as_str) == Some(key)).then(|| p.get(SUMMARY_CHECKPOINT)?.parse().ok())?
         });
         property.into_iter().chain(summaries).max()
+    }
+
+    /// Expires snapshots by the table's `history.expire.*` properties; failures are logged only.
+    async fn expire_snapshots(&self, catalog: &dyn Catalog) {
+        let run = async {
+            let Some(table) = self.table.load(catalog).await? else { return Ok((0, 0)) };
+            let before = table.metadata().snapshots().count();
+            let tx = Transaction::new(&table);
+            let tx = tx.expire_snapshots().apply(tx).map_err(|e| self.table.err("expiring snapshots of", e))?;
+            let table = tx.commit(catalog).await.map_err(|e| self.table.err("expiring snapshots of", e))?;
+            Ok::<_, Error>((before, table.metadata().snapshots().count()))
+        };
+        match run.await {
+            Ok((before, after)) if after < before => {
+                tracing::info!(table = %self.table.what(), expired = before - after, kept = after, "expired snapshots");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(table = %self.table.what(), "snapshot expiry failed; it is tried again later: {e}"),
+        }
     }
 
     /// Paths of the data files of the table's current snapshot.
@@ -396,6 +432,11 @@ impl Sink for IcebergSink {
         match tx.commit(catalog.as_ref()).await {
             Ok(_) => {
                 tracing::debug!(region = ctx.region, checkpoint, "committed to the iceberg table");
+                let every = self.config.expire_snapshots_every;
+                let n = self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if every > 0 && n.is_multiple_of(every) {
+                    self.expire_snapshots(catalog.as_ref()).await;
+                }
                 Ok(())
             }
             Err(e) => {
