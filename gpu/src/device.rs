@@ -38,9 +38,7 @@ fn probe() -> Result<Vec<DeviceInfo>, String> {
     if std::env::var("ALLUVIUM_GPU").is_ok_and(|v| v.eq_ignore_ascii_case("off") || v == "0") {
         return Err("GPUs are turned off (ALLUVIUM_GPU=off)".into());
     }
-    #[allow(unsafe_code)]
-    // SAFETY: only looks for the CUDA driver library by name (dlopen); calls nothing in it.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+    if !crate::kernels::library_present(crate::kernels::Library::Driver) {
         return Err("no CUDA driver on this machine (libcuda.so was not found)".into());
     }
     crate::kernels::guarded("probing CUDA", || {

@@ -112,12 +112,38 @@ fn launch_config(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: ((n as u32).div_ceil(threads), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// A CUDA library cudarc uses.
+pub(crate) enum Library {
+    /// `libcuda.so`, the driver.
+    Driver,
+    /// `libnvrtc.so`, the run-time compiler.
+    Nvrtc,
+}
+
+/// Whether `library` can be used: looked for by name when CUDA is loaded at run time (the
+/// default); always, when it is linked (the `linked-cuda` feature: the process would not have
+/// started without it).
+pub(crate) fn library_present(library: Library) -> bool {
+    #[cfg(feature = "linked-cuda")]
+    {
+        let _ = library;
+        true
+    }
+    #[cfg(not(feature = "linked-cuda"))]
+    #[allow(unsafe_code)]
+    // SAFETY: only looks for the library by name (dlopen); calls nothing in it.
+    unsafe {
+        match library {
+            Library::Driver => cudarc::driver::sys::is_culib_present(),
+            Library::Nvrtc => cudarc::nvrtc::sys::is_culib_present(),
+        }
+    }
+}
+
 /// Compiles [`SOURCE`] to PTX with NVRTC (no GPU needed, only the NVRTC library).
 pub fn compile() -> Result<Ptx, String> {
     guarded("compiling the kernels", || {
-        #[allow(unsafe_code)]
-        // SAFETY: only looks for the NVRTC library by name (dlopen); calls nothing in it.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        if !library_present(Library::Nvrtc) {
             return Err("no NVRTC library (libnvrtc.so) to compile the kernels with".into());
         }
         let opts = CompileOptions { fmad: Some(false), ..Default::default() };

@@ -34,6 +34,23 @@
 //! ```
 //!
 //! Any other BERT model saved by sentence-transformers loads the same way, from its directory.
+//!
+//! ## On a GPU
+//!
+//! The `cuda` feature (`cargo build -p alluvium --features cuda`) builds candle's CUDA backend, and
+//! an `embed` stage with `gpus = 1` then runs its model on a GPU (with the driver but no GPU, on the
+//! CPU, saying so once). candle compiles its kernels with `nvcc` at build time and links CUDA, so the
+//! binary needs the NVIDIA driver to start; the default build loads CUDA at run time instead and
+//! runs anywhere. Where no CUDA toolkit is installed, PyPI has the compiler:
+//!
+//! ```text
+//! python3 -m venv cuda && cuda/bin/pip install -r models/cuda-build-requirements.txt
+//! export PATH="$PWD/cuda/lib/python3.11/site-packages/nvidia/cu13/bin:$PATH" CUDA_COMPUTE_CAP=90
+//! cargo build --release -p alluvium --features cuda
+//! ```
+//!
+//! (`CUDA_COMPUTE_CAP` is the GPU's compute capability, 90 for an H100; on a machine with the GPU
+//! it is found by itself.) CI type-checks this feature with that compiler; it has no GPU to run it.
 
 use std::path::{Path, PathBuf};
 
