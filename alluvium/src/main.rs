@@ -322,17 +322,22 @@ async fn serve_model(
     let dims = loaded.info().dimensions;
     let server = ModelServer::start(loaded, options).await?;
     let (url, name) = (server.url(), server.model_name().to_string());
-    println!("serving `{name}` ({dims}-d) at {url}");
-    println!("  OpenAI   POST {url}/v1/embeddings  {{\"model\": \"{name}\", \"input\": [...]}}");
-    println!("  KServe   POST {url}/v2/models/{name}/infer");
-    println!("  metrics  GET  {url}/metrics");
+    // A server keeps serving when whoever started it stops reading its output (no panic on a
+    // closed pipe, as println! would).
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let say = |line: String| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+    };
+    say(format!("serving `{name}` ({dims}-d) at {url}"));
+    say(format!("  OpenAI   POST {url}/v1/embeddings  {{\"model\": \"{name}\", \"input\": [...]}}"));
+    say(format!("  KServe   POST {url}/v2/models/{name}/infer"));
+    say(format!("  metrics  GET  {url}/metrics"));
     wait_for_signal().await;
     eprintln!("stopping: finishing the requests in hand");
     let stats = server.stats();
     server.stop().await?;
-    println!("served {} requests, {} inputs ({} refused)", stats.requests, stats.rows, stats.rejected);
+    say(format!("served {} requests, {} inputs ({} refused)", stats.requests, stats.rows, stats.rejected));
     Ok(())
 }
 

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use alluvium_core::arrow::array::Array;
 use alluvium_core::types::Metric;
 use alluvium_core::{Error, Result};
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::{Device, IndexOp, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig, ClipTextTransformer};
 use tokenizers::Tokenizer;
@@ -90,9 +90,7 @@ impl ClipTextEmbedder {
         let config: serde_json::Value = read_json(&dir, "config.json")?;
         let c = text_config(&config)?;
         let tokenizer = TextTokenizer::new(clip_tokenizer(&dir)?, c.max_position_embeddings, &dir)?;
-        let weights = dir.join("model.safetensors");
-        let bytes = std::fs::read(&weights).map_err(|e| Error::config(format!("cannot read {}: {e}", weights.display())))?;
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(candle)?;
+        let (vb, weights) = crate::read_weights(&dir, device)?;
         let eos = match config["text_config"].get("eos_token_id").and_then(|v| v.as_u64()) {
             Some(2) | None => None,
             Some(id) => Some(id as u32),

@@ -31,8 +31,7 @@ use alluvium_core::service::{PoolSettings, Service, ServiceError, ServicePool, S
 use alluvium_core::types::{embedding_array, EmbeddingType, Metric};
 use alluvium_core::{Error, ErrorKind, Result, Stage};
 use async_trait::async_trait;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
 
 use crate::bert::{l2_normalize, mean_pool, Bert, BertConfig};
 use crate::clip::ClipTextEmbedder;
@@ -119,9 +118,7 @@ impl TextEmbedder {
         }
         let normalize = dir.join("modules.json").is_file()
             && read_json::<Vec<Module>>(dir, "modules.json")?.iter().any(|m| m.kind.ends_with(".Normalize"));
-        let weights = dir.join("model.safetensors");
-        let bytes = std::fs::read(&weights).map_err(|e| Error::config(format!("cannot read {}: {e}", weights.display())))?;
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(candle)?;
+        let (vb, weights) = crate::read_weights(dir, device)?;
         let bert = Bert::load(vb, &config).map_err(|e| Error::config(format!("model `{name}` ({}): {e}", weights.display())))?;
         let tokenizer = TextTokenizer::load(dir, config.max_position_embeddings)?;
         let info = ModelInfo {

@@ -253,9 +253,7 @@ impl ImageEmbedder {
         let dir = resolve(model, &Self::FILES)?;
         let config: serde_json::Value = read_json(&dir, "config.json")?;
         let c = vision_config(&config)?;
-        let weights = dir.join("model.safetensors");
-        let bytes = std::fs::read(&weights).map_err(|e| Error::config(format!("cannot read {}: {e}", weights.display())))?;
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device).map_err(candle)?;
+        let (vb, weights) = crate::read_weights(&dir, device)?;
         let preprocess = Preprocess::read(&dir, c.image_size as u32)?;
         Self::new(model, vb, &c, preprocess).map_err(|e| Error::config(format!("model `{model}` ({}): {e}", weights.display())))
     }

@@ -125,6 +125,14 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, file: &str) 
     serde_json::from_str(&text).map_err(|e| Error::config(format!("{} is not a valid model file: {e}", path.display())))
 }
 
+/// A model directory's `model.safetensors` as f32 variables on `device`, with its path for messages.
+pub(crate) fn read_weights(dir: &Path, device: &candle_core::Device) -> Result<(candle_nn::VarBuilder<'static>, PathBuf)> {
+    let weights = dir.join("model.safetensors");
+    let bytes = std::fs::read(&weights).map_err(|e| Error::config(format!("cannot read {}: {e}", weights.display())))?;
+    let vb = candle_nn::VarBuilder::from_buffered_safetensors(bytes, candle_core::DType::F32, device).map_err(candle)?;
+    Ok((vb, weights))
+}
+
 /// A candle error as ours.
 pub(crate) fn candle(e: candle_core::Error) -> Error {
     Error::internal(format!("model: {e}"))

@@ -88,15 +88,19 @@ fn serve_model_answers_text_queries_with_a_clip_models_text_tower() {
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .unwrap();
-    let first = std::io::BufReader::new(server.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let mut lines = std::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
     let url = first.split(" at ").nth(1).expect("serving `…` at URL").to_string();
     assert!(first.starts_with("serving `clip` (16-d) at http://127.0.0.1:"), "{first}");
 
     let endpoint = alluvium::models::Endpoint::openai(url, "clip").connect().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (got, _) = rt.block_on(endpoint.embed_texts(&["a photo of a cat"])).unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    // Stopped while its output is still read: a clean stop with its totals.
+    assert!(std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap().success());
+    assert!(server.wait().unwrap().success());
+    let last = lines.map(|l| l.unwrap()).last().unwrap_or_default();
+    assert!(last.starts_with("served 1 requests, 1 inputs"), "{last}");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/clip_reference.json");
     let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     assert_eq!(fixture["texts"][0], "a photo of a cat");
