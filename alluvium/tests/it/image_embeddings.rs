@@ -77,29 +77,15 @@ sys.stdout.flush(); os._exit(0)
 /// vector transformers computes for it (the models crate's fixture), in the space of the images.
 #[test]
 fn serve_model_answers_text_queries_with_a_clip_models_text_tower() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("demo-clip");
     assert!(crate::bin().arg("demo-clip").arg(&model).output().unwrap().status.success());
-    let mut server = crate::bin()
-        .args(["serve-model", "--listen", "127.0.0.1:0", "--name", "clip", "--model"])
-        .arg(&model)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(server.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let url = first.split(" at ").nth(1).expect("serving `…` at URL").to_string();
-    assert!(first.starts_with("serving `clip` (16-d) at http://127.0.0.1:"), "{first}");
-
-    let endpoint = alluvium::models::Endpoint::openai(url, "clip").connect().unwrap();
+    let server = crate::ServeModel::start(&["--name", "clip", "--model", model.to_str().unwrap()]);
+    assert!(server.first.starts_with("serving `clip` (16-d) at http://127.0.0.1:"), "{}", server.first);
+    let endpoint = alluvium::models::Endpoint::openai(server.url.clone(), "clip").connect().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (got, _) = rt.block_on(endpoint.embed_texts(&["a photo of a cat"])).unwrap();
-    // Stopped while its output is still read: a clean stop with its totals.
-    assert!(std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap().success());
-    assert!(server.wait().unwrap().success());
-    let last = lines.map(|l| l.unwrap()).last().unwrap_or_default();
+    let last = server.stop();
     assert!(last.starts_with("served 1 requests, 1 inputs"), "{last}");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/clip_reference.json");
     let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();

@@ -25,6 +25,43 @@ fn bin() -> std::process::Command {
     c
 }
 
+/// `alluvium serve-model ARGS` on a free port of 127.0.0.1, its output read line by line.
+#[cfg(feature = "models")]
+struct ServeModel {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    /// The first line: "serving `NAME` (D-d) at URL".
+    first: String,
+    url: String,
+}
+
+#[cfg(feature = "models")]
+impl ServeModel {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = bin()
+            .args(["serve-model", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("a first line").unwrap();
+        let url = first.split(" at ").nth(1).expect("serving `…` at URL").to_string();
+        Self { child, lines, first, url }
+    }
+
+    /// Stops it with SIGTERM while its output is still read; it must exit cleanly. Returns its
+    /// last line (the totals).
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(self.child.wait().unwrap().success());
+        self.lines.map(|l| l.unwrap()).last().expect("a last line")
+    }
+}
+
 /// A registry for the S3 server `s3`.
 #[cfg(feature = "video")]
 fn registry(s3: &alluvium_integration::S3Server) -> std::sync::Arc<alluvium::object::ObjectStoreRegistry> {

@@ -2,9 +2,8 @@
 //! a SIGKILL and two reruns, read back with the deltalake Python package; with the model in the
 //! job, and behind `alluvium serve-model` over HTTP.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn root() -> PathBuf {
@@ -55,16 +54,9 @@ fn the_texts_example_writes_each_chunk_once_with_its_embedding() {
 #[test]
 fn the_texts_example_through_serve_model_writes_each_chunk_once() {
     let Some(py) = alluvium_integration::python() else { return };
-    let mut server = crate::bin()
-        .args(["serve-model", "--listen", "127.0.0.1:0", "--workers", "2", "--inject", "503:5"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(server.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let url = first.split(" at ").nth(1).expect("serving `…` at URL").to_string();
-    assert!(first.starts_with("serving `all-MiniLM-L6-v2` (384-d) at http://127.0.0.1:"), "{first}");
+    let server = crate::ServeModel::start(&["--workers", "2", "--inject", "503:5"]);
+    assert!(server.first.starts_with("serving `all-MiniLM-L6-v2` (384-d) at http://127.0.0.1:"), "{}", server.first);
+    let url = server.url.clone();
 
     let dir = tempfile::tempdir().unwrap();
     let input = texts_input(dir.path());
@@ -78,10 +70,7 @@ fn the_texts_example_through_serve_model_writes_each_chunk_once() {
     crate::killed_then_run_twice(|| texts_example(&input, &out, &set), Duration::from_millis(1500));
     check_text_embeddings(&py, &out);
 
-    assert!(Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap().success());
-    assert!(server.wait().unwrap().success());
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let served = rest.last().expect("a last line");
+    let served = server.stop();
     let numbers: Vec<u64> = served.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
     assert!(served.starts_with("served ") && numbers[0] > 0 && numbers[2] > 0, "requests, and injected 503s: {served}");
 }
