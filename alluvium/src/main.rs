@@ -119,7 +119,8 @@ enum Command {
     },
     /// Writes a tiny CLIP model with random weights into DIR (Hugging Face's layout, 16-d vectors;
     /// its text tower reads CLIP's vocabulary from the model cache), to try image and text
-    /// embedding pipelines without real weights: its vectors carry no meaning. For real ones put a CLIP model there (see examples/images_to_lance_embeddings.toml).
+    /// embedding pipelines without real weights: its vectors carry no meaning. For real ones put
+    /// a CLIP model there (see examples/images_to_lance_embeddings.toml).
     #[cfg(feature = "models")]
     DemoClip {
         /// The directory to write (created if missing).

@@ -151,8 +151,7 @@ impl EmbeddingModel for ClipTextEmbedder {
         self.embed_texts(&texts)
     }
     fn count_tokens(&self, texts: &[&str]) -> Option<usize> {
-        let (_, mask, _) = self.tokenizer.encode_batch(texts).ok()?;
-        Some(mask.iter().filter(|&&m| m == 1).count())
+        self.tokenizer.count_tokens(texts).ok()
     }
 }
 

@@ -207,8 +207,7 @@ impl EmbeddingModel for TextEmbedder {
         self.embed_texts(&texts)
     }
     fn count_tokens(&self, texts: &[&str]) -> Option<usize> {
-        let (_, mask, _) = self.tokenizer.encode_batch(texts).ok()?;
-        Some(mask.iter().map(|&m| m as usize).sum())
+        self.tokenizer.count_tokens(texts).ok()
     }
 }
 

@@ -26,8 +26,8 @@
 //! A row is an image: a decoded `alluvium.image.decoded` (gray, RGB or RGBA pixels), an encoded
 //! `alluvium.image`, or plain bytes of an encoded image (`fetch`'s `bytes`), so a pipeline can embed
 //! straight after `fetch`. Each is made RGB, resized so its shorter side is `size` (Pillow's
-//! bicubic, to the bit, as CLIP's processor), centre-cropped to `crop_size`, scaled to [0, 1] and normalised
-//! with `image_mean`/`image_std`. A row that is not an image makes the call fail; the pool then
+//! bicubic, to the bit, as CLIP's processor), centre-cropped to `crop_size`, scaled to [0, 1] and
+//! normalised with `image_mean`/`image_std`. A row that is not an image makes the call fail; the pool then
 //! finds it and makes it a dead letter. Vectors are L2-normalised (cosine).
 
 use std::path::Path;
@@ -209,39 +209,27 @@ pub fn bicubic(src: &image::RgbImage, width: u32, height: u32) -> image::RgbImag
             .collect()
     };
     let clip = |sum: i64| -> u8 { (sum >> PRECISION).clamp(0, 255) as u8 };
-    let (w, h) = src.dimensions();
-    let mut pass = image::RgbImage::new(width, h);
-    if width == w {
-        pass = src.clone();
-    } else {
-        let k = coefficients(w, width);
-        for y in 0..h {
-            for (x, (min, weights)) in k.iter().enumerate() {
-                let mut sum = [1i64 << (PRECISION - 1); 3];
-                for (j, wt) in weights.iter().enumerate() {
-                    let p = src.get_pixel((min + j) as u32, y);
-                    (0..3).for_each(|c| sum[c] += p[c] as i64 * wt);
-                }
-                pass.put_pixel(x as u32, y, image::Rgb(sum.map(clip)));
-            }
-        }
-    }
-    if height == h {
-        return pass;
-    }
-    let k = coefficients(h, height);
-    let mut out = image::RgbImage::new(width, height);
-    for (y, (min, weights)) in k.iter().enumerate() {
-        for x in 0..width {
+    // One pass along one axis: each output pixel sums its taps along that axis.
+    let pass = |src: &image::RgbImage, k: &[(usize, Vec<i64>)], horizontal: bool| {
+        let (w, h) = src.dimensions();
+        let (ow, oh) = if horizontal { (k.len() as u32, h) } else { (w, k.len() as u32) };
+        image::RgbImage::from_fn(ow, oh, |x, y| {
+            let (min, weights) = &k[if horizontal { x } else { y } as usize];
             let mut sum = [1i64 << (PRECISION - 1); 3];
             for (j, wt) in weights.iter().enumerate() {
-                let p = pass.get_pixel(x, (min + j) as u32);
+                let at = (min + j) as u32;
+                let p = if horizontal { src.get_pixel(at, y) } else { src.get_pixel(x, at) };
                 (0..3).for_each(|c| sum[c] += p[c] as i64 * wt);
             }
-            out.put_pixel(x, y as u32, image::Rgb(sum.map(clip)));
-        }
+            image::Rgb(sum.map(clip))
+        })
+    };
+    let (w, h) = src.dimensions();
+    let across = (width != w).then(|| pass(src, &coefficients(w, width), true));
+    if height == h {
+        return across.unwrap_or_else(|| src.clone());
     }
-    out
+    pass(across.as_ref().unwrap_or(src), &coefficients(h, height), false)
 }
 
 impl ImageEmbedder {

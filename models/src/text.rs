@@ -85,6 +85,13 @@ impl TextTokenizer {
         Ok((ids, mask, width))
     }
 
+    /// The tokens of `texts` as the model sees them (special tokens in, padding out, cut at
+    /// [`Self::max_tokens`]).
+    pub fn count_tokens(&self, texts: &[&str]) -> Result<usize> {
+        let (_, mask, _) = self.encode_batch(texts)?;
+        Ok(mask.iter().map(|&m| m as usize).sum())
+    }
+
     /// The byte spans of `text`'s tokens, without special tokens and without truncation.
     pub fn token_spans(&self, text: &str) -> Result<Vec<(usize, usize)>> {
         let enc = self.plain.encode(text, false).map_err(|e| Error::data(format!("tokenizer: {e}")))?;
