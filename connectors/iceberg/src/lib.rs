@@ -243,12 +243,13 @@ impl IcebergSink {
         property.into_iter().chain(summaries).max()
     }
 
-    /// Expires snapshots by the table's `history.expire.*` properties; failures are logged only.
-    async fn expire_snapshots(&self, catalog: &dyn Catalog) {
+    /// Expires snapshots of `table` (as our last commit left it: the transaction reloads the table
+    /// itself before committing and plans again on a newer one) by its `history.expire.*`
+    /// properties; failures are logged only.
+    async fn expire_snapshots(&self, catalog: &dyn Catalog, table: &Table) {
         let run = async {
-            let Some(table) = self.table.load(catalog).await? else { return Ok((0, 0)) };
             let before = table.metadata().snapshots().count();
-            let tx = Transaction::new(&table);
+            let tx = Transaction::new(table);
             let tx = tx.expire_snapshots().apply(tx).map_err(|e| self.table.err("expiring snapshots of", e))?;
             let table = tx.commit(catalog).await.map_err(|e| self.table.err("expiring snapshots of", e))?;
             Ok::<_, Error>((before, table.metadata().snapshots().count()))
@@ -430,12 +431,12 @@ impl Sink for IcebergSink {
             .apply(tx)
             .map_err(|e| self.table.err("committing to", e))?;
         match tx.commit(catalog.as_ref()).await {
-            Ok(_) => {
+            Ok(table) => {
                 tracing::debug!(region = ctx.region, checkpoint, "committed to the iceberg table");
                 let every = self.config.expire_snapshots_every;
                 let n = self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if every > 0 && n.is_multiple_of(every) {
-                    self.expire_snapshots(catalog.as_ref()).await;
+                    self.expire_snapshots(catalog.as_ref(), &table).await;
                 }
                 Ok(())
             }
