@@ -258,6 +258,14 @@ async fn a_clip_text_stage_puts_texts_in_the_space_of_the_image_stage() {
     let want = reference().text_embeddings[0].clone();
     assert!(max_diff(got.values(), &want) < 1e-4);
 
+    // A column of bytes is the job's mistake, not the rows': a config error naming `column`.
+    let bytes: ArrayRef = Arc::new(BinaryArray::from_iter_values([b"\x89PNG".as_slice()]));
+    let batch =
+        RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("text", DataType::Binary, true)])), vec![bytes]).unwrap();
+    let err = pool.call(batch).await.unwrap_err();
+    assert_eq!(err.kind(), alluvium_core::ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("takes text") && err.to_string().contains("set the stage's `column`"), "{err}");
+
     // A text model cannot embed images.
     let minilm = crate::minilm();
     let err = Embed::local(minilm, Some(Modality::Image)).err().unwrap().to_string();
