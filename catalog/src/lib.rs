@@ -96,8 +96,11 @@ impl IcebergCatalogConfig {
     /// Connects to the catalog.
     pub async fn open(&self) -> Result<Arc<dyn Catalog>> {
         let failed = |e: iceberg::Error| {
-            Error::external(format!("cannot open the iceberg catalog {}: {}", self.describe(), redact(&e.to_string())))
-                .with_retryable(true)
+            let message = format!("cannot open the iceberg catalog {}: {}", self.describe(), redact(&e.to_string()));
+            if alluvium_core::error::is_misconfigured_path(&format!("{e:?}")) {
+                return Error::config(format!("{message}; check the `catalog` path and its permissions"));
+            }
+            Error::external(message).with_retryable(true)
         };
         let mut props = self.properties.clone();
         if !self.warehouse.trim().is_empty() {

@@ -149,6 +149,21 @@ pub fn new_instance_id() -> String {
     format!("{:016x}", h.finish())
 }
 
+/// The instance id of a new job whose checkpoints live at `location`: derived from the location
+/// (and, for a local directory, from the host), so a job whose checkpoint location was deleted and
+/// made again gets its old id back, and the table's record of that job's commits is recognised
+/// (`runtime::guard` then stops the run instead of writing every row again). A job that is meant to
+/// start over gets a [random id](new_instance_id) instead.
+pub fn instance_for(location: &Location) -> String {
+    let mut identity = location.url.as_str().trim_end_matches('/').to_string();
+    if location.is_local {
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_default();
+        identity = format!("{}@{identity}", host.trim());
+    }
+    format!("{:016x}", fnv1a(identity.as_bytes()))
+}
+
 /// What an epoch claim holds: who claimed it (process, time, sequence), unique to this claim, so
 /// that a retried claim recognises itself.
 fn claimant() -> Bytes {
@@ -233,14 +248,21 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Where it is.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
     /// Reads `pipeline.json`, or writes `meta` when there is none; an existing one must match.
-    /// Returns the stored meta (its `instance` is the one of the first run).
-    pub async fn open_pipeline(&self, meta: &PipelineMeta) -> Result<PipelineMeta> {
+    /// Returns the stored meta (its `instance` is the one of the first run) and whether this call
+    /// created it (a new job).
+    pub async fn open_pipeline(&self, meta: &PipelineMeta) -> Result<(PipelineMeta, bool)> {
         if let Some(existing) = self.get_json::<PipelineMeta>("pipeline.json").await? {
             if existing.pipeline != meta.pipeline || existing.topology != meta.topology {
                 return Err(Error::checkpoint(format!(
                     "the checkpoints in {} belong to pipeline `{}` with topology `{}`, but this pipeline is `{}` with \
-                     topology `{}`; restore the old name and parallelism to resume, or use a fresh checkpoint location",
+                     topology `{}`; restore the old name and parallelism to resume (a fresh checkpoint location would \
+                     be a new job that writes every row again)",
                     self.display(),
                     existing.pipeline,
                     existing.topology,
@@ -253,14 +275,14 @@ impl CheckpointStore {
                 // Written before instance ids existed: derive a stable one.
                 existing.instance = format!("{:016x}", fnv1a(existing.pipeline.as_bytes()));
             }
-            return Ok(existing);
+            return Ok((existing, false));
         }
         let bytes = Bytes::from(serde_json::to_vec_pretty(meta).expect("serializable"));
         if !self.put_new("pipeline.json", bytes).await? {
             // Written concurrently by another process: check it matches.
             return Box::pin(self.open_pipeline(meta)).await;
         }
-        Ok(meta.clone())
+        Ok((meta.clone(), true))
     }
 
     /// `pipeline.json`, if the location holds checkpoints.
@@ -392,8 +414,9 @@ impl CheckpointStore {
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         Error::checkpoint(format!(
-            "checkpoint file {what} is corrupt ({e}); delete it to fall back to the previous checkpoint, \
-             or use a fresh checkpoint location to start over"
+            "checkpoint file {what} is corrupt ({e}); restore it from a backup to resume. Deleting it makes the next \
+             run fall back to the previous checkpoint, which is safe only while the table holds no later commit of \
+             this job: the run checks that and stops rather than lose or double rows"
         ))
     })?;
     let format = value.get("format").and_then(|v| v.as_str()).unwrap_or_default();
@@ -401,7 +424,7 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
     if format != FORMAT || version != VERSION as u64 {
         return Err(Error::checkpoint(format!(
             "checkpoint file {what} has format `{format}` version {version}, but this Alluvium reads `{FORMAT}` \
-             version {VERSION}; run the version that wrote it, or use a fresh checkpoint location"
+             version {VERSION}; run the version that wrote it"
         )));
     }
     serde_json::from_value(value)
@@ -518,9 +541,9 @@ mod tests {
             regions: 2,
             instance: new_instance_id(),
         };
-        s.open_pipeline(&meta).await.unwrap();
-        s.open_pipeline(&meta).await.unwrap();
+        assert!(s.open_pipeline(&meta).await.unwrap().1, "the first open creates it");
+        assert!(!s.open_pipeline(&meta).await.unwrap().1);
         let other = PipelineMeta { topology: "a[3]".into(), ..meta };
-        assert!(s.open_pipeline(&other).await.unwrap_err().to_string().contains("fresh checkpoint location"));
+        assert!(s.open_pipeline(&other).await.unwrap_err().to_string().contains("restore the old name"));
     }
 }

@@ -141,6 +141,9 @@ pub struct Settings {
     pub max_restarts: u32,
     /// Delay before the first restart of a failed region; doubles with each consecutive failure (1 s).
     pub restart_delay: Duration,
+    /// A new checkpoint location starts a new job with a fresh instance id, even when the sink
+    /// already holds commits of a job at that location (false): its rows are written again.
+    pub start_over: bool,
 }
 
 /// Builds a [`crate::Pipeline`]. Infallible until [`PipelineBuilder::build`].
@@ -165,6 +168,7 @@ impl PipelineBuilder {
                 channel_bytes: 64 << 20,
                 max_restarts: 3,
                 restart_delay: Duration::from_secs(1),
+                start_over: false,
             },
             name,
             source: None,
@@ -251,6 +255,15 @@ impl PipelineBuilder {
     /// Delay before restarting a failed region (doubles per consecutive failure).
     pub fn restart_delay(mut self, delay: Duration) -> Self {
         self.settings.restart_delay = delay;
+        self
+    }
+
+    /// Starts a new job when the checkpoint location is new, even if the sink holds commits of a
+    /// job whose checkpoints were there (deleted since): every row is written again. Without it,
+    /// such a run stops with an error instead (see `runtime::guard`). Ignored when the location
+    /// holds checkpoints: a run resumes from them.
+    pub fn start_over(mut self, start_over: bool) -> Self {
+        self.settings.start_over = start_over;
         self
     }
 

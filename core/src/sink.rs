@@ -22,9 +22,14 @@
 //!    failed first). Best effort: the next `recover` cleans what an abort missed.
 //! 4. **Recover** (`recover`): on a region (re)start, before the first write; the sink may delete
 //!    leftovers of earlier epochs that no pending committable references (proven orphans).
+//! 5. **Guard** (`committed_checkpoints`): before any region starts, a sink that keeps idempotency
+//!    keys in its table says which checkpoint of each region it holds; a table ahead of the
+//!    checkpoint store means checkpoint state was lost, and the run stops instead of committing
+//!    past it (`runtime::guard`).
 
 pub mod testing;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
@@ -106,6 +111,12 @@ pub trait Sink: Send + Sync + 'static {
     /// Called when a region (re)starts, with the committables still pending in its manifest.
     async fn recover(&self, _ctx: &SinkContext, _pending: &[Committable]) -> Result<()> {
         Ok(())
+    }
+    /// The highest checkpoint the table records as committed for each of `keys` (idempotency keys,
+    /// [`SinkContext::sink_key`]); keys without a commit are absent. `None` when the sink keeps no
+    /// idempotency keys in its output and cannot tell. Reads, never writes.
+    async fn committed_checkpoints(&self, _keys: &[String]) -> Result<Option<BTreeMap<String, u64>>> {
+        Ok(None)
     }
     /// Checks the sink's configuration without IO; called by `Pipeline::build`.
     fn validate(&self) -> Result<()> {

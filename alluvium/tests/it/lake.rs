@@ -534,3 +534,63 @@ sys.stdout.flush(); os._exit(0)
     let n = files + 1;
     assert_eq!(seen.trim(), format!("{n} {n} {n}"), "every object once, hashed");
 }
+
+/// Checkpoint state lost after the table took a commit: the newest manifest of a region deleted,
+/// then the whole checkpoint location deleted. Each rerun stops with an error that names the
+/// table's commit and the missing manifest (no row lost or doubled: the table is as before), and
+/// only `--start-over` ingests everything again, as a new job.
+fn lost_checkpoints_stop_the_job(format: Format) {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 24_000;
+    let job = job(dir.path(), format, rows, &Target::Local, 1);
+    // Abort right after the 4th table commit: region 0's newest manifest is in the table.
+    crash_at(&job, &Target::Local, &[("after-commit", 4)]);
+    let before = read_ids(format, dir.path(), &Target::Local);
+    if let Some((seen, distinct)) = before {
+        assert!(seen == distinct && seen > 0 && seen < rows, "{format:?}: {seen} rows, {distinct} ids");
+    }
+    let region = dir.path().join("out/checkpoints/regions/0");
+    let mut manifests: Vec<_> = std::fs::read_dir(&region)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("chk-"))
+        .collect();
+    manifests.sort();
+    let newest = manifests.pop().expect("a manifest");
+    std::fs::remove_file(&newest).unwrap();
+    let stopped = |what: &str| {
+        let out = bin().args(["run", job.to_str().unwrap()]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{format:?} {what}: the run must stop: {stderr}");
+        assert!(stderr.contains("checkpoint state was lost") && stderr.contains("region 0"), "{format:?} {what}: {stderr}");
+        assert!(stderr.contains("--start-over") && !stderr.contains("delete it"), "{format:?} {what}: {stderr}");
+        assert_eq!(read_ids(format, dir.path(), &Target::Local), before, "{format:?} {what}: the table is untouched");
+        stderr.to_string()
+    };
+    let stderr = stopped("newest manifest deleted");
+    let name = newest.file_name().unwrap().to_string_lossy().to_string();
+    assert!(stderr.contains(&name), "{format:?}: the missing manifest {name} is named: {stderr}");
+    std::fs::remove_dir_all(dir.path().join("out/checkpoints")).unwrap();
+    stopped("checkpoint location deleted");
+    // Starting over is explicit, and writes every row again as a new job.
+    let out = bin().args(["run", job.to_str().unwrap(), "--start-over"]).output().unwrap();
+    assert!(out.status.success(), "{format:?}: {}", String::from_utf8_lossy(&out.stderr));
+    if let (Some((seen, distinct)), Some((before, _))) = (read_ids(format, dir.path(), &Target::Local), before) {
+        assert_eq!((seen, distinct), (before + rows, rows), "{format:?}: a new job writes every row again");
+    }
+}
+
+#[test]
+fn delta_stops_when_checkpoint_state_behind_its_table_was_lost() {
+    lost_checkpoints_stop_the_job(Format::Delta);
+}
+
+#[test]
+fn iceberg_stops_when_checkpoint_state_behind_its_table_was_lost() {
+    lost_checkpoints_stop_the_job(Format::Iceberg);
+}
+
+#[test]
+fn lance_stops_when_checkpoint_state_behind_its_table_was_lost() {
+    lost_checkpoints_stop_the_job(Format::Lance);
+}

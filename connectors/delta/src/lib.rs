@@ -27,7 +27,7 @@
 //! a struct, unsigned integers widened). New nullable columns are added to an existing table;
 //! any other difference is an error naming the table and the column.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -442,6 +442,22 @@ impl Sink for DeltaSink {
                 }
             }
         }
+    }
+
+    async fn committed_checkpoints(&self, keys: &[String]) -> Result<Option<BTreeMap<String, u64>>> {
+        let (table, exists) = self.load().await?;
+        let mut out = BTreeMap::new();
+        if !exists {
+            return Ok(Some(out));
+        }
+        let state = table.snapshot().map_err(|e| self.err("reading", e))?;
+        for key in keys {
+            let v = state.transaction_version(table.log_store().as_ref(), key).await.map_err(|e| self.err("reading", e))?;
+            if let Some(v) = v.and_then(|v| u64::try_from(v).ok()) {
+                out.insert(key.clone(), v);
+            }
+        }
+        Ok(Some(out))
     }
 
     async fn recover(&self, ctx: &SinkContext, pending: &[Committable]) -> Result<()> {

@@ -39,7 +39,7 @@
 
 pub mod source;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -295,8 +295,12 @@ impl CatalogTable {
 
     pub(crate) fn err(&self, doing: &str, e: iceberg::Error) -> Error {
         let retryable = !matches!(e.kind(), iceberg::ErrorKind::FeatureUnsupported);
-        Error::external(format!("{doing} {}: {}", self.what(), redact(&without_headers(&e.to_string()))))
-            .with_retryable(retryable)
+        let text = format!("{e:?}");
+        let message = format!("{doing} {}: {}", self.what(), redact(&without_headers(&e.to_string())));
+        if alluvium_core::error::is_misconfigured_path(&text) {
+            return Error::config(format!("{message}; check the sink's `warehouse` and `catalog` paths and their permissions"));
+        }
+        Error::external(message).with_retryable(retryable)
     }
 
     pub(crate) fn ident(&self) -> Result<TableIdent> {
@@ -375,6 +379,12 @@ impl Sink for IcebergSink {
 
     async fn writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {
         Ok(Box::new(IcebergWriter { sink: self.clone(), prefix: format!("part-{}", ctx.file_prefix()), open: None }))
+    }
+
+    async fn committed_checkpoints(&self, keys: &[String]) -> Result<Option<BTreeMap<String, u64>>> {
+        let catalog = self.table.catalog.connect().await?;
+        let Some(table) = self.table.load(catalog.as_ref()).await? else { return Ok(Some(BTreeMap::new())) };
+        Ok(Some(keys.iter().filter_map(|k| Some((k.clone(), Self::committed(&table, k)?))).collect()))
     }
 
     async fn commit(&self, ctx: &SinkContext, checkpoint: u64, committables: &[Committable]) -> Result<()> {

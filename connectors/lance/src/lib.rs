@@ -23,7 +23,7 @@
 //! **Orphans.** Lance names data files itself, so files of failed attempts are left to Lance's own
 //! `cleanup_old_versions`, which deletes unreferenced files older than 7 days.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,7 +156,12 @@ impl LanceSink {
     }
 
     fn err(&self, doing: &str, e: lance::Error) -> Error {
-        Error::external(format!("{doing} {}: {}", self.what(), redact(without_location(&e.to_string())))).with_retryable(true)
+        let text = e.to_string();
+        let message = format!("{doing} {}: {}", self.what(), redact(without_location(&text)));
+        if alluvium_core::error::is_misconfigured_path(&text) {
+            return Error::config(format!("{message}; check the sink's `table` path and its permissions"));
+        }
+        Error::external(message).with_retryable(true)
     }
 
     async fn open(&self) -> Result<Option<Dataset>> {
@@ -226,14 +231,27 @@ impl LanceSink {
 
     /// The highest checkpoint of `key` committed in a version after `since`.
     async fn committed(&self, ds: &Dataset, key: &str, since: u64) -> Result<Option<u64>> {
+        Ok(self.committed_keys(ds, since).await?.remove(key))
+    }
+
+    /// The highest checkpoint of every key committed in a version after `since` (the versions'
+    /// transactions are read a few at a time).
+    async fn committed_keys(&self, ds: &Dataset, since: u64) -> Result<BTreeMap<String, u64>> {
+        use futures::{StreamExt, TryStreamExt};
         let latest = ds.latest_version_id().await.map_err(|e| self.err("reading", e))?;
-        let mut best = None;
-        for v in (since + 1)..=latest {
-            let Some(t) = ds.read_transaction_by_version(v).await.map_err(|e| self.err("reading", e))? else { continue };
-            let Some(p) = t.transaction_properties.as_ref() else { continue };
-            if p.get(PROPERTY_SINK_KEY).map(String::as_str) == Some(key) {
-                let cp = p.get(PROPERTY_CHECKPOINT).and_then(|c| c.parse::<u64>().ok());
-                best = best.max(cp);
+        let transactions: Vec<_> = futures::stream::iter((since + 1)..=latest)
+            .map(|v| ds.read_transaction_by_version(v))
+            .buffered(16)
+            .try_collect()
+            .await
+            .map_err(|e| self.err("reading", e))?;
+        let mut best = BTreeMap::new();
+        for p in transactions.iter().flatten().filter_map(|t| t.transaction_properties.as_ref()) {
+            let key = p.get(PROPERTY_SINK_KEY);
+            let cp = p.get(PROPERTY_CHECKPOINT).and_then(|c| c.parse::<u64>().ok());
+            if let (Some(key), Some(cp)) = (key, cp) {
+                let e = best.entry(key.clone()).or_insert(cp);
+                *e = (*e).max(cp);
             }
         }
         Ok(best)
@@ -281,6 +299,12 @@ impl Sink for LanceSink {
             });
         }
         Ok(info)
+    }
+
+    async fn committed_checkpoints(&self, keys: &[String]) -> Result<Option<BTreeMap<String, u64>>> {
+        let Some(ds) = self.open().await? else { return Ok(Some(BTreeMap::new())) };
+        let mut all = self.committed_keys(&ds, 0).await?;
+        Ok(Some(keys.iter().filter_map(|k| Some((k.clone(), all.remove(k)?))).collect()))
     }
 
     async fn writer(&self, _ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {

@@ -88,7 +88,8 @@ impl Assigner {
                 if *reader >= readers {
                     return Err(crate::Error::checkpoint(format!(
                         "the assignment log names reader {reader}, but the source has {readers}; \
-                         restore the old parallelism or use a fresh checkpoint location"
+                         restore the old parallelism to resume (a fresh checkpoint location would be a new job \
+                         that writes every row again)"
                     )));
                 }
                 assigned[*reader] += 1;

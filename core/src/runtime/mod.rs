@@ -8,6 +8,7 @@
 
 mod assign;
 mod gate;
+mod guard;
 mod region;
 mod task;
 
@@ -117,16 +118,32 @@ impl Pipeline {
         let store = self.checkpoint_store()?;
         store.probe().await?;
         let regions = plan.regions();
-        let meta = store
-            .open_pipeline(&PipelineMeta {
-                format: FORMAT.into(),
-                version: VERSION,
-                pipeline: plan.name.clone(),
-                topology: plan.topology(),
-                regions,
-                instance: crate::checkpoint::new_instance_id(),
-            })
-            .await?;
+        let start_over = plan.settings.start_over;
+        let proposed = PipelineMeta {
+            format: FORMAT.into(),
+            version: VERSION,
+            pipeline: plan.name.clone(),
+            topology: plan.topology(),
+            regions,
+            instance: if start_over {
+                crate::checkpoint::new_instance_id()
+            } else {
+                crate::checkpoint::instance_for(store.location())
+            },
+        };
+        let fresh = store.pipeline_meta().await?.is_none();
+        if fresh {
+            // Checked before `pipeline.json` is written, so a run that stops here leaves the
+            // location as it found it (and `--start-over` still finds it new).
+            guard::check(&plan, &store, &proposed.instance).await?;
+        }
+        let (meta, created) = store.open_pipeline(&proposed).await?;
+        if start_over && !created {
+            tracing::info!("start_over applies to a new checkpoint location only: resuming from the checkpoints there");
+        }
+        if !fresh || meta.instance != proposed.instance {
+            guard::check(&plan, &store, &meta.instance).await?;
+        }
         let assigner = assign::Assigner::open(store.clone(), plan.nodes[0].parallelism).await?;
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let run = Arc::new(region::RunContext {
