@@ -10,7 +10,7 @@
 //! | `message`  | Utf8        | what failed and why                                            |
 //! | `attempts` | UInt32      | how many times the stage tried                                 |
 //! | `ref`      | Utf8?       | the row's object URI, from its ObjectRef column (or `uri`)     |
-//! | `row`      | Utf8        | the whole input row as JSON, so nothing is lost                |
+//! | `row`      | Utf8        | the input row as JSON (binary values as hex up to 4 KiB, texts up to 64 KiB; larger ones are replaced by their size: the object stays at `ref`) |
 //! | `failed_at_ms` | Int64   | when (milliseconds since the Unix epoch)                       |
 //!
 //! Dead letters go to the pipeline's dead-letter sink, which is written and committed under the same
@@ -51,7 +51,7 @@ pub fn build(pipeline: &str, stage: &str, input: &RecordBatch, failures: &[RowFa
     let n = failures.len();
     let indices = UInt64Array::from_iter_values(failures.iter().map(|f| f.row as u64));
     let rows = take_rows(input, &indices)?;
-    let json = rows_as_json(&rows)?;
+    let json = rows_as_json(&capped(&rows)?)?;
     let refs = uri_column(&rows);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let columns: Vec<ArrayRef> = vec![
@@ -70,6 +70,77 @@ pub fn build(pipeline: &str, stage: &str, input: &RecordBatch, failures: &[RowFa
 fn take_rows(input: &RecordBatch, indices: &UInt64Array) -> Result<RecordBatch> {
     let columns = input.columns().iter().map(|c| take(c, indices, None)).collect::<Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(input.schema(), columns)?)
+}
+
+/// Binary values up to this size are kept (as hex) in a dead letter's `row`.
+pub const MAX_BINARY_BYTES: usize = 4 << 10;
+/// Texts up to this size are kept whole in a dead letter's `row`.
+pub const MAX_TEXT_BYTES: usize = 64 << 10;
+
+/// `rows` with every binary column (at any depth of structs) as text: hex up to
+/// [`MAX_BINARY_BYTES`], else a note of the size; and texts over [`MAX_TEXT_BYTES`] cut. A dead
+/// letter keeps the reference and the reason, not a copy of a 60 MB object as 120 MB of hex.
+fn capped(rows: &RecordBatch) -> Result<RecordBatch> {
+    let (fields, columns): (Vec<_>, Vec<_>) = rows
+        .schema()
+        .fields()
+        .iter()
+        .zip(rows.columns())
+        .map(|(f, c)| cap_column(f, c))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
+fn cap_column(field: &arrow::datatypes::FieldRef, column: &ArrayRef) -> Result<(arrow::datatypes::FieldRef, ArrayRef)> {
+    use arrow::array::{AsArray, StructArray};
+    let text = |values: Vec<Option<String>>| -> (arrow::datatypes::FieldRef, ArrayRef) {
+        (Arc::new(Field::new(field.name(), DataType::Utf8, true)), Arc::new(StringArray::from(values)))
+    };
+    let binary = |v: Option<&[u8]>| {
+        v.map(|b| {
+            if b.len() <= MAX_BINARY_BYTES {
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            } else {
+                format!("<{} bytes, not kept: over the dead-letter cap of {MAX_BINARY_BYTES} bytes>", b.len())
+            }
+        })
+    };
+    let cut = |v: Option<&str>| {
+        v.map(|t| {
+            if t.len() <= MAX_TEXT_BYTES {
+                t.to_string()
+            } else {
+                let mut end = MAX_TEXT_BYTES;
+                while !t.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{}…<cut: {} bytes in all>", &t[..end], t.len())
+            }
+        })
+    };
+    Ok(match column.data_type() {
+        DataType::Binary => text(column.as_binary::<i32>().iter().map(binary).collect()),
+        DataType::LargeBinary => text(column.as_binary::<i64>().iter().map(binary).collect()),
+        DataType::BinaryView => text(column.as_binary_view().iter().map(binary).collect()),
+        DataType::FixedSizeBinary(_) => text(column.as_fixed_size_binary().iter().map(binary).collect()),
+        DataType::Utf8 if column.as_string::<i32>().value_data().len() > MAX_TEXT_BYTES => {
+            text(column.as_string::<i32>().iter().map(cut).collect())
+        }
+        DataType::LargeUtf8 if column.as_string::<i64>().value_data().len() > MAX_TEXT_BYTES => {
+            text(column.as_string::<i64>().iter().map(cut).collect())
+        }
+        DataType::Struct(_) => {
+            let s = column.as_struct();
+            let DataType::Struct(children) = s.data_type() else { unreachable!() };
+            let (fields, columns): (Vec<_>, Vec<_>) =
+                children.iter().zip(s.columns()).map(|(f, c)| cap_column(f, c)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
+            let capped = StructArray::try_new(fields.clone().into(), columns, s.nulls().cloned())?;
+            (Arc::new(Field::new(field.name(), DataType::Struct(fields.into()), field.is_nullable())), Arc::new(capped))
+        }
+        _ => (field.clone(), column.clone()),
+    })
 }
 
 fn rows_as_json(rows: &RecordBatch) -> Result<Vec<String>> {
@@ -128,6 +199,28 @@ mod tests {
         assert_eq!(col("message"), "corrupt JPEG");
         assert_eq!(col("ref"), "s3://b/c");
         assert_eq!(col("row"), r#"{"id":12,"uri":"s3://b/c"}"#);
+    }
+
+    #[test]
+    fn large_binary_and_text_values_are_not_copied_into_dead_letters() {
+        let small: &[u8] = &[0xde, 0xad];
+        let big = vec![7u8; 60 << 20];
+        let bytes: ArrayRef = Arc::new(arrow::array::BinaryArray::from(vec![small, big.as_slice()]));
+        let long = "é".repeat(MAX_TEXT_BYTES);
+        let texts: ArrayRef = Arc::new(StringArray::from(vec!["short", long.as_str()]));
+        let uris: ArrayRef = Arc::new(StringArray::from(vec!["s3://b/a", "s3://b/big"]));
+        let input = RecordBatch::try_from_iter([("bytes", bytes), ("text", texts), ("uri", uris)]).unwrap();
+        let failures = [RowFailure::new(0, ErrorKind::Data, "bad"), RowFailure::new(1, ErrorKind::Data, "undecodable")];
+        let dl = build("p", "decode", &input, &failures).unwrap();
+        let rows = dl.column_by_name("row").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let first: serde_json::Value = serde_json::from_str(rows.value(0)).unwrap();
+        assert_eq!(first["bytes"], "dead");
+        assert_eq!(first["text"], "short");
+        let second: serde_json::Value = serde_json::from_str(rows.value(1)).unwrap();
+        assert!(second["bytes"].as_str().unwrap().contains(&format!("{} bytes, not kept", 60 << 20)), "{second}");
+        assert!(second["text"].as_str().unwrap().ends_with(&format!("<cut: {} bytes in all>", long.len())));
+        assert!(rows.value(1).len() < MAX_TEXT_BYTES + 1024, "{}", rows.value(1).len());
+        assert_eq!(dl.column_by_name("ref").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(1), "s3://b/big");
     }
 
     #[test]

@@ -112,14 +112,14 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.message)?;
+        let mut text = self.message.clone();
         for c in &self.context {
-            write!(f, " ({c})")?;
+            text.push_str(&format!(" ({c})"));
         }
         if let Some(source) = &self.source {
-            write!(f, ": {}", redact(&source.to_string()))?;
+            text.push_str(&format!(": {}", redact(&source.to_string())));
         }
-        Ok(())
+        f.write_str(&hide_secrets(&text))
     }
 }
 
@@ -164,6 +164,27 @@ impl From<arrow::error::ArrowError> for Error {
     }
 }
 
+/// Whether an error text from a library (Lance, SQLite, the OS) says that a location is unusable as
+/// configured: a file where a directory must be, a read-only or forbidden directory, a database
+/// file that cannot be opened. No retry fixes that, so it is a configuration error, not a
+/// transient one (a full disk, by contrast, may get room again).
+pub fn is_misconfigured_path(text: &str) -> bool {
+    const SIGNS: [&str; 11] = [
+        "Not a directory",
+        "Is a directory",
+        "Read-only file system",
+        "Permission denied",
+        "Operation not permitted",
+        "unable to open database file",
+        "attempt to write a readonly database",
+        "(os error 13)",
+        "(os error 20)",
+        "(os error 21)",
+        "(os error 30)",
+    ];
+    SIGNS.iter().any(|s| text.contains(s))
+}
+
 /// The message a panic carried (`panic!("…")` gives a `&str` or a `String`), for reports that name
 /// the bug instead of printing Rust's panic report.
 pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
@@ -174,8 +195,9 @@ pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Removes credentials from a string that may contain URLs: user info (`https://user:pass@host`) and
-/// the values of query parameters that look like secrets (signatures, tokens, keys).
+/// Removes credentials from a string that may contain URLs: user info (`https://user:pass@host`),
+/// the values of query parameters that look like secrets (signatures, tokens, keys), and every
+/// [registered secret](register_secret) wherever it appears.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for (i, word) in text.split(' ').enumerate() {
@@ -183,6 +205,58 @@ pub fn redact(text: &str) -> String {
             out.push(' ');
         }
         out.push_str(&redact_word(word));
+    }
+    hide_secrets(&out)
+}
+
+fn secrets() -> &'static std::sync::RwLock<Vec<String>> {
+    static SECRETS: std::sync::OnceLock<std::sync::RwLock<Vec<String>>> = std::sync::OnceLock::new();
+    SECRETS.get_or_init(Default::default)
+}
+
+/// Values shorter than this are not registered as secrets: hiding them would hide ordinary text.
+const MIN_SECRET_LEN: usize = 6;
+
+/// Registers a secret value (an API key, a password read from the environment): from now on
+/// [`redact`] and every [`Error`]'s message replace it with `***`, so a server that echoes it back
+/// (an `Authorization` header in an error body) cannot put it into a log line, an error or a dead
+/// letter. Values shorter than 6 characters are ignored.
+pub fn register_secret(value: &str) {
+    let value = value.trim();
+    if value.len() < MIN_SECRET_LEN {
+        return;
+    }
+    let mut s = secrets().write().unwrap_or_else(|e| e.into_inner());
+    if !s.iter().any(|v| v == value) {
+        s.push(value.to_string());
+        // Longest first, so a secret that contains another is hidden whole.
+        s.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+}
+
+/// Registers the values of the environment variables whose names say they hold secrets
+/// (`*SECRET*`, `*TOKEN*`, `*PASSWORD*`, `*API_KEY*`, `*APIKEY*`, `*PRIVATE_KEY*`,
+/// `*SAS*`, `*CREDENTIAL*`, `AWS_SESSION_TOKEN`, …). Called once at startup by the CLI.
+pub fn register_secrets_from_env() {
+    for (name, value) in std::env::vars() {
+        let n = name.to_ascii_uppercase();
+        let secret = ["SECRET", "TOKEN", "PASSWORD", "PASSWD", "API_KEY", "APIKEY", "PRIVATE_KEY", "_SAS", "CREDENTIAL"]
+            .iter()
+            .any(|s| n.contains(s));
+        if secret {
+            register_secret(&value);
+        }
+    }
+}
+
+/// `text` with every registered secret replaced by `***`.
+pub fn hide_secrets(text: &str) -> String {
+    let s = secrets().read().unwrap_or_else(|e| e.into_inner());
+    let mut out = text.to_string();
+    for secret in s.iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "***");
+        }
     }
     out
 }
@@ -217,6 +291,20 @@ fn is_secret_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registered_secrets_never_reach_a_message() {
+        register_secret("sk-live-0123456789abcdef");
+        register_secret("abc");
+        let echoed = "401: {\"error\": \"bad key\", \"headers\": {\"authorization\": \"Bearer sk-live-0123456789abcdef\"}}";
+        assert!(!redact(echoed).contains("0123456789abcdef"), "{}", redact(echoed));
+        assert!(redact(echoed).contains("Bearer ***"));
+        let e = Error::external(format!("remote endpoint said {echoed}")).context("stage `embed`");
+        assert!(!e.to_string().contains("sk-live") && e.to_string().contains("stage `embed`"), "{e}");
+        assert!(!format!("{e:?}").contains("sk-live"));
+        // Too short to hide without hiding ordinary words.
+        assert_eq!(redact("abc def"), "abc def");
+    }
 
     #[test]
     fn redacts_user_info_and_signed_query() {

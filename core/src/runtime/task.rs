@@ -278,21 +278,84 @@ pub(crate) struct OperatorTask {
     pub io: StageIo,
 }
 
-/// Runs `f` on the operator on tokio's blocking pool (CPU work stays off the async reactor).
-async fn blocking<T: Send + 'static>(
+/// Runs `f` on the operator on tokio's blocking pool (CPU work stays off the async reactor). A
+/// panic in `f` is caught and returned as its message, and the operator comes back either way.
+async fn blocking_caught<T: Send + 'static>(
     op: &mut Option<Box<dyn Operator>>,
     stage: &str,
     f: impl FnOnce(&mut dyn Operator) -> T + Send + 'static,
-) -> Result<T> {
+) -> Result<std::result::Result<T, String>> {
     let mut taken = op.take().expect("operator present");
     let (back, out) = tokio::task::spawn_blocking(move || {
-        let out = f(taken.as_mut());
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(taken.as_mut())))
+            .map_err(|p| crate::error::panic_text(&*p));
         (taken, out)
     })
     .await
     .map_err(|e| Error::internal(format!("stage `{stage}` panicked: {}", panic_message(e))))?;
     *op = Some(back);
     Ok(out)
+}
+
+/// [`blocking_caught`], with a panic as an internal error (for `open`, `snapshot`, `finish`).
+async fn blocking<T: Send + 'static>(
+    op: &mut Option<Box<dyn Operator>>,
+    stage: &str,
+    f: impl FnOnce(&mut dyn Operator) -> T + Send + 'static,
+) -> Result<T> {
+    blocking_caught(op, stage, f).await?.map_err(|p| Error::internal(format!("stage `{stage}` panicked: {p}")))
+}
+
+/// The dead letter of a row on which a stage panicked.
+fn panicked_row(stage: &str, panic: &str) -> RowFailure {
+    RowFailure::new(0, crate::ErrorKind::Internal, format!("stage `{stage}` panicked on this row (a bug): {panic}"))
+}
+
+/// Processes `batch` in halves, down to single rows, after the operator panicked on it: each part's
+/// output is held back until the part completes, so a panic mid-part sends nothing on, and a
+/// single row that panics becomes a dead letter. A panic is a bug on some row's data, and one
+/// row must never stop the job (every rerun would stop on the same row).
+/// `panicked`: the whole batch panicked already, so start with its halves.
+async fn process_bisecting(
+    op: &mut Option<Box<dyn Operator>>,
+    io: &mut StageIo,
+    batch: &RecordBatch,
+    panicked: bool,
+) -> Result<()> {
+    let stage = io.ctx.stage.clone();
+    // Row ranges still to do, as a stack (the first half on top, so rows keep their order).
+    let n = batch.num_rows();
+    let mut todo = if panicked && n > 1 { vec![(n / 2, n - n / 2), (0, n / 2)] } else { vec![(0, n)] };
+    while let Some((offset, len)) = todo.pop() {
+        let part = batch.slice(offset, len);
+        let input = part.clone();
+        let outcome = blocking_caught(op, &stage, move |op| {
+            let mut outs = Vec::new();
+            op.process_into(input, &mut |out| {
+                outs.push(out);
+                Ok(())
+            })
+            .map(|()| outs)
+        })
+        .await?;
+        match outcome {
+            Ok(outs) => {
+                for out in outs.map_err(|e| e.context(format!("stage `{stage}`")))? {
+                    io.emit(&part, Ok(out)).await?;
+                }
+            }
+            Err(panic) if len == 1 => {
+                StageMetrics::add(&io.metrics.panics, 1);
+                tracing::warn!(stage = %stage, "the stage panicked on a row; the row is a dead letter: {panic}");
+                io.dead_letters.route(&part, &[panicked_row(&stage, &panic)], &io.metrics).await?;
+            }
+            Err(_) => {
+                todo.push((offset + len / 2, len - len / 2));
+                todo.push((offset, len / 2));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn panic_message(e: tokio::task::JoinError) -> String {
@@ -318,25 +381,53 @@ impl OperatorTask {
                 Event::Batch(batch) => {
                     io.count_in(&batch);
                     let start = Instant::now();
+                    if io.metrics.panics.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                        // Once the stage has panicked in this run, a batch that panics is bisected
+                        // before any of its output goes on (see below).
+                        process_bisecting(&mut op, &mut io, &batch, false).await?;
+                        StageMetrics::add_time(&io.metrics.busy_ns, start.elapsed());
+                        continue;
+                    }
                     let input = batch.clone();
                     // The operator emits its output piece by piece from the blocking pool; each
                     // piece is sent on before the next is made (one in hand at a time). When the
                     // sending fails, the receiver is gone and the operator's next `emit` fails.
                     let (tx, rx) = mpsc::channel::<Output>(1);
-                    let work = blocking(&mut op, &stage, move |op| {
+                    let work = blocking_caught(&mut op, &stage, move |op| {
                         op.process_into(batch, &mut |out| tx.blocking_send(out).map_err(|_| downstream_gone()))
                     });
+                    let mut sent_pieces = 0usize;
                     let send = async {
                         // Owned here, so a failed send drops it and releases the operator.
                         let mut rx = rx;
                         while let Some(out) = rx.recv().await {
+                            sent_pieces += 1;
                             io.emit(&input, Ok(out)).await?;
                         }
                         Ok::<_, Error>(())
                     };
                     let (done, sent) = tokio::join!(work, send);
                     sent?;
-                    done?.map_err(|e| e.context(format!("stage `{stage}`")))?;
+                    match done? {
+                        Ok(done) => done.map_err(|e| e.context(format!("stage `{stage}`")))?,
+                        Err(panic) if sent_pieces > 0 => {
+                            // Part of the batch's output has gone on already: bisecting now would
+                            // send it twice. The region restarts from its last checkpoint (that
+                            // output is never committed), and from then on this stage bisects a
+                            // batch that panics before any of its output goes on.
+                            StageMetrics::add(&io.metrics.panics, 1);
+                            return Err(Error::internal(format!(
+                                "stage `{stage}` panicked after sending part of a batch on: {panic}; the region \
+                                 restarts and the stage holds each batch's output back until the batch is done"
+                            )));
+                        }
+                        Err(panic) => {
+                            StageMetrics::add(&io.metrics.panics, 1);
+                            tracing::warn!(stage = %stage, rows = input.num_rows(), "the stage panicked; processing \
+                                the batch in halves to find the rows that panic: {panic}");
+                            process_bisecting(&mut op, &mut io, &input, true).await?;
+                        }
+                    }
                     StageMetrics::add_time(&io.metrics.busy_ns, start.elapsed());
                 }
                 Event::Barrier(b) => {
@@ -424,13 +515,55 @@ impl Pending {
             let (op, ctx, metrics) = (op.clone(), io.ctx.clone(), io.metrics.clone());
             inflight.push(Box::pin(async move {
                 let start = Instant::now();
-                let out = op.process(batch.clone(), &ctx).await;
+                let out = process_async(&op, &batch, &ctx, &metrics).await;
                 StageMetrics::add_time(&metrics.busy_ns, start.elapsed());
                 drop(held);
                 (seq, batch, out)
             }));
         }
     }
+}
+
+/// `op.process` with its panics caught: after a panic the batch is processed again in halves, down
+/// to the rows that panic, which become failed rows of the output (dead letters), as for sync
+/// operators. An async operator returns its output whole, so nothing has gone on yet.
+async fn process_async(
+    op: &Arc<dyn AsyncOperator>,
+    batch: &RecordBatch,
+    ctx: &TaskContext,
+    metrics: &StageMetrics,
+) -> Result<Output> {
+    use futures::FutureExt;
+    let caught = |part: RecordBatch| std::panic::AssertUnwindSafe(op.process(part, ctx)).catch_unwind();
+    let panic = match caught(batch.clone()).await {
+        Ok(out) => return out,
+        Err(p) => crate::error::panic_text(&*p),
+    };
+    StageMetrics::add(&metrics.panics, 1);
+    tracing::warn!(stage = %ctx.stage, rows = batch.num_rows(), "the stage panicked; processing the batch in halves \
+        to find the rows that panic: {panic}");
+    let (mut batches, mut failures) = (Vec::new(), Vec::new());
+    let mut todo = vec![(0, batch.num_rows())];
+    while let Some((offset, len)) = todo.pop() {
+        match caught(batch.slice(offset, len)).await {
+            Ok(out) => {
+                let out = out?;
+                batches.push(out.batch);
+                failures.extend(out.failures.into_iter().map(|f| RowFailure { row: f.row + offset, ..f }));
+            }
+            Err(p) if len == 1 => {
+                StageMetrics::add(&metrics.panics, 1);
+                let panic = crate::error::panic_text(&*p);
+                failures.push(RowFailure { row: offset, ..panicked_row(&ctx.stage, &panic) });
+            }
+            Err(_) => {
+                todo.push((offset + len / 2, len - len / 2));
+                todo.push((offset, len / 2));
+            }
+        }
+    }
+    let schema = batches.first().map_or_else(|| batch.schema(), |b| b.schema());
+    Ok(Output { batch: arrow::compute::concat_batches(&schema, &batches)?, failures })
 }
 
 /// What the input side of an async subtask gives: the next event, or a barrier that overtook the

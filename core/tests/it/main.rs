@@ -2,5 +2,6 @@
 
 mod build_errors;
 mod common;
+mod panics;
 mod runtime;
 mod service;
