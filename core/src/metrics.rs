@@ -3,7 +3,9 @@
 //! The runtime counts for every stage: rows and bytes in and out, time busy (processing), time
 //! backpressured (waiting for room downstream), errors (stage failures), dead letters, and the bytes
 //! buffered in its input channels (now and peak). For the pipeline: checkpoints completed and their
-//! duration, commits and their latency, rows and dead letters committed, region restarts. Progress
+//! duration, commits and their latency, rows and dead letters committed, region restarts; for
+//! service stages (models, remote endpoints), whether each waits on its endpoint and since when
+//! ([`crate::service::service_status`]). Progress
 //! displays and exporters read [`Metrics::snapshot`]; no stage needs special cases.
 //! [`Metrics::prometheus`] renders them in Prometheus' text format (the CLI's `--metrics` endpoint).
 
@@ -36,6 +38,9 @@ pub struct StageMetrics {
     pub errors: AtomicU64,
     /// Rows sent to the dead-letter output.
     pub dead_letters: AtomicU64,
+    /// Panics caught in the stage's code (each one bisects its batch down to the row that panics,
+    /// which becomes a dead letter).
+    pub panics: AtomicU64,
     /// Bytes buffered in the stage's input channels.
     pub input_buffer: Arc<BufferGauge>,
 }
@@ -98,6 +103,7 @@ pub struct StageSnapshot {
     pub backpressure_ms: u64,
     pub errors: u64,
     pub dead_letters: u64,
+    pub panics: u64,
     pub buffered_bytes: u64,
     pub peak_buffered_bytes: u64,
 }
@@ -125,6 +131,7 @@ impl Metrics {
         use std::fmt::Write;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let secs = |a: &AtomicU64| get(a) as f64 / 1e9;
+        let raw_pipeline = pipeline;
         let pipeline = pipeline.replace('\\', "\\\\").replace('"', "\\\"");
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = (String, f64)>| {
@@ -134,7 +141,7 @@ impl Metrics {
             }
         };
         type StageValue = fn(&StageMetrics) -> f64;
-        let stage_families: [(&str, &str, &str, StageValue); 9] = [
+        let stage_families: [(&str, &str, &str, StageValue); 10] = [
             ("stage_rows_in_total", "counter", "Rows a stage received.", |s| s.rows_in.load(Ordering::Relaxed) as f64),
             ("stage_rows_out_total", "counter", "Rows a stage emitted.", |s| s.rows_out.load(Ordering::Relaxed) as f64),
             ("stage_bytes_in_total", "counter", "Bytes a stage received.", |s| s.bytes_in.load(Ordering::Relaxed) as f64),
@@ -150,6 +157,9 @@ impl Metrics {
             }),
             ("stage_dead_letters_total", "counter", "Rows a stage sent to the dead letters.", |s| {
                 s.dead_letters.load(Ordering::Relaxed) as f64
+            }),
+            ("stage_panics_total", "counter", "Panics caught in a stage (the rows that panic become dead letters).", |s| {
+                s.panics.load(Ordering::Relaxed) as f64
             }),
             ("stage_buffered_bytes", "gauge", "Bytes waiting in a stage's input channels.", |s| s.input_buffer.now() as f64),
         ];
@@ -176,6 +186,36 @@ impl Metrics {
         for (name, kind, help, v) in pipeline_families {
             family(name, kind, help, &mut std::iter::once((String::new(), v)));
         }
+        // Service stages (models, remote endpoints): whether each waits on its endpoint, since when.
+        let services: Vec<crate::service::ServiceStatus> =
+            crate::service::service_status().into_iter().filter(|s| s.pipeline == raw_pipeline).collect();
+        if !services.is_empty() {
+            let label =
+                |s: &crate::service::ServiceStatus| format!(",stage=\"{}\"", s.stage.replace('\\', "\\\\").replace('"', "\\\""));
+            let since = |s: &crate::service::ServiceStatus| {
+                s.waiting
+                    .as_ref()
+                    .map_or(0.0, |w| w.since.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs() as f64))
+            };
+            family(
+                "service_waiting",
+                "gauge",
+                "Whether a service stage is waiting on its endpoint, which is down (1), holding its input.",
+                &mut services.iter().map(|s| (label(s), if s.waiting.is_some() { 1.0 } else { 0.0 })),
+            );
+            family(
+                "service_waiting_since_timestamp_seconds",
+                "gauge",
+                "Since when a service stage has been waiting on its endpoint (Unix time; 0 while it answers).",
+                &mut services.iter().map(|s| (label(s), since(s))),
+            );
+            family(
+                "service_waiting_seconds",
+                "gauge",
+                "How long a service stage has been waiting on its endpoint (0 while it answers).",
+                &mut services.iter().map(|s| (label(s), s.waiting.as_ref().map_or(0.0, |w| w.waited.as_secs_f64()))),
+            );
+        }
         out
     }
 
@@ -199,6 +239,7 @@ impl Metrics {
                     backpressure_ms: ms(get(&s.backpressure_ns)),
                     errors: get(&s.errors),
                     dead_letters: get(&s.dead_letters),
+                    panics: get(&s.panics),
                     buffered_bytes: s.input_buffer.now(),
                     peak_buffered_bytes: s.input_buffer.peak(),
                 })
@@ -234,6 +275,6 @@ mod tests {
         assert!(text.contains("alluvium_commits_total{pipeline=\"thumb\\\"s\"} 3\n"), "{text}");
         assert!(text.contains("# TYPE alluvium_stage_buffered_bytes gauge\n"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 9 + 9, "nine series per stage, nine for the pipeline");
+        assert_eq!(samples, 10 + 9, "ten series per stage, nine for the pipeline");
     }
 }

@@ -369,6 +369,13 @@ impl Embed {
         self.settings.timeout = timeout;
         self
     }
+    /// How long the stage waits for an endpoint that is down before it fails, stopping the job
+    /// (10 minutes; see [`alluvium_core::service::outage`]). Meanwhile its input is held, nothing
+    /// becomes a dead letter, and checkpoints go on.
+    pub fn outage_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.outage_timeout = timeout;
+        self
+    }
     /// All pool settings at once (timeouts, retries, queue).
     pub fn settings(mut self, settings: PoolSettings) -> Self {
         self.settings = settings;

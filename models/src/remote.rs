@@ -12,17 +12,23 @@
 //! # Ok(()) }
 //! ```
 //!
-//! * **Errors.** An answer's HTTP status says what the pool does with it:
-//!   * 408, 425, 429, 500, 502, 503, 504 and dropped connections are *transient*: retried with
-//!     backoff, never sooner than the server's `Retry-After` (seconds or an HTTP date) or
-//!     `retry-after-ms`;
+//! * **Errors.** Whose failure it is, the endpoint's or the rows', says what the pool does:
+//!   * 408, 425, 429, 500, 502, 503, 504, refused or dropped connections, timeouts and TLS errors
+//!     are the *endpoint's* (transient): retried with backoff, never sooner than the server's
+//!     `Retry-After` (seconds or an HTTP date) or `retry-after-ms` (believed up to the pool's
+//!     `max_retry_after`, 60 s); when a call's retries are spent the endpoint is down and the stage
+//!     waits for it, holding its input, up to `outage_timeout` — no row becomes a dead letter for
+//!     an outage (see [`alluvium_core::service::outage`]);
 //!   * 401, 403 and 404 are *fatal*: no row can succeed with a rejected key or an unknown model, so
 //!     the pipeline stops with a config error saying which key to fix;
-//!   * any other 4xx is *permanent* for the rows of the call: the pool splits the batch to find the
-//!     rows the server rejects, and those become dead letters with the server's message.
+//!   * any other 4xx, and an answer that cannot be decoded, are the *rows'* (permanent): the pool
+//!     splits the batch to find the rows the server rejects, and those become dead letters with the
+//!     server's message.
 //! * **Secrets.** Header values (an API key) come from the environment (`api_key_env`,
 //!   `header_env`) or from code; they are marked sensitive, never printed by `Debug`, and never part
-//!   of an error or a log line. URLs lose any `user:password@` before they appear in a message.
+//!   of an error or a log line: a server that echoes them back (an `Authorization` header quoted in
+//!   its error body) has them replaced by `***` in every message the stage stores or prints, dead
+//!   letters included. URLs lose any `user:password@` before they appear in a message.
 //! * **Rate limits.** `requests_per_minute` and `tokens_per_minute` are token buckets shared by
 //!   every worker of the stage: a call waits until both allow it. A call's tokens are estimated
 //!   before it (4 bytes a token, the usual rule for English) and corrected with the `usage` the
@@ -165,6 +171,7 @@ impl Endpoint {
             }
         }
         let mut headers = HeaderMap::new();
+        let mut secrets: Vec<String> = Vec::new();
         for (name, value) in &self.headers {
             let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| Error::config(format!("header name `{name}` is not a valid HTTP header name")))?;
@@ -179,6 +186,22 @@ impl Endpoint {
                     }
                 },
             };
+            // The value, and the key without its `Bearer ` prefix: hidden wherever a server echoes them.
+            let raw = match value {
+                Value::Env { prefix, .. } => text.strip_prefix(*prefix).unwrap_or(&text).to_string(),
+                Value::Given(v) => v.clone(),
+            };
+            // Keys also go to the process's list, so that no error or log line anywhere shows them.
+            let key = matches!(value, Value::Env { .. })
+                || ["authorization", "key", "token", "secret"].iter().any(|k| name.contains(k));
+            for secret in [text.trim().to_string(), raw.trim().to_string()] {
+                if secret.len() >= MIN_SECRET_CHARS && !secrets.contains(&secret) {
+                    if key {
+                        alluvium_core::error::register_secret(&secret);
+                    }
+                    secrets.push(secret);
+                }
+            }
             let mut v = HeaderValue::from_str(&text)
                 .map_err(|_| Error::config(format!("the value of header `{name}` has characters HTTP does not allow")))?;
             v.set_sensitive(true);
@@ -203,9 +226,17 @@ impl Endpoint {
             http,
             limit: RateLimit::new(self.requests_per_minute, self.tokens_per_minute),
             dimensions: OnceLock::new(),
+            secrets: {
+                // Longest first, so that a value holding another is hidden whole.
+                secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+                secrets
+            },
         })
     }
 }
+
+/// Header values shorter than this are not looked for in messages (hiding them would hide words).
+const MIN_SECRET_CHARS: usize = 4;
 
 /// `url` without `user:password@`.
 fn redact_url(url: &str) -> String {
@@ -227,6 +258,8 @@ pub struct RemoteModel {
     http: reqwest::Client,
     limit: RateLimit,
     dimensions: OnceLock<usize>,
+    /// The header values (API keys) sent, to hide wherever a server echoes them.
+    secrets: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -282,8 +315,30 @@ impl RemoteModel {
         &self.endpoint
     }
 
-    /// Embeds `texts`: `texts.len() × dimensions` floats and the dimensions.
+    /// Embeds `texts`: `texts.len() × dimensions` floats and the dimensions. The error's message
+    /// never holds a header value sent (an API key), even when the server quotes it.
     pub async fn embed_texts(&self, texts: &[&str]) -> std::result::Result<(Vec<f32>, usize), ServiceError> {
+        self.post(texts).await.map_err(|e| self.scrub(e))
+    }
+
+    /// `message` without the header values sent (each replaced by `***`), credentials in URLs, or
+    /// any other registered secret ([`alluvium_core::error::redact`]).
+    pub fn scrub_message(&self, message: &str) -> String {
+        let mut text = message.to_string();
+        for secret in &self.secrets {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "***");
+            }
+        }
+        alluvium_core::error::redact(&text)
+    }
+
+    fn scrub(&self, mut e: ServiceError) -> ServiceError {
+        e.message = self.scrub_message(&e.message);
+        e
+    }
+
+    async fn post(&self, texts: &[&str]) -> std::result::Result<(Vec<f32>, usize), ServiceError> {
         let estimate = texts.iter().map(|t| t.len().div_ceil(4).max(1) as u64).sum();
         self.limit.acquire(estimate).await;
         let body = match self.endpoint.protocol {
@@ -382,6 +437,10 @@ impl Service for RemoteModel {
         let (values, dims) = self.embed_texts(&texts).await?;
         let array = embedding_array(dims, values).map_err(|e| ServiceError::permanent(e.to_string()))?;
         Ok(Arc::new(array))
+    }
+
+    fn endpoint(&self) -> Option<String> {
+        Some(self.shown.clone())
     }
 }
 
@@ -561,6 +620,23 @@ mod tests {
         assert!(zero.to_string().contains("tokens_per_minute"), "{zero}");
         let bad_value = Endpoint::openai("http://x", "m").header("x-key", "secret\nvalue").connect().err().unwrap();
         assert!(!bad_value.to_string().contains("secret"), "{bad_value}");
+    }
+
+    #[test]
+    fn header_values_sent_are_hidden_in_every_message() {
+        std::env::set_var("ALLUVIUM_TEST_SCRUB_KEY", "sk-scrub-0123456789");
+        let model = Endpoint::openai("http://u:pw@127.0.0.1:1", "m")
+            .api_key_env("ALLUVIUM_TEST_SCRUB_KEY")
+            .header("x-team", "t1")
+            .connect()
+            .unwrap();
+        let echoed = r#"answered 400: {"headers": {"authorization": "Bearer sk-scrub-0123456789"}} from http://u:pw@h/x"#;
+        let shown = model.scrub_message(echoed);
+        assert!(!shown.contains("sk-scrub") && shown.contains("***"), "{shown}");
+        assert!(!shown.contains(":pw@"), "{shown}");
+        // Too short to hide without hiding words.
+        assert_eq!(model.scrub_message("t1 is fine"), "t1 is fine");
+        assert_eq!(Service::endpoint(&model).unwrap(), "http://127.0.0.1:1/v1/embeddings");
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,13 +4,15 @@
 //! (over the last second), buffered bytes and dead letters; the source's line is a bar with an
 //! ETA when the job knows its total rows (the `generate` source). Log lines printed meanwhile go
 //! above the bars ([`LogWriter`]). Elsewhere (CI, files, pipes), one `progress` log line every
-//! `every`.
+//! `every`. A service stage whose endpoint is down says so on its line (and in a warning line
+//! every `every` elsewhere): waiting on which endpoint, since when, and the last failure.
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use alluvium::core::metrics::Metrics;
+use alluvium::core::service::{service_status, ServiceStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// The bars being drawn, if any: the log writer prints above them.
@@ -75,6 +77,7 @@ async fn bars(metrics: Arc<Metrics>, total_rows: Option<u64>) {
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let now = metrics.snapshot();
+        let waiting = waiting_stages();
         let secs = last.0.elapsed().as_secs_f64();
         if secs < 1.0 {
             for pb in &lines {
@@ -98,6 +101,9 @@ async fn bars(metrics: Arc<Metrics>, total_rows: Option<u64>) {
             if s.dead_letters > 0 {
                 msg.push_str(&format!(", {} dead letters", s.dead_letters));
             }
+            if let Some(w) = waiting.iter().find(|w| w.stage == s.name) {
+                msg.push_str(&format!(", {}", waiting_text(w)));
+            }
             pb.set_message(msg);
         }
         last = (Instant::now(), now);
@@ -119,5 +125,26 @@ async fn lines(metrics: Arc<Metrics>, every: Duration) {
             rows_per_s = (read as f64 / secs) as u64,
             "progress"
         );
+        for w in waiting_stages() {
+            tracing::warn!(stage = %w.stage, "stage `{}`: {}", w.stage, waiting_text(&w));
+        }
     }
+}
+
+/// The service stages waiting on their endpoint now (a CLI process runs one pipeline).
+fn waiting_stages() -> Vec<ServiceStatus> {
+    service_status().into_iter().filter(|s| s.waiting.is_some()).collect()
+}
+
+/// "waiting on its endpoint URL since TIME (for 42s): LAST FAILURE".
+fn waiting_text(s: &ServiceStatus) -> String {
+    let Some(w) = &s.waiting else { return String::new() };
+    let on = s.endpoint.as_deref().map_or_else(|| format!("its service `{}`", s.service), |e| format!("its endpoint {e}"));
+    let what = if w.gave_up { "gave up waiting on" } else { "waiting on" };
+    let cut: String = w.last_failure.chars().take(160).collect();
+    format!(
+        "{what} {on} since {} (for {}): {cut}",
+        humantime::format_rfc3339_seconds(w.since),
+        humantime::format_duration(std::time::Duration::from_secs(w.waited.as_secs()))
+    )
 }

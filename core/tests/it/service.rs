@@ -1,5 +1,6 @@
 //! Service stages: a pool shared by the lanes, dynamic batching, retries, dead letters, resizing,
-//! and unaligned checkpoints that do not wait for slow calls.
+//! unaligned checkpoints that do not wait for slow calls, and outages: a service that is down is
+//! waited for (no dead letters, checkpoints go on, a stop does not wait), up to `outage_timeout`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -175,16 +176,33 @@ async fn transient_failures_are_retried_and_permanent_ones_become_dead_letters_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_that_keeps_failing_transiently_becomes_a_dead_letter_with_its_attempts() {
+async fn a_request_that_keeps_failing_transiently_waits_for_the_service_then_fails_the_call_not_the_rows() {
+    // Every call fails with a 503: the service's failure. After the retries the pool waits for it
+    // (probing), and after `outage_timeout` the call fails; no row is a dead letter.
     let model = Arc::new(Doubler { flaky: Some(1), ..Default::default() });
-    let settings = PoolSettings { retries: 2, backoff: Duration::from_millis(1), ..Default::default() };
-    let answer = pool(settings, model.clone()).call(ids(0..3)).await.unwrap();
-    assert_eq!(answer.failures.len(), 3);
-    assert_eq!(answer.values.logical_null_count(), 3);
-    let f = &answer.failures[0];
-    assert_eq!((f.row, f.attempts), (0, 3));
-    assert!(f.message.contains("503") && f.message.contains("gave up after 3 attempts"), "{}", f.message);
-    assert_eq!(model.calls.load(Ordering::SeqCst), 3, "no splitting on transient failures");
+    let settings = PoolSettings {
+        retries: 2,
+        backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(20),
+        outage_timeout: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let pool = pool(settings, model.clone());
+    let started = std::time::Instant::now();
+    let err = pool.call(ids(0..3)).await.unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+    assert_eq!(err.kind(), alluvium_core::ErrorKind::External, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("`doubler`") && text.contains("outage_timeout") && text.contains("503: busy"), "{text}");
+    assert!(model.calls.load(Ordering::SeqCst) > 3, "probed after the retries");
+    assert_eq!(model.largest_batch.load(Ordering::SeqCst), 3, "no splitting on the service's failures");
+    let stats = pool.stats();
+    assert_eq!((stats.failed_rows, stats.rows, stats.outages), (0, 0, 1), "{stats:?}");
+    assert!(pool.waiting().is_some_and(|w| w.gave_up && w.last_failure.contains("503")), "{:?}", pool.waiting());
+    // Once given up, later calls fail at once with the same reason (the job is stopping).
+    let started = std::time::Instant::now();
+    let again = pool.call(ids(3..5)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(200) && again.to_string().contains("outage_timeout"), "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,4 +310,219 @@ async fn rows_with_a_null_request_are_dead_letters_and_never_reach_the_service()
     .unwrap();
     let err = stage.process(other, &ctx).await.unwrap_err().to_string();
     assert!(err.contains("no column `id`") && err.contains("it has: key"), "{err}");
+}
+
+/// A service that answers `id × 2`, except while it is down (from `down.start` to `down.end` after
+/// it was made, or while `off`): then every call fails as a refused connection does, asking to
+/// wait `retry_after` if set. It counts the rows it answered, by id.
+struct Flaky {
+    born: std::time::Instant,
+    down: std::ops::Range<Duration>,
+    off: std::sync::atomic::AtomicBool,
+    retry_after: Option<Duration>,
+    calls: AtomicU64,
+    answered: std::sync::Mutex<std::collections::BTreeMap<i64, usize>>,
+}
+
+impl Flaky {
+    fn new(down: std::ops::Range<Duration>, retry_after: Option<Duration>) -> Arc<Self> {
+        Arc::new(Self {
+            born: std::time::Instant::now(),
+            down,
+            off: Default::default(),
+            retry_after,
+            calls: AtomicU64::new(0),
+            answered: Default::default(),
+        })
+    }
+    fn switch(&self, off: bool) {
+        self.off.store(off, Ordering::SeqCst);
+    }
+    /// Ids answered more than once, or not at all, in `0..n`.
+    fn not_once(&self, n: i64) -> Vec<(i64, usize)> {
+        let answered = self.answered.lock().unwrap();
+        (0..n).map(|id| (id, answered.get(&id).copied().unwrap_or(0))).filter(|&(_, k)| k != 1).collect()
+    }
+}
+
+#[async_trait]
+impl Service for Flaky {
+    async fn call(&self, requests: RecordBatch) -> Result<ArrayRef, ServiceError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if self.off.load(Ordering::SeqCst) || self.down.contains(&self.born.elapsed()) {
+            return Err(ServiceError::transient("http://model.invalid/v1: error sending request: connection refused")
+                .retry_after(self.retry_after));
+        }
+        let ids = requests.column(0).as_any().downcast_ref::<Int64Array>().expect("ids");
+        let mut answered = self.answered.lock().unwrap();
+        for id in ids.iter().flatten() {
+            *answered.entry(id).or_insert(0) += 1;
+        }
+        Ok(Arc::new(ids.iter().map(|v| v.map(|v| v * 2)).collect::<Int64Array>()))
+    }
+
+    fn endpoint(&self) -> Option<String> {
+        Some("http://model.invalid/v1".into())
+    }
+}
+
+fn flaky_pool(settings: PoolSettings, service: Arc<Flaky>) -> ServicePool {
+    ServicePool::new("flaky", settings, move |_| {
+        let s = service.clone();
+        async move { Ok(s as Arc<dyn Service>) }
+    })
+    .unwrap()
+}
+
+/// Quick retries and probes, two workers.
+fn outage_settings() -> PoolSettings {
+    PoolSettings {
+        max_batch_rows: 32,
+        workers: 2,
+        min_workers: 2,
+        max_workers: 2,
+        retries: 2,
+        backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(100),
+        ..Default::default()
+    }
+}
+
+/// `n` rows read at `rate` rows/s per lane (two lanes) → `pool` as stage `model` → JSON Lines.
+fn outage_pipeline(name: &str, dir: &std::path::Path, n: u64, rate: f64, pool: &ServicePool) -> Pipeline {
+    Pipeline::builder(name)
+        .source(Generate::new(n).batch_size(30).split_rows(n / 2).rows_per_second(rate))
+        .then(pool.stage("model", &["id"], "doubled"))
+        .sink(FileSink::new(JsonLines, dir.join("out").to_str().unwrap()))
+        .dead_letters(FileSink::new(JsonLines, dir.join("dead").to_str().unwrap()))
+        .parallelism(2)
+        .checkpoint_every(Duration::from_millis(50))
+        .restart_delay(Duration::from_millis(10))
+        .checkpoint_location(dir.join("ckpt").to_str().unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_is_down_for_a_while_holds_its_rows_and_answers_each_once() {
+    // Down from 0.6 s to 2 s while the source reads for about 3 s.
+    let n = 1800;
+    let service = Flaky::new(Duration::from_millis(600)..Duration::from_millis(2000), None);
+    let pool = flaky_pool(PoolSettings { outage_timeout: Duration::from_secs(60), ..outage_settings() }, service.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let p = outage_pipeline("down-model", dir.path(), n, 300.0, &pool);
+    // While the service is down: the checkpoints completed, and what /metrics says.
+    let metrics = p.metrics();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let (pool, done) = (pool.clone(), done.clone());
+        tokio::spawn(async move {
+            let (mut first, mut last, mut text) = (None, 0, String::new());
+            while !done.load(Ordering::SeqCst) {
+                if pool.waiting().is_some() {
+                    let checkpoints = metrics.pipeline.checkpoints.load(Ordering::Relaxed);
+                    first.get_or_insert(checkpoints);
+                    last = checkpoints;
+                    if text.is_empty() {
+                        text = metrics.prometheus("down-model");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (first, last, text)
+        })
+    };
+    let summary = p.run().await.unwrap();
+    done.store(true, Ordering::SeqCst);
+    let (first, last, text) = watch.await.unwrap();
+
+    assert_eq!((summary.dead_letters, summary.restarts), (0, 0), "{summary:?}");
+    assert!(read_jsonl(&dir.path().join("dead")).is_empty());
+    assert_exact(&dir.path().join("out"), n as i64, |_| false);
+    let not_once = service.not_once(n as i64);
+    assert!(not_once.is_empty(), "every row answered by the service exactly once (id, answers): {not_once:?}");
+    let stats = pool.stats();
+    assert!(stats.outages >= 1 && stats.failed_rows == 0 && stats.waiting_since.is_none(), "{stats:?}");
+    let first = first.expect("the stage waited for its service");
+    assert!(last >= first + 3, "checkpoints went on while the service was down: {first} → {last}");
+    assert!(text.contains("alluvium_service_waiting{pipeline=\"down-model\",stage=\"model\"} 1\n"), "{text}");
+    let since = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("alluvium_service_waiting_since_timestamp_seconds{pipeline=\"down-model\",stage=\"model\"} ")
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no since: {text}"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(since > now - 60.0 && since <= now, "since {since}, now {now}");
+    let status = alluvium_core::service::service_status();
+    let mine = status.iter().find(|s| s.pipeline == "down-model" && s.stage == "model").expect("listed");
+    assert_eq!(mine.endpoint.as_deref(), Some("http://model.invalid/v1"));
+    assert!(mine.waiting.is_none(), "the service answers again: {mine:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_down_past_outage_timeout_stops_the_job_and_a_rerun_finishes_exactly_once() {
+    let n = 1200;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Flaky::new(Duration::ZERO..Duration::ZERO, None);
+    service.switch(true);
+    let settings = PoolSettings { outage_timeout: Duration::from_millis(500), ..outage_settings() };
+    let started = std::time::Instant::now();
+    let err = outage_pipeline("gone-model", dir.path(), n, 400.0, &flaky_pool(settings.clone(), service.clone()))
+        .run()
+        .await
+        .expect_err("the job stops: its service stayed down");
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert_eq!(err.kind(), alluvium_core::ErrorKind::External, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("stage `model` gave up waiting for its endpoint http://model.invalid/v1"), "{text}");
+    assert!(text.contains("`outage_timeout` = 500ms") && text.contains("connection refused"), "{text}");
+    assert!(read_jsonl(&dir.path().join("dead")).is_empty(), "an outage makes no dead letters");
+
+    // The service is back: a rerun resumes from the last checkpoint, and every row is there once.
+    service.switch(false);
+    let summary =
+        outage_pipeline("gone-model", dir.path(), n, 400.0, &flaky_pool(settings, service.clone())).run().await.unwrap();
+    assert_eq!(summary.dead_letters, 0);
+    assert!(read_jsonl(&dir.path().join("dead")).is_empty());
+    assert_exact(&dir.path().join("out"), n as i64, |_| false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_does_not_wait_for_a_service_that_asks_to_retry_in_a_day() {
+    // Down, answering `Retry-After: 86400`: the pool waits at most `max_retry_after` (60 s) at a
+    // time, checkpoints go on meanwhile, and a stop ends the run at once.
+    let n = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Flaky::new(Duration::ZERO..Duration::ZERO, Some(Duration::from_secs(86_400)));
+    service.switch(true);
+    let settings = PoolSettings { retries: 4, ..outage_settings() };
+    let p = outage_pipeline("stopped-model", dir.path(), n, 500.0, &flaky_pool(settings.clone(), service.clone()));
+    let started = std::time::Instant::now();
+    let summary = p.run_until(tokio::time::sleep(Duration::from_millis(1500))).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(6), "the stop waited: {:?}", started.elapsed());
+    assert!(summary.stopped, "{summary:?}");
+    assert_eq!(summary.dead_letters, 0, "{summary:?}");
+    assert!(summary.checkpoints >= 5, "checkpoints went on while the service was down: {summary:?}");
+    assert!(read_jsonl(&dir.path().join("dead")).is_empty());
+
+    service.switch(false);
+    let summary =
+        outage_pipeline("stopped-model", dir.path(), n, 5000.0, &flaky_pool(settings, service.clone())).run().await.unwrap();
+    assert_eq!(summary.dead_letters, 0);
+    assert_exact(&dir.path().join("out"), n as i64, |_| false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_retry_after_is_believed_up_to_max_retry_after() {
+    // Down for 300 ms, asking to wait a day: the pool waits 100 ms at a time, not a day.
+    let service = Flaky::new(Duration::ZERO..Duration::from_millis(300), Some(Duration::from_secs(86_400)));
+    let settings = PoolSettings { max_retry_after: Duration::from_millis(100), ..outage_settings() };
+    let pool = flaky_pool(settings, service.clone());
+    let answer = tokio::time::timeout(Duration::from_secs(10), pool.call(ids(0..8))).await.expect("no day-long wait").unwrap();
+    assert!(answer.failures.is_empty(), "{:?}", answer.failures);
+    let not_once = service.not_once(8);
+    assert!(not_once.is_empty(), "{not_once:?}");
 }

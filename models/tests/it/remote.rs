@@ -1,7 +1,9 @@
 //! The remote clients against the model server, over real HTTP on 127.0.0.1: both protocols give
 //! the local model's vectors; pool size sets the requests in flight at the server; shrinking the
 //! pool loses nothing; 429/503 are retried; a rejected row becomes a dead letter; a rejected key
-//! stops the stage without showing the key.
+//! stops the stage without showing the key; a server that goes away is waited for (no dead
+//! letters) and each row is embedded once when it is back, or, gone for good, the call fails after
+//! `outage_timeout` naming the endpoint.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -227,14 +229,61 @@ async fn a_rejected_key_or_unknown_model_stops_the_stage_and_never_shows_the_key
     let answer = right.call(batch(&texts(6))).await.unwrap();
     assert!(answer.failures.is_empty());
 
-    // A server that is not there: transient, retried, then dead letters that say so.
+    // A server that is not there: the endpoint's failure, not the rows'. The call waits for it (no
+    // dead letters), and after `outage_timeout` fails, naming the endpoint and why, not the key.
     let addr = server.addr();
     server.stop().await.unwrap();
-    let gone = Embed::remote(Endpoint::openai(format!("http://{addr}"), "m"))
-        .settings(fast_retries(PoolSettings { retries: 2, ..Default::default() }))
+    let gone = Embed::remote(Endpoint::openai(format!("http://{addr}"), "m").api_key_env("ALLUVIUM_TEST_REMOTE_RIGHT_KEY"))
+        .settings(fast_retries(PoolSettings { retries: 2, outage_timeout: Duration::from_secs(1), ..Default::default() }))
         .pool("embed")
         .unwrap();
-    let answer = gone.call(batch(&texts(3))).await.unwrap();
-    assert_eq!(answer.failures.len(), 3);
-    assert!(answer.failures[0].message.contains("gave up after 3 attempts"), "{}", answer.failures[0].message);
+    let started = std::time::Instant::now();
+    let err = gone.call(batch(&texts(3))).await.unwrap_err();
+    assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
+    let text = format!("{err} {err:?}");
+    assert_eq!(err.kind(), ErrorKind::External, "{text}");
+    assert!(text.contains(&format!("its endpoint http://{addr}/v1/embeddings")) && text.contains("outage_timeout"), "{text}");
+    assert!(!text.contains("right-key"), "{text}");
+    assert_eq!(gone.stats().failed_rows, 0, "no dead letters for an outage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_goes_away_and_comes_back_embeds_every_row_once() {
+    let first = server(ServeOptions::default()).await;
+    let addr = first.addr();
+    let settings =
+        PoolSettings { max_batch_rows: 4, outage_timeout: Duration::from_secs(120), ..fast_retries(PoolSettings::default()) };
+    let pool = Embed::remote(Endpoint::openai(first.url(), first.model_name())).settings(settings).pool("embed").unwrap();
+    assert!(pool.call(batch(&texts(4))).await.unwrap().failures.is_empty());
+    first.stop().await.unwrap();
+
+    // Down: the call waits, and the pool says since when and why.
+    let t = texts(40);
+    let call = {
+        let (pool, t) = (pool.clone(), t.clone());
+        tokio::spawn(async move { pool.call(batch(&t)).await })
+    };
+    let waiting = std::time::Instant::now();
+    while pool.waiting().is_none() {
+        assert!(waiting.elapsed() < Duration::from_secs(30), "never waited: {:?}", pool.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!call.is_finished(), "the call waits for the server");
+    let w = pool.waiting().expect("still down");
+    assert!(w.last_failure.contains(&addr.to_string()) && !w.gave_up, "{w:?}");
+    assert!(pool.stats().waiting_since.is_some());
+
+    // Back on the same address: every row once, nothing a dead letter.
+    let options = ServeOptions { listen: addr, ..Default::default() };
+    let second = ModelServer::start(model(), options).await.unwrap();
+    let answer =
+        tokio::time::timeout(Duration::from_secs(60), call).await.expect("answered once the server is back").unwrap().unwrap();
+    assert!(answer.failures.is_empty(), "{:?}", answer.failures);
+    assert_local_vectors(&t, &answer.values);
+    assert_eq!(second.stats().rows, 40, "each row embedded once");
+    let stats = pool.stats();
+    assert_eq!((stats.failed_rows, stats.outages), (0, 1), "{stats:?}");
+    assert!(pool.waiting().is_none());
+    second.stop().await.unwrap();
 }

@@ -7,18 +7,30 @@
 //!  lane 2 ─ ServiceStage ─┘ ◀── answers (values, failures) └─ worker … (min..max, resizable)
 //! ```
 //!
-//! * A [`Service`] answers one batch of requests with one value per row. Its error says whether a
-//!   retry may help ([`ServiceError::transient`], optionally with the server's `Retry-After`) or not
-//!   ([`ServiceError::permanent`]), or whether the stage cannot work at all ([`ServiceError::fatal`]:
-//!   a rejected API key, a model the server does not have), which stops the pipeline with the
-//!   message instead of turning every row into a dead letter.
+//! * A [`Service`] answers one batch of requests with one value per row. Its error says whose
+//!   failure it is: the **service's** ([`ServiceError::transient`], optionally with the server's
+//!   `Retry-After`: a refused connection, a timeout, 5xx, 429, a TLS error), the **rows'**
+//!   ([`ServiceError::permanent`]: a 4xx naming the input, an answer that cannot be decoded, a
+//!   per-row error in the answer), or the **setup's** ([`ServiceError::fatal`]: a rejected API key,
+//!   a model the server does not have), which stops the pipeline with the message instead of
+//!   turning every row into a dead letter. Only the rows' failures become dead letters.
 //! * A [`ServicePool`] runs workers, each with its own instance made by the pool's start function
 //!   (model weights load once per worker; a new worker takes traffic only once it has started).
 //!   * **Dynamic batching**: a worker takes queued requests, from any lane, up to
 //!     `max_batch_rows`, waiting at most `max_wait` for a batch to fill.
 //!   * **Backpressure**: the queue holds at most `queue_rows` rows; a lane that wants more waits.
 //!   * **Timeouts and retries**: each call has a `timeout`; transient failures are retried up to
-//!     `retries` times with exponential backoff and full jitter, never sooner than `Retry-After`.
+//!     `retries` times with exponential backoff and full jitter, never sooner than `Retry-After`
+//!     (which is believed up to `max_retry_after`, 60 s: a server asking for a day does not stall
+//!     the job for a day).
+//!   * **Outages are not bad input** ([`outage`]): when one call's retries are spent, the service
+//!     is down, not the rows. A circuit breaker opens: workers hold the requests they have and
+//!     take no more, the queue fills and lanes wait (backpressure holds the sources), checkpoints
+//!     go on (the stage is unaligned), and one request at a time probes the service with backoff
+//!     and jitter. When it answers, work goes on where it was, nothing lost or doubled. After
+//!     `outage_timeout` (10 minutes) the stage fails with an error naming it, the endpoint and the
+//!     last failure; the job stops and a rerun resumes from its last checkpoint. Metrics
+//!     ([`service_status`]), the progress line and the log say which stage waits and since when.
 //!   * **Dead letters for permanent failures**: a batch that fails permanently is split in halves
 //!     until the failing rows are found, so one bad row never takes its neighbours down.
 //!   * **Non-disruptive scaling**: [`ServicePool::resize`] changes the number of workers while the
@@ -34,11 +46,13 @@
 //! The pool is its own region: a lane that fails and restarts does not restart the pool; the
 //! requests of the failed lane that are still queued are skipped (nobody waits for them).
 
+pub mod outage;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray};
 use arrow::compute::{concat, concat_batches, filter, filter_record_batch};
@@ -48,9 +62,12 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{redact, Error, ErrorKind, Result};
 use crate::operator::{with_columns, AsyncOperator, Output, RowFailure, TaskContext};
 use crate::pipeline::Stage;
+
+pub use outage::{service_status, ServiceStatus, Waiting};
+use outage::{Admit, Breaker};
 
 /// Why a call to a [`Service`] failed, and whether trying again may help.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,11 +83,14 @@ pub struct ServiceError {
 }
 
 impl ServiceError {
-    /// A failure that a retry may fix (HTTP 429/503, a timeout, a dropped connection).
+    /// A failure of the service, not of the rows (HTTP 429/5xx, a timeout, a refused or dropped
+    /// connection, a TLS error): retried, and while it lasts the stage waits for the service
+    /// instead of making dead letters (see [`outage`]).
     pub fn transient(message: impl Into<String>) -> Self {
         Self { transient: true, fatal: false, retry_after: None, message: message.into() }
     }
-    /// A failure that no retry fixes (HTTP 400, an input the model rejects).
+    /// A failure of the rows that no retry fixes (HTTP 400 naming the input, an input the model
+    /// rejects, an answer that cannot be decoded): the rows that fail become dead letters.
     pub fn permanent(message: impl Into<String>) -> Self {
         Self { transient: false, fatal: false, retry_after: None, message: message.into() }
     }
@@ -99,6 +119,12 @@ pub trait Service: Send + Sync + 'static {
     /// an array of the same length. CPU-heavy services run their work off the async reactor
     /// (`tokio::task::spawn_blocking`).
     async fn call(&self, requests: RecordBatch) -> std::result::Result<ArrayRef, ServiceError>;
+
+    /// Where the service is, for messages, metrics and logs (a URL without credentials); `None`
+    /// for a model in the process.
+    fn endpoint(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Makes worker `n`'s service: loads weights, opens connections. Called once per worker.
@@ -121,12 +147,20 @@ pub struct PoolSettings {
     pub queue_rows: usize,
     /// Time one call may take before it is abandoned and retried (60 s).
     pub timeout: Duration,
-    /// Retries of a transient failure (4; 5 attempts in all).
+    /// Retries of a transient failure of one call (4; 5 attempts in all) before the service is
+    /// taken to be down (an outage: the stage waits for it, see [`outage`]). Never a reason for a
+    /// dead letter.
     pub retries: u32,
-    /// First backoff; it doubles with every retry, with full jitter (100 ms).
+    /// First backoff; it doubles with every retry, with full jitter (100 ms). Probes of a service
+    /// that is down are spaced the same way, up to `max_backoff`.
     pub backoff: Duration,
     /// Longest backoff (10 s).
     pub max_backoff: Duration,
+    /// Longest wait a server's `Retry-After` is believed for (60 s).
+    pub max_retry_after: Duration,
+    /// How long the stage waits for a service that is down before it fails, stopping the job
+    /// (10 minutes). A rerun resumes from the last checkpoint.
+    pub outage_timeout: Duration,
     /// How often the pool looks at its queue to scale itself (500 ms).
     pub scale_interval: Duration,
 }
@@ -144,6 +178,8 @@ impl Default for PoolSettings {
             retries: 4,
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(60),
+            outage_timeout: Duration::from_secs(600),
             scale_interval: Duration::from_millis(500),
         }
     }
@@ -180,6 +216,11 @@ impl PoolSettings {
         if self.timeout.is_zero() {
             return bad("`timeout` must be more than zero".into());
         }
+        if self.outage_timeout.is_zero() {
+            return bad(
+                "`outage_timeout` must be more than zero (how long to wait for an endpoint that is down, e.g. 10m)".into()
+            );
+        }
         Ok(())
     }
 }
@@ -210,12 +251,16 @@ pub struct PoolStats {
     pub retries: u64,
     /// Rows answered with a value.
     pub rows: u64,
-    /// Rows that failed for good.
+    /// Rows that failed for good (the rows' failures: dead letters).
     pub failed_rows: u64,
     /// Calls in flight right now.
     pub in_flight: u64,
     /// Most calls in flight at once so far.
     pub peak_in_flight: u64,
+    /// Outages so far: times the service was taken to be down and the stage waited for it.
+    pub outages: u64,
+    /// Since when the stage has been waiting for its service, while it is down.
+    pub waiting_since: Option<SystemTime>,
 }
 
 struct Request {
@@ -261,6 +306,12 @@ struct Inner {
     room: Arc<Semaphore>,
     workers: Mutex<Workers>,
     counters: Counters,
+    /// Whether the service is down, since when, and the last failure.
+    breaker: Breaker,
+    /// Where the service is ([`Service::endpoint`] of the first worker that started), redacted.
+    endpoint: Mutex<Option<String>>,
+    /// The (pipeline, stage) pairs whose lanes call this pool, for metrics.
+    users: Mutex<Vec<(String, String)>>,
 }
 
 /// A pool of service workers shared by all lanes. Cloning shares the pool. See the module docs.
@@ -296,8 +347,13 @@ impl ServicePool {
             room,
             workers,
             counters: Default::default(),
+            breaker: Default::default(),
+            endpoint: Mutex::new(None),
+            users: Mutex::new(Vec::new()),
         };
-        Ok(Self { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        outage::register(&inner);
+        Ok(Self { inner })
     }
 
     /// The pool's name.
@@ -310,9 +366,16 @@ impl ServicePool {
         &self.inner.settings
     }
 
+    /// Whether the stage is waiting for its service (it is down), since when and why; `None` while
+    /// the service answers.
+    pub fn waiting(&self) -> Option<Waiting> {
+        self.inner.waiting()
+    }
+
     /// The pool's counters now.
     pub fn stats(&self) -> PoolStats {
         let c = &self.inner.counters;
+        let (outages, waiting_since) = self.inner.outage_counts();
         let w = self.inner.workers.lock().expect("workers");
         PoolStats {
             workers: w.live,
@@ -325,6 +388,8 @@ impl ServicePool {
             failed_rows: c.failed_rows.load(Ordering::Relaxed),
             in_flight: c.in_flight.load(Ordering::Relaxed),
             peak_in_flight: c.peak_in_flight.load(Ordering::Relaxed),
+            outages,
+            waiting_since,
         }
     }
 
@@ -346,10 +411,15 @@ impl ServicePool {
     }
 
     /// Calls the service on `requests`: splits them into requests of at most `max_batch_rows`, waits
-    /// for room in the queue (backpressure), and gathers the answers in row order. `Err` only when
-    /// the pool cannot work at all (no worker could start).
+    /// for room in the queue (backpressure), and gathers the answers in row order. While the service
+    /// is down the answers wait for it (see [`outage`]). `Err` only when the pool cannot work at
+    /// all: no worker could start, the setup is wrong (a config error), or the service stayed down
+    /// longer than `outage_timeout` (an external error naming the endpoint and the last failure).
     pub async fn call(&self, requests: RecordBatch) -> Result<Answer> {
         self.inner.ensure_started();
+        if let Some(why) = self.inner.gave_up() {
+            return Err(outage::outage_error(&why));
+        }
         let max = self.inner.settings.max_batch_rows;
         let mut replies = Vec::new();
         let mut offset = 0;
@@ -358,6 +428,9 @@ impl ServicePool {
             let room = self.inner.room.clone().acquire_many_owned(len as u32).await.map_err(|_| self.inner.closed())?;
             if let Some(why) = &self.inner.workers.lock().expect("workers").broken {
                 return Err(Error::external(format!("service `{}` has no worker: {why}", self.inner.name)));
+            }
+            if let Some(why) = self.inner.gave_up() {
+                return Err(outage::outage_error(&why));
             }
             let (reply, answer) = oneshot::channel();
             let batch = requests.slice(offset, len);
@@ -494,20 +567,26 @@ impl Inner {
         }
     }
 
-    /// Calls `service` on `batch` with the timeout and the retries. Returns the result and the
-    /// number of attempts.
-    async fn call_with_retries(
-        &self,
-        service: &dyn Service,
-        batch: &RecordBatch,
-    ) -> (std::result::Result<ArrayRef, ServiceError>, u32) {
+    /// Calls `service` on `batch`: with the timeout, the retries of a transient failure, and, when
+    /// the service is down, waiting for it (see [`outage`]). Returns the outcome and the number of
+    /// calls made for `batch`. A transient failure never comes back: it is retried, then waited
+    /// out, until the outage lasts longer than `outage_timeout`.
+    async fn call_with_retries(&self, service: &dyn Service, batch: &RecordBatch, abandoned: Abandoned<'_>) -> (Outcome, u32) {
         let s = &self.settings;
-        let mut attempt = 0u32;
+        let mut attempts = 0u32;
+        // Retries of this call while the service is up; an outage gives a fresh budget after it.
+        let mut retried = 0u32;
         loop {
-            attempt += 1;
+            let probe = match self.admit(abandoned).await {
+                Admit::Call => false,
+                Admit::Probe => true,
+                Admit::GaveUp(why) => return (Outcome::GaveUp(why), attempts),
+                Admit::Abandoned => return (Outcome::Abandoned, attempts),
+            };
+            attempts += 1;
             let c = &self.counters;
             c.calls.fetch_add(1, Ordering::Relaxed);
-            if attempt > 1 {
+            if attempts > 1 {
                 c.retries.fetch_add(1, Ordering::Relaxed);
             }
             let now = c.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
@@ -523,43 +602,79 @@ impl Inner {
                 Err(_) => Err(ServiceError::transient(format!("no answer within {}", humantime::format_duration(s.timeout)))),
             };
             c.in_flight.fetch_sub(1, Ordering::Relaxed);
-            match result {
-                Err(e) if e.transient && attempt <= s.retries => {
-                    let wait = backoff(s, attempt).max(e.retry_after.unwrap_or_default());
-                    tracing::debug!(service = %self.name, attempt, wait_ms = wait.as_millis() as u64, error = %e.message, "retrying");
-                    tokio::time::sleep(wait).await;
+            let e = match result {
+                Ok(values) => {
+                    self.service_answered();
+                    return (Outcome::Values(values), attempts);
                 }
-                other => return (other, attempt),
+                // An answer, even a refusal, says the service is up: the failure is the rows' (or
+                // the setup's).
+                Err(e) if !e.transient => {
+                    self.service_answered();
+                    return (Outcome::Failed(e), attempts);
+                }
+                Err(e) => e,
+            };
+            // The server's wait, believed up to `max_retry_after`.
+            let asked = e.retry_after.map(|d| d.min(s.max_retry_after));
+            if probe {
+                self.probe_failed(&e, asked);
+                continue;
             }
+            if self.is_open() {
+                // Down already (another worker found out): wait with the others, spending nothing.
+                self.service_failed(&e, asked);
+                continue;
+            }
+            if retried < s.retries {
+                retried += 1;
+                let wait = backoff(s, retried).max(asked.unwrap_or_default());
+                tracing::debug!(service = %self.name, attempt = attempts, wait_ms = wait.as_millis() as u64, error = %redact(&e.message), "retrying");
+                if sleep_unless(wait, abandoned).await {
+                    return (Outcome::Abandoned, attempts);
+                }
+                continue;
+            }
+            // Every retry of this call failed: the service is down, not the rows.
+            self.service_failed(&e, asked);
+            retried = 0;
         }
     }
 
     /// Answers every row of `batch`: calls, and on a permanent failure of several rows, splits the
     /// batch in halves to find the rows that fail. Pieces come back in row order.
-    fn answer<'a>(&'a self, service: &'a dyn Service, batch: RecordBatch, first_row: usize) -> BoxFuture<'a, Vec<Piece>> {
+    fn answer<'a>(
+        &'a self,
+        service: &'a dyn Service,
+        batch: RecordBatch,
+        first_row: usize,
+        abandoned: Abandoned<'a>,
+    ) -> BoxFuture<'a, Vec<Piece>> {
         Box::pin(async move {
-            let (result, attempts) = self.call_with_retries(service, &batch).await;
-            match result {
-                Ok(values) => vec![Piece::Values(values)],
-                Err(e) if e.fatal => vec![Piece::Fatal(format!("service `{}`: {}", self.name, e.message))],
-                Err(e) if !e.transient && batch.num_rows() > 1 => {
+            let (outcome, attempts) = self.call_with_retries(service, &batch, abandoned).await;
+            match outcome {
+                Outcome::Values(values) => vec![Piece::Values(values)],
+                Outcome::GaveUp(why) => vec![Piece::Stop(outage::outage_error(&why))],
+                Outcome::Abandoned => vec![Piece::Abandoned],
+                Outcome::Failed(e) if e.fatal => {
+                    vec![Piece::Stop(Error::config(redact(&format!("service `{}`: {}", self.name, e.message))))]
+                }
+                Outcome::Failed(_) if batch.num_rows() > 1 => {
                     let half = batch.num_rows() / 2;
-                    let mut pieces = self.answer(service, batch.slice(0, half), first_row).await;
-                    if matches!(pieces.last(), Some(Piece::Fatal(_))) {
+                    let mut pieces = self.answer(service, batch.slice(0, half), first_row, abandoned).await;
+                    if matches!(pieces.last(), Some(Piece::Stop(_) | Piece::Abandoned)) {
                         return pieces;
                     }
-                    pieces.extend(self.answer(service, batch.slice(half, batch.num_rows() - half), first_row + half).await);
+                    pieces.extend(
+                        self.answer(service, batch.slice(half, batch.num_rows() - half), first_row + half, abandoned).await,
+                    );
                     pieces
                 }
-                Err(e) => {
-                    let kind = if e.transient { ErrorKind::External } else { ErrorKind::Data };
-                    let message = if e.transient {
-                        format!("service `{}`: {} (gave up after {attempts} attempts)", self.name, e.message)
-                    } else {
-                        format!("service `{}`: {}", self.name, e.message)
-                    };
+                Outcome::Failed(e) => {
+                    // The row's own failure: a dead letter, with the server's words (never a secret).
+                    let message = redact(&format!("service `{}`: {}", self.name, e.message));
                     let failures = (0..batch.num_rows())
-                        .map(|r| RowFailure::new(first_row + r, kind, message.clone()).attempts(attempts))
+                        .map(|r| RowFailure::new(first_row + r, ErrorKind::Data, message.clone()).attempts(attempts))
                         .collect();
                     vec![Piece::Failed(batch.num_rows(), failures)]
                 }
@@ -568,20 +683,58 @@ impl Inner {
     }
 }
 
+/// Whether every caller of a batch has gone (their lanes stopped or restarted): then nobody waits
+/// for its answer, and a worker waiting for the service drops it.
+type Abandoned<'a> = &'a (dyn Fn() -> bool + Send + Sync);
+
+/// What calling the service on one batch came to.
+enum Outcome {
+    /// A value per row.
+    Values(ArrayRef),
+    /// The service answered with a failure of the rows (or of the setup, when fatal).
+    Failed(ServiceError),
+    /// The service stayed down longer than `outage_timeout`.
+    GaveUp(String),
+    /// Nobody waits for the answer any more.
+    Abandoned,
+}
+
 enum Piece {
     Values(ArrayRef),
     Failed(usize, Vec<RowFailure>),
-    Fatal(String),
+    /// The stage cannot go on: every caller gets this error.
+    Stop(Error),
+    Abandoned,
+}
+
+/// Sleeps `wait`, or less when `abandoned` becomes true (looked at every quarter second). Returns
+/// whether it was abandoned.
+async fn sleep_unless(wait: Duration, abandoned: Abandoned<'_>) -> bool {
+    let until = Instant::now() + wait;
+    loop {
+        if abandoned() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return false;
+        }
+        tokio::time::sleep((until - now).min(outage::TICK)).await;
+    }
+}
+
+/// A random number in [0, 1).
+fn unit_random(salt: u64) -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(salt);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Exponential backoff with full jitter: a random time in [0, min(max, base × 2^(attempt-1))].
 fn backoff(s: &PoolSettings, attempt: u32) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let cap = s.backoff.saturating_mul(1u32 << (attempt - 1).min(16)).min(s.max_backoff);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    let unit = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
-    cap.mul_f64(unit)
+    let cap = s.backoff.saturating_mul(1u32 << (attempt.max(1) - 1).min(16)).min(s.max_backoff);
+    cap.mul_f64(unit_random(attempt as u64))
 }
 
 async fn worker(pool: Arc<Inner>, id: usize) {
@@ -600,12 +753,19 @@ async fn worker(pool: Arc<Inner>, id: usize) {
                 if w.live + w.starting == 0 {
                     w.broken = Some(e.to_string());
                     drop(w);
-                    fail_queued(&pool, &e.to_string());
+                    let why = e.to_string();
+                    fail_queued(&pool, || Error::external(format!("service `{}` has no worker: {why}", pool.name)));
                 }
                 return;
             }
         }
     };
+    if let Some(endpoint) = service.endpoint() {
+        let mut known = pool.endpoint.lock().expect("endpoint");
+        if known.is_none() {
+            *known = Some(redact(&endpoint));
+        }
+    }
     tracing::debug!(service = %pool.name, worker = id, "service worker started");
     while let Some(requests) = pool.take().await {
         serve(&pool, service.as_ref(), requests).await;
@@ -613,15 +773,15 @@ async fn worker(pool: Arc<Inner>, id: usize) {
     tracing::debug!(service = %pool.name, worker = id, "service worker stopped");
 }
 
-/// Fails every queued request: the pool has no worker.
-fn fail_queued(pool: &Inner, why: &str) {
+/// Fails every queued request with `error()`: the pool cannot answer them.
+fn fail_queued(pool: &Inner, error: impl Fn() -> Error) {
     let drained: Vec<Request> = {
         let mut q = pool.queue.lock().expect("queue");
         q.rows = 0;
         q.requests.drain(..).collect()
     };
     for r in drained {
-        let _ = r.reply.send(Err(Error::external(format!("service `{}` has no worker: {why}", pool.name))));
+        let _ = r.reply.send(Err(error()));
     }
 }
 
@@ -639,11 +799,18 @@ async fn serve(pool: &Inner, service: &dyn Service, requests: Vec<Request>) {
             return;
         }
     };
-    let pieces = pool.answer(service, merged, 0).await;
-    if let Some(Piece::Fatal(why)) = pieces.iter().find(|p| matches!(p, Piece::Fatal(_))) {
-        tracing::error!(service = %pool.name, error = %why, "the service cannot work; stopping");
+    let abandoned = || requests.iter().all(|r| r.reply.is_closed());
+    let pieces = pool.answer(service, merged, 0, &abandoned).await;
+    if pieces.iter().any(|p| matches!(p, Piece::Abandoned)) {
+        tracing::debug!(service = %pool.name, "nobody waits for these requests any more (their lanes stopped); dropped");
+        return;
+    }
+    if let Some(Piece::Stop(e)) = pieces.iter().find(|p| matches!(p, Piece::Stop(_))) {
+        if e.kind() == ErrorKind::Config {
+            tracing::error!(service = %pool.name, error = %e, "the service cannot work; stopping");
+        }
         for r in requests {
-            let _ = r.reply.send(Err(Error::config(why.clone())));
+            let _ = r.reply.send(Err(e.clone()));
         }
         return;
     }
@@ -657,7 +824,7 @@ async fn serve(pool: &Inner, service: &dyn Service, requests: Vec<Request>) {
                 parts.push(new_null_array(&DataType::Null, n));
                 failures.extend(f);
             }
-            Piece::Fatal(_) => unreachable!("answered above"),
+            Piece::Stop(_) | Piece::Abandoned => unreachable!("answered above"),
         }
     }
     let c = &pool.counters;
@@ -683,7 +850,8 @@ async fn serve(pool: &Inner, service: &dyn Service, requests: Vec<Request>) {
 }
 
 /// Scales the pool between its bounds from the depth of its queue: up by one when more than a full
-/// batch per worker waits, down by one after three looks at an empty queue with a worker idle.
+/// batch per worker waits (not while the service is down), down by one after three looks at an
+/// empty queue with a worker idle.
 async fn autoscale(pool: std::sync::Weak<Inner>, every: Duration) {
     let mut quiet = 0;
     loop {
@@ -696,7 +864,9 @@ async fn autoscale(pool: std::sync::Weak<Inner>, every: Duration) {
             let w = pool.workers.lock().expect("workers");
             (w.target, w.live)
         };
-        let to = if queued > s.max_batch_rows * target.max(1) && target < s.max_workers {
+        // A queue that grows because the service is down is no load to scale for.
+        let down = pool.is_open();
+        let to = if queued > s.max_batch_rows * target.max(1) && target < s.max_workers && !down {
             quiet = 0;
             target + 1
         } else if queued == 0 && busy < live && target > s.min_workers {
@@ -753,6 +923,7 @@ impl ServiceStage {
 #[async_trait]
 impl AsyncOperator for ServiceStage {
     async fn process(&self, batch: RecordBatch, ctx: &TaskContext) -> Result<Output> {
+        self.pool.inner.used_by(&ctx.pipeline, &ctx.stage);
         let mut indices = Vec::with_capacity(self.columns.len());
         for c in &self.columns {
             let i = batch.schema().index_of(c).map_err(|_| {
