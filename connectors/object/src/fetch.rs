@@ -141,6 +141,10 @@ pub(crate) async fn open(
         Ok(Err(refused)) => return Err(data(format!("refused: {}", refused.0))),
         Err(e) => return Err((ErrorKind::Config, e.to_string())),
     };
+    // Before the store opens it: opening a FIFO would wait for a writer forever.
+    if let Some(why) = not_regular(&r.uri) {
+        return Err(data(why));
+    }
     let start = r.offset.unwrap_or(0);
     let end = match (r.length, head) {
         (Some(l), Some(h)) => Some(start + l.min(h)),
@@ -159,6 +163,29 @@ pub(crate) async fn open(
         return Err(data(why));
     }
     Ok(result)
+}
+
+/// Why the `file://` reference `uri` cannot be read, when it names something other than a regular
+/// file or a directory (whose read fails as not found): a FIFO, which the store's open would wait
+/// on for a writer forever, a socket or a device. `None` for other URIs, and for paths that cannot
+/// be looked at (the read says why). One `stat`, following links, as the access check does; it
+/// never opens the file.
+pub(crate) fn not_regular(uri: &str) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let url = url::Url::parse(uri).ok().filter(|u| u.scheme() == "file")?;
+    let t = std::fs::metadata(url.to_file_path().ok()?).ok()?.file_type();
+    let what = if t.is_file() || t.is_dir() {
+        return None;
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
+    };
+    Some(format!("not a regular file: the path is {what}; only regular files are read"))
 }
 
 /// Why a read is not of the pinned object, when the store answered with another ETag (stores that

@@ -107,7 +107,13 @@ fn snake(name: &str) -> String {
 }
 
 async fn resolve(registry: &ObjectStoreRegistry, uri: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
-    registry.resolve(uri).await?.map_err(|r| Error::config(format!("objects source `inventory` `{uri}`: {}", r.0)))
+    let found =
+        registry.resolve(uri).await?.map_err(|r| Error::config(format!("objects source `inventory` `{uri}`: {}", r.0)))?;
+    // Before the store opens it: opening a FIFO would wait for a writer forever.
+    if let Some(why) = crate::fetch::not_regular(uri) {
+        return Err(Error::config(format!("objects source `inventory` `{uri}`: {why}")));
+    }
+    Ok(found)
 }
 
 impl Inventory {

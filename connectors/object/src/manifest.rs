@@ -187,7 +187,15 @@ impl ManifestSource {
                 let exts = formats.iter().flat_map(|f| f.extensions().iter().copied());
                 let mut listed = ObjectStoreSource::prefix(self.registry.clone(), p.clone()).extensions(exts).list().await?;
                 listed.sort_by(|a, b| a.uri.cmp(&b.uri));
-                files.extend(listed.into_iter().map(|e| FileEntry { uri: e.uri, size: e.size, etag: e.etag }));
+                for e in listed {
+                    // A local entry whose name cannot be a key (the source's readers make it a
+                    // dead letter; a manifest cannot be read at all): said, and left out.
+                    if let Some(why) = e.rejected {
+                        tracing::warn!("manifest source: skipping `{}`: {why}", e.uri);
+                        continue;
+                    }
+                    files.push(FileEntry { uri: e.uri, size: e.size, etag: e.etag });
+                }
             } else {
                 let uri = file_url(p)?;
                 let (store, path) = self.resolve(&uri).await?;
@@ -199,7 +207,12 @@ impl ManifestSource {
     }
 
     async fn resolve(&self, uri: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
-        self.registry.resolve(uri).await?.map_err(|r| Error::config(format!("manifest `{uri}`: {}", r.0)))
+        let found = self.registry.resolve(uri).await?.map_err(|r| Error::config(format!("manifest `{uri}`: {}", r.0)))?;
+        // Before the store opens it: opening a FIFO would wait for a writer forever.
+        if let Some(why) = crate::fetch::not_regular(uri) {
+            return Err(Error::config(format!("manifest `{uri}`: {why}")));
+        }
+        Ok(found)
     }
 
     fn delimiter_for(&self, uri: &str) -> u8 {

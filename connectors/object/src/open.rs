@@ -141,6 +141,10 @@ impl ObjectStoreRegistry {
             Ok(Err(refused)) => return Err(refused.0),
             Err(e) => return Err(e.to_string()),
         };
+        // Before the store opens it: opening a FIFO would wait for a writer forever.
+        if let Some(why) = crate::fetch::not_regular(&r.uri) {
+            return Err(format!("reading {}: {why}", r.uri));
+        }
         let size = match r.size {
             Some(s) => s,
             None => {

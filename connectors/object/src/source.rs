@@ -22,7 +22,9 @@
 //! walked in key order by [`crate::walk`]) is consumed as it arrives: the first split goes out
 //! after the first page, so time to first row does not grow with the prefix, and a restore asks
 //! the store to start after the last key handed out. Continuous re-listings are listed whole
-//! first.
+//! first. A local directory lists its regular files only (FIFOs, sockets and devices are skipped
+//! unopened), follows no link out of its root, and makes each name that cannot be a key (not
+//! UTF-8) a dead letter under its percent-escaped name, rejected by the reader of its split.
 //!
 //! **An S3 Inventory report** ([`ObjectStoreSource::inventory`], [`crate::inventory`]) replaces the
 //! listing of a bucket too large to list: its data files are streamed in order, the same filters
@@ -257,7 +259,7 @@ impl ObjectStoreSource {
                 url.to_file_path().map_err(|_| Error::config(format!("objects source: `{}` is not a directory", src.uri)))?;
             let after = offset.map(|k| k.strip_prefix(prefix.as_ref()).unwrap_or(k).trim_start_matches('/').to_string());
             let base = base.clone();
-            crate::walk::sorted(store, root, after).map_ok(move |m| Entry::listed(&base, m)).boxed()
+            crate::walk::sorted(store, root, after).map_ok(move |w| Entry::walked(&base, w)).boxed()
         } else {
             let context = format!("listing {}", src.uri);
             let listing = match offset {
@@ -279,6 +281,14 @@ impl ObjectStoreSource {
     /// values.
     fn keep(&self, prefix: &str, path: &str, mut found: Entry) -> Option<Entry> {
         let key = path.strip_prefix(prefix).unwrap_or(path).trim_start_matches('/');
+        if found.rejected.is_some() && key.ends_with('/') {
+            // A directory that could not be listed (a dead letter): the files under it might
+            // have been wanted, so only the key range and the exclusions leave it out.
+            let in_range = self.start_after.as_deref().is_none_or(|a| key > a)
+                && self.end_before.as_deref().is_none_or(|b| key < b)
+                && !self.exclude.as_ref().is_some_and(|g| g.is_match(key));
+            return in_range.then_some(found);
+        }
         let name = path.to_ascii_lowercase();
         let modified = found.modified_us.unwrap_or(0).div_euclid(1000);
         let in_window = self.modified.0.is_none_or(|t| modified >= t) && self.modified.1.is_none_or(|t| modified < t);
@@ -347,6 +357,10 @@ pub(crate) struct Entry {
     /// The values of the partition columns, in order.
     #[serde(default)]
     partitions: Vec<Option<String>>,
+    /// Why the listing found this entry but it cannot be an object (a local file whose name
+    /// cannot be a key): the reader makes it a dead letter. `uri` shows the name escaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rejected: Option<String>,
 }
 
 impl Entry {
@@ -359,6 +373,23 @@ impl Entry {
             version: None,
             modified_us: Some(m.last_modified.timestamp_micros()),
             partitions: Vec::new(),
+            rejected: None,
+        }
+    }
+    /// What the walk of a local directory found: an object, or an entry that cannot be one (its
+    /// name cannot be a key), to become a dead letter.
+    fn walked(base: &str, w: crate::walk::Walked) -> Self {
+        match w {
+            crate::walk::Walked::Object(m) => Self::listed(base, m),
+            crate::walk::Walked::Unreadable { location, why, modified_us } => Entry {
+                uri: format!("{base}{location}"),
+                size: 0,
+                etag: None,
+                version: None,
+                modified_us,
+                partitions: Vec::new(),
+                rejected: Some(why),
+            },
         }
     }
     /// An object version from an inventory or a versions listing.
@@ -370,6 +401,7 @@ impl Entry {
             version: row.version,
             modified_us: row.modified_us,
             partitions: Vec::new(),
+            rejected: None,
         }
     }
 }
@@ -673,7 +705,7 @@ struct Extras {
 impl Reader {
     /// The user metadata (HEAD requests, pinned to the listed ETag/version) and tags of each
     /// object, or why they could not be read: gone or changed since listing.
-    async fn extras(&self, rows: &[Entry]) -> Result<Vec<std::result::Result<Extras, String>>> {
+    async fn extras(&self, rows: &[&Entry]) -> Result<Vec<std::result::Result<Extras, String>>> {
         let pins: Vec<(String, Option<String>, Option<String>, u64)> =
             rows.iter().map(|e| (e.uri.clone(), e.etag.clone(), e.version.clone(), e.size)).collect();
         let (metadata, tags) = (!self.source.metadata.is_empty(), !self.source.tags.is_empty());
@@ -693,6 +725,11 @@ impl Reader {
                             Ok(sp) => sp,
                             Err(refused) => return Ok(Err(refused.0)),
                         };
+                        // Before the store opens it (a HEAD of a local file opens it): a FIFO
+                        // would keep the read waiting forever.
+                        if let Some(why) = crate::fetch::not_regular(&uri) {
+                            return Ok(Err(format!("metadata: {why}")));
+                        }
                         let opts =
                             GetOptions { head: true, if_match: etag.clone(), version: version.clone(), ..Default::default() };
                         // Stores that ignore `If-Match` still return the ETag, which is compared
@@ -734,11 +771,19 @@ impl SplitReader for Reader {
             return Ok(None);
         }
         let end = (self.next + self.source.batch_size).min(self.entries.len());
-        let mut rows: Vec<&Entry> = self.entries[self.next..end].iter().collect();
+        // Entries the listing found but could not make objects of are dead letters, with the
+        // objects gone or changed before their metadata or tags were read.
+        let mut bad: Vec<(&str, String)> = Vec::new();
+        let mut rows: Vec<&Entry> = Vec::with_capacity(end - self.next);
+        for e in &self.entries[self.next..end] {
+            match &e.rejected {
+                Some(why) => bad.push((e.uri.as_str(), why.clone())),
+                None => rows.push(e),
+            }
+        }
         let mut extras = Vec::new();
-        if !self.source.metadata.is_empty() || !self.source.tags.is_empty() {
-            let found = self.extras(&self.entries[self.next..end]).await?;
-            let mut bad = Vec::new();
+        if (!self.source.metadata.is_empty() || !self.source.tags.is_empty()) && !rows.is_empty() {
+            let found = self.extras(&rows).await?;
             let mut kept = Vec::new();
             for (e, x) in rows.into_iter().zip(found) {
                 match x {
@@ -750,16 +795,15 @@ impl SplitReader for Reader {
                 }
             }
             rows = kept;
-            if !bad.is_empty() {
-                let records = RecordBatch::try_from_iter([(
-                    "uri",
-                    Arc::new(StringArray::from_iter_values(bad.iter().map(|b| b.0))) as ArrayRef,
-                )])
-                .expect("fixed schema");
-                let failures =
-                    bad.into_iter().enumerate().map(|(i, (_, why))| RowFailure::new(i, ErrorKind::Data, why)).collect();
-                self.rejected = Some(Rejected { records, failures });
-            }
+        }
+        if !bad.is_empty() {
+            let records = RecordBatch::try_from_iter([(
+                "uri",
+                Arc::new(StringArray::from_iter_values(bad.iter().map(|b| b.0))) as ArrayRef,
+            )])
+            .expect("fixed schema");
+            let failures = bad.into_iter().enumerate().map(|(i, (_, why))| RowFailure::new(i, ErrorKind::Data, why)).collect();
+            self.rejected = Some(Rejected { records, failures });
         }
         let refs: StructArray = rows
             .iter()
