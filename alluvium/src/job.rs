@@ -36,7 +36,7 @@
 //! | `[source]` | `manifest` | the rows of CSV, JSON Lines or Parquet `paths`: `uri_column`, `columns`, `base_uri`, `split_bytes` |
 //! | `[[stages]]` | `fetch`, `hash`, `probe` | object bytes; blake3 hash (streamed); sniffed content type and size |
 //! | `[[stages]]` | `decode_image`, `resize`, `encode_image` | images: `max_pixels`, `target`; `width`, `height`, `fit`; `format`, `quality` |
-//! | `[[stages]]` | `chunk_text`, `embed` | text chunks by tokens (`max_tokens`, `overlap`); embeddings from a local `model` (`modality`, `batch_rows`, `workers`, `max_workers`, `gpus`) or a remote endpoint (`url`, `protocol`, `api_key_env`, `requests_per_minute`, `tokens_per_minute`) |
+//! | `[[stages]]` | `chunk_text`, `embed` | text chunks by tokens (`max_tokens`, `overlap`); embeddings from a local `model` (`modality`, `batch_rows`, `workers`, `max_workers`, `gpus`) or a remote endpoint (`url`, `protocol`, `api_key_env`, `requests_per_minute`, `tokens_per_minute`, `outage_timeout`) |
 //! | `[[stages]]` | `fault` | chaos testing: `dead_letter_every`, `fail_subtask`, `fail_after_rows`, `fail_times`, `delay_per_batch` |
 //! | `[sink]`, `[dead_letters]` | `parquet`, `jsonl` | transactional files in a directory or under a URL |
 //! | `[sink]` | `delta`, `iceberg`, `lance` | exactly-once lake tables ([`crate::lake`]) |
@@ -45,13 +45,26 @@
 //! Every stage also takes `name`, `parallelism` and `edge = "forward" | "rebalance"`.
 //!
 //! Processing is three pure steps, then one with IO:
-//! 1. [`interpolate`]: `${VAR}` and `${VAR:-default}` from the environment (`$$` is a literal `$`),
-//!    so one file serves many runs and secrets stay out of files. An unset variable without a
-//!    default is an error naming the variable and the line.
+//! 1. Parsing, then `${VAR}` and `${VAR:-default}` from the environment (`$$` is a literal `$`),
+//!    so one file serves many runs and secrets stay out of files. They are substituted into the
+//!    parsed values, never into the TOML text: a value cannot add a key or break the file, and an
+//!    error about a value that came from the environment shows `${VAR}`, never the value. Inside a
+//!    quoted string they may be anywhere; outside quotes a `${VAR}` must be a whole value, and its
+//!    value a number or `true`/`false` (`rows = ${ROWS:-1000}`). An unset variable without a
+//!    default is an error naming the variable, the key and the line. (The text-level
+//!    [`interpolate`] is the same substitution on one string.)
 //! 2. `--set key=value` overrides ([`apply_override`]) on the parsed TOML (`stages.3.workers=2`: a
 //!    number picks a list entry, from 1).
 //! 3. Typed parsing with unknown keys refused ([`JobFile`]); errors name the key and the line.
-//! 4. [`JobFile::build`] makes the [`Pipeline`] (it checks the checkpoint directory is writable).
+//! 4. [`JobFile::build`] checks every size and count against its range and every local output
+//!    directory (`limits`), then makes the [`Pipeline`] (it checks the checkpoint directory is
+//!    writable). `alluvium validate` and `alluvium run` both build the pipeline so: one set of
+//!    checks.
+
+mod limits;
+mod vars;
+
+pub use limits::MAX_PARALLELISM;
 
 use std::time::Duration;
 
@@ -86,6 +99,9 @@ pub struct JobFile {
     #[cfg(feature = "object")]
     #[serde(default)]
     pub io: Option<alluvium_object::StoreConfig>,
+    /// The values taken from the environment, kept out of error messages.
+    #[serde(skip)]
+    interpolated: vars::Interpolated,
 }
 
 /// `[pipeline]`.
@@ -118,6 +134,11 @@ pub struct CheckpointSection {
     /// A directory or URL (default `.alluvium/<name>/checkpoints`).
     #[serde(default)]
     pub location: Option<String>,
+    /// Start a new job on a new (or deleted) checkpoint location even when the sink holds commits
+    /// of a job that checkpointed there: every row is written again (false). Without it such a
+    /// run stops with an error instead. `alluvium run --start-over` sets it.
+    #[serde(default)]
+    pub start_over: bool,
 }
 
 /// `[source]`, by `type`.
@@ -619,7 +640,7 @@ pub enum StageConfig {
         format: Option<EncodeFormat>,
         /// JPEG quality 1–100 (85).
         #[serde(default)]
-        quality: Option<u8>,
+        quality: Option<u32>,
         /// The output column (`thumbnail`).
         #[serde(default)]
         output: Option<String>,
@@ -663,7 +684,7 @@ pub struct ExtractFramesConfig {
     pub format: Option<EncodeFormat>,
     /// JPEG quality 1–100 (90).
     #[serde(default)]
-    pub quality: Option<u8>,
+    pub quality: Option<u32>,
     /// Frame rows per output batch (64).
     #[serde(default)]
     pub frames_per_batch: Option<usize>,
@@ -843,66 +864,12 @@ pub(crate) mod opt_duration {
     }
 }
 
-/// Replaces `${VAR}` and `${VAR:-default}` with values from `env`; `$$` stands for `$`. A default
-/// may itself refer to variables: `${CATALOG:-${OUTPUT:-./out}/catalog.db}`.
+/// Replaces `${VAR}` and `${VAR:-default}` in `text` with values from `env`; `$$` stands for `$`.
+/// A default may itself refer to variables: `${CATALOG:-${OUTPUT:-./out}/catalog.db}`. Job files
+/// apply this to each string value once parsed ([`JobFile::parse_with_env`]), never to their text.
 pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<String> {
-    interpolate_dyn(text, &env)
-}
-
-/// The index of the `}` closing a `${` whose body starts `body`, counting nested `${…}`.
-fn closing_brace(body: &str) -> Option<usize> {
-    let mut depth = 0usize;
-    let bytes = body.as_bytes();
-    for (i, b) in bytes.iter().enumerate() {
-        match b {
-            b'{' if i > 0 && bytes[i - 1] == b'$' => depth += 1,
-            b'}' if depth == 0 => return Some(i),
-            b'}' => depth -= 1,
-            _ => {}
-        }
-    }
-    None
-}
-
-fn interpolate_dyn(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(body) = after.strip_prefix('{') {
-            let line = text[..text.len() - rest.len() + i].lines().count().max(1);
-            let end = closing_brace(body).ok_or_else(|| Error::config(format!("line {line}: `${{` without a closing `}}`")))?;
-            let expr = &body[..end];
-            let (name, default) = match expr.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (expr, None),
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(Error::config(format!(
-                    "line {line}: `${{{expr}}}` is not a variable reference; write ${{NAME}} or ${{NAME:-default}}"
-                )));
-            }
-            match (env(name).filter(|v| !v.is_empty()), default) {
-                (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(&interpolate_dyn(d, env)?),
-                (None, None) => {
-                    return Err(Error::config(format!(
-                    "line {line}: environment variable `{name}` is not set; set it, or give a default with ${{{name}:-default}}"
-                )))
-                }
-            }
-            rest = &body[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
+    vars::expand(text, &env, &mut Vec::new())
+        .map_err(|(at, message)| Error::config(format!("line {}: {message}", vars::line_of(text, at))))
 }
 
 /// Applies `key.path=value` to a parsed TOML document; `value` is parsed as TOML when it can be
@@ -959,19 +926,48 @@ impl JobFile {
 
     /// As [`JobFile::parse`], with an explicit environment.
     pub fn parse_with_env(text: &str, overrides: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let text = interpolate(text, env)?;
-        if overrides.is_empty() {
-            return toml::from_str(&text).map_err(|e| toml_error_in(&text, e));
-        }
-        let mut doc: toml::Table = toml::from_str(&text).map_err(toml_error)?;
-        for o in overrides {
-            apply_override(&mut doc, o)?;
-        }
-        JobFile::deserialize(doc).map_err(|e| Error::config(format!("after --set overrides: {}", e.message())))
+        let env: vars::Env = &env;
+        // The text parsed holds no value from the environment (see `vars`): none can change its
+        // structure or show in a parse error.
+        let prepared = vars::Prepared::new(text, env)?;
+        let mut hidden = prepared.hidden.clone();
+        let mut root =
+            toml::de::DeTable::parse(&prepared.text).map_err(|e| prepared.error(&hidden, format!("invalid job file: {e}")))?;
+        prepared.resolve(root.get_mut(), env, &mut hidden)?;
+        let mut job = if overrides.is_empty() {
+            let doc = root.clone();
+            JobFile::deserialize(toml::de::Deserializer::from(root)).map_err(|mut e| {
+                e.set_input(Some(&prepared.text));
+                let doc = toml::Table::deserialize(toml::de::Deserializer::from(doc)).ok();
+                let message = match doc.as_ref().and_then(|d| misplaced_key(&prepared.text, d, &e)) {
+                    Some(what) => format!("invalid job file: {e}({what})"),
+                    None => format!("invalid job file: {e}"),
+                };
+                prepared.error(&hidden, message)
+            })?
+        } else {
+            let mut doc = toml::Table::deserialize(toml::de::Deserializer::from(root))
+                .map_err(|e| prepared.error(&hidden, format!("invalid job file: {e}")))?;
+            for o in overrides {
+                apply_override(&mut doc, o)?;
+            }
+            JobFile::deserialize(doc).map_err(|e| prepared.error(&hidden, format!("after --set overrides: {}", e.message())))?
+        };
+        job.interpolated = hidden;
+        Ok(job)
     }
 
-    /// Builds the pipeline. Checks the checkpoint directory can be written (local locations).
+    /// Builds the pipeline, as `alluvium run` does before it starts and `alluvium validate` does
+    /// instead of running it: first the ranges of sizes and counts and the local output
+    /// directories (every error names the key, dotted as `--set` takes it), then the pipeline's
+    /// own checks (it checks the checkpoint directory can be written: local locations). Errors
+    /// show `${VAR}` where a value came from the environment.
     pub fn build(&self) -> Result<Pipeline> {
+        self.check().and_then(|()| self.assemble()).map_err(|e| self.interpolated.hide_error(e))
+    }
+
+    /// Makes the pipeline of a file [`JobFile::check`] passed.
+    fn assemble(&self) -> Result<Pipeline> {
         let b = Pipeline::builder(self.pipeline.name.clone());
         #[cfg(feature = "object")]
         let registry = {
@@ -1008,7 +1004,7 @@ impl JobFile {
         if let Some(v) = &self.checkpoint.location {
             b = b.checkpoint_location(v.clone());
         }
-        b.build()
+        b.start_over(self.checkpoint.start_over).build()
     }
 }
 
@@ -1296,7 +1292,7 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
             if quality.is_some_and(|q| q == 0 || q > 100) {
                 return Err(Error::config("encode_image: `quality` must be between 1 and 100"));
             }
-            let mut e = alluvium_formats::EncodeImage::jpeg(quality.unwrap_or(85));
+            let mut e = alluvium_formats::EncodeImage::jpeg(quality.unwrap_or(85) as u8);
             match format.unwrap_or(EncodeFormat::Jpeg) {
                 EncodeFormat::Jpeg => {}
                 EncodeFormat::Png => e = e.format(alluvium_formats::ImageFormat::Png),
@@ -1347,6 +1343,11 @@ pub struct EmbedConfig {
     /// Time one call may take before it is retried, e.g. `60s`.
     #[serde(default, with = "opt_duration")]
     pub timeout: Option<Duration>,
+    /// How long the stage waits for an endpoint that is down (refused connections, timeouts, 5xx,
+    /// 429) before the job stops with an error, e.g. `10m` (the default). Meanwhile the stage holds
+    /// its input, nothing becomes a dead letter and checkpoints go on; a rerun resumes.
+    #[serde(default, with = "opt_duration")]
+    pub outage_timeout: Option<Duration>,
     /// A remote endpoint instead of a local model: its base URL (`https://api.openai.com`,
     /// `http://127.0.0.1:8080` for `alluvium serve-model`). `model` is then the name it serves.
     #[serde(default)]
@@ -1439,6 +1440,14 @@ impl EmbedConfig {
         if let Some(t) = self.timeout {
             e = e.timeout(t);
         }
+        if let Some(t) = self.outage_timeout {
+            if t.is_zero() {
+                return Err(Error::config(format!(
+                    "stage `{name}`: `outage_timeout` is 0; give how long to wait for an endpoint that is down, e.g. \"10m\""
+                )));
+            }
+            e = e.outage_timeout(t);
+        }
         e.build(name)
     }
 }
@@ -1487,7 +1496,7 @@ impl ExtractFramesConfig {
             return Err(Error::config("extract_frames: `quality` must be between 1 and 100"));
         }
         let format = match c.format.unwrap_or(EncodeFormat::Jpeg) {
-            EncodeFormat::Jpeg => ImageFormat::Jpeg { quality: c.quality.unwrap_or(90) },
+            EncodeFormat::Jpeg => ImageFormat::Jpeg { quality: c.quality.unwrap_or(90) as u8 },
             EncodeFormat::Png => ImageFormat::Png,
             EncodeFormat::Webp => ImageFormat::WebP,
         };
@@ -1600,33 +1609,26 @@ fn with_common(mut stage: Stage, common: &StageCommon) -> Result<Stage> {
     Ok(stage)
 }
 
-fn toml_error(e: toml::de::Error) -> Error {
-    // toml's message already names the line, the column and the key.
-    Error::config(format!("invalid job file: {e}"))
-}
-
-/// As [`toml_error`], naming the key when a value of the wrong type sits in a `type = "…"`
-/// section: serde reads those sections whole, so toml can point only at the section's header.
-fn toml_error_in(text: &str, e: toml::de::Error) -> Error {
-    match misplaced_key(text, &e) {
-        Some(key) => Error::config(format!("invalid job file: {e}(the value of `{key}`)")),
-        None => toml_error(e),
-    }
-}
-
-/// The key, in the section the error points at, whose value is the one the error describes.
-fn misplaced_key(text: &str, e: &toml::de::Error) -> Option<String> {
-    let unexpected = e.message().strip_prefix("invalid type: ")?.split(", expected").next()?.to_string();
+/// When a value of the wrong type (or out of its type's range) sits in a `type = "…"` section,
+/// toml can point only at the section's header, since serde reads those sections whole: the words
+/// that name the key (and its range, if it has one), from `doc` (the parsed and interpolated file)
+/// and the file's `text` the error's span is in. E.g. `` the value of `stages.2.quality`: give 1 to 100 ``.
+fn misplaced_key(text: &str, doc: &toml::Table, e: &toml::de::Error) -> Option<String> {
+    let message = e.message();
+    let (unexpected, out_of_range) = match message.strip_prefix("invalid type: ") {
+        Some(m) => (m, false),
+        None => (message.strip_prefix("invalid value: ")?, true),
+    };
+    let unexpected = unexpected.split(", expected").next()?.to_string();
     let span = e.span()?;
     let header = text.get(span.clone())?.trim();
-    let doc: toml::Table = toml::from_str(text).ok()?;
     let (path, section) = if let Some(name) = header.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
-        // The how-many-th `[[name]]` table this header opens.
-        let index = text[..span.start].matches(&format!("[[{name}]]")).count();
-        (format!("{name}[{index}]"), doc.get(name)?.as_array()?.get(index)?.as_table()?)
+        // The how-many-th `[[name]]` table this header opens, counted from 1 as `--set` does.
+        let index = text.get(..span.start)?.matches(&format!("[[{name}]]")).count();
+        (format!("{name}.{}", index + 1), doc.get(name)?.as_array()?.get(index)?.as_table()?)
     } else {
         let name = header.strip_prefix('[')?.strip_suffix(']')?;
-        (name.to_string(), name.split('.').try_fold(&doc, |t, k| t.get(k)?.as_table())?)
+        (name.to_string(), name.split('.').try_fold(doc, |t, k| t.get(k)?.as_table())?)
     };
     let rendered = |v: &toml::Value| match v {
         toml::Value::String(s) => format!("string {s:?}"),
@@ -1640,7 +1642,14 @@ fn misplaced_key(text: &str, e: &toml::de::Error) -> Option<String> {
     let mut keys = section.iter().filter(|(_, v)| rendered(v) == unexpected).map(|(k, _)| k.clone());
     let key = keys.next()?;
     // Two keys with the same value: do not guess.
-    keys.next().is_none().then(|| format!("{path}.{key}"))
+    if keys.next().is_some() {
+        return None;
+    }
+    let kind = section.get("type").and_then(toml::Value::as_str).unwrap_or(path.as_str());
+    Some(match limits::hint(kind, &key).filter(|_| out_of_range) {
+        Some(hint) => format!("the value of `{path}.{key}`: {hint}"),
+        None => format!("the value of `{path}.{key}`"),
+    })
 }
 
 #[cfg(test)]
@@ -1722,7 +1731,10 @@ path = "${OUT}"
         let e = JobFile::parse_with_env(&JOB.replace("dead_letter_every = 3", "dead_letter_every = true"), &[], env)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("the value of `stages[0].dead_letter_every`"), "{e}");
+        assert!(e.contains("the value of `stages.1.dead_letter_every`"), "{e}");
+        // Out of its type's range: the key and the allowed range.
+        let e = JobFile::parse_with_env(&JOB.replace("rows = ${ROWS:-10}", "rows = -3"), &[], env).unwrap_err().to_string();
+        assert!(e.contains("the value of `source.rows`"), "{e}");
     }
 
     /// The reference in docs/job-files.md parses and builds, and so does each commented-out
@@ -1780,6 +1792,159 @@ path = "${OUT}"
         assert!(e.contains("batches_in_flight") && e.contains("`fault`") && e.contains("[[stages]] entry 1"), "{e}");
     }
 
+    /// A job with every value from this test's temporary directory, and `vars` for the rest.
+    fn job_in(dir: &std::path::Path, vars: &[(&str, &str)], text: &str) -> Result<JobFile> {
+        let out = dir.display().to_string();
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env =
+            |k: &str| if k == "OUT" { Some(out.clone()) } else { vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()) };
+        JobFile::parse_with_env(text, &[], env)
+    }
+
+    #[test]
+    fn values_from_the_environment_cannot_add_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let evil = "x\"\nchannel_bytes = 0\n#";
+        let job = job_in(
+            dir.path(),
+            &[("JOBNAME", evil), ("N", "3"), ("OK", "true")],
+            &JOB.replace("name = \"t\"", "name = \"${JOBNAME}\"").replace("parallelism = 2", "parallelism = ${N}"),
+        )
+        .unwrap();
+        assert_eq!(job.pipeline.name, evil, "the whole value, as one string");
+        assert_eq!(job.pipeline.channel_bytes, None, "no key added");
+        assert_eq!(job.pipeline.parallelism, Some(3), "an unquoted ${{N}} takes a number's place");
+        let e = job.build().unwrap_err().to_string();
+        assert!(e.contains("pipeline name `${JOBNAME}` is not valid") && !e.contains("channel_bytes = 0"), "{e}");
+        // Unquoted, a value must be one number or boolean: nothing that could be more TOML.
+        for (value, ok) in
+            [("1\nchannel_bytes = 0", false), ("[1, 2]", false), ("{ a = 1 }", false), ("2 # c", false), ("8", true)]
+        {
+            let parsed = job_in(dir.path(), &[("N", value)], &JOB.replace("parallelism = 2", "parallelism = ${N}"));
+            match parsed {
+                Ok(job) => {
+                    assert!(ok && job.pipeline.parallelism == Some(8) && job.pipeline.channel_bytes.is_none(), "{value:?}")
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(!ok, "{value:?}: {e}");
+                    assert!(e.contains("`pipeline.parallelism` = ${N}") && e.contains("not a number or true/false"), "{e}");
+                    assert!(!e.contains(value), "{e}");
+                }
+            }
+        }
+        // `${…}` outside quotes works as a whole value only.
+        let e = job_in(dir.path(), &[("N", "3")], &JOB.replace("parallelism = 2", "${N} = 2")).unwrap_err().to_string();
+        assert!(e.contains("line 4") && e.contains("`${N}`") && e.contains("values only"), "{e}");
+        let e =
+            job_in(dir.path(), &[("N", "3")], &JOB.replace("parallelism = 2", "parallelism = 1${N}")).unwrap_err().to_string();
+        assert!(e.contains("line 4") && e.contains("${N}") && !e.contains('\u{E000}'), "{e}");
+        // Comments are not interpolated: an unset variable there is no error.
+        job_in(dir.path(), &[], &JOB.replace("parallelism = 2", "parallelism = 2 # ${NOT_SET}")).unwrap();
+        let e = job_in(dir.path(), &[], &JOB.replace("name = \"t\"", "name = \"${NOT_SET}\"")).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("`pipeline.name`") && e.contains("`NOT_SET` is not set"), "{e}");
+    }
+
+    #[test]
+    fn values_from_the_environment_never_reach_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "hunter2\"-s3cr3t-\\value";
+        let vars = [("LABEL", secret)];
+        // A broken file: parsed before any value is substituted, so the excerpt shows `${LABEL}`.
+        let e = job_in(dir.path(), &vars, &JOB.replace("name = \"t\"", "name = \"${LABEL}\" oops")).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("name = \"${LABEL}\" oops") && !e.contains("hunter2"), "{e}");
+        // A value of the wrong type: serde's message quotes it.
+        let e = job_in(dir.path(), &vars, &JOB.replace("${ROWS:-10}", "\"${LABEL}\"")).unwrap_err().to_string();
+        assert!(e.contains("the value of `source.rows`") && e.contains("${LABEL}") && !e.contains("hunter2"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+        let e = job_in(dir.path(), &vars, &JOB.replace("250ms", "${LABEL}")).unwrap_err().to_string();
+        assert!(e.contains("not a duration") && !e.contains("s3cr3t"), "{e}");
+        // Building: a time, a path, a name.
+        let e = job_in(dir.path(), &vars, &JOB.replace("name = \"t\"", "name = \"a-${LABEL}\"")).unwrap().build().unwrap_err();
+        assert!(e.to_string().contains("`a-${LABEL}`") && !e.to_string().contains("s3cr3t"), "{e}");
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        // After --set overrides too.
+        let env = |k: &str| (k == "LABEL").then(|| secret.to_string()).or_else(|| (k == "OUT").then(|| "/o".into()));
+        let e = JobFile::parse_with_env(&JOB.replace("${ROWS:-10}", "\"${LABEL}\""), &["pipeline.parallelism=1".into()], env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("after --set overrides") && e.contains("${LABEL}") && !e.contains("s3cr3t"), "{e}");
+        // Debug output of a job does not list what was hidden (here `${OUT}` and `${OUT}/ckpt`).
+        let job = job_in(dir.path(), &vars, JOB).unwrap();
+        assert!(format!("{job:?}").contains("Interpolated(2 values)"), "{job:?}");
+    }
+
+    #[test]
+    fn sizes_and_counts_are_bounded_and_zeros_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = JOB.to_string();
+        let fails = |from: &str, to: &str, says: &str| {
+            let job = job_in(dir.path(), &[], &text.replace(from, to)).unwrap_or_else(|e| panic!("{to}: {e}"));
+            let e = job.build().unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Config, "{to}: {e}");
+            assert!(e.to_string().contains(says), "{to}: {e}");
+        };
+        fails("parallelism = 2", "parallelism = 0", "`pipeline.parallelism` = `0` is out of range; give 1 to 1024");
+        fails("parallelism = 2", "parallelism = 100000", "`pipeline.parallelism` = `100000` is out of range; give 1 to 1024");
+        fails("parallelism = 2", "parallelism = 2\nchannel_bytes = 0", "`pipeline.channel_bytes` = `0` is out of range");
+        fails("250ms", "0s", "`checkpoint.interval` is 0");
+        fails("rows = ${ROWS:-10}", "rows = 10\nbatch_size = 0", "`source.batch_size` = `0` is out of range; give 1 to 1048576");
+        fails(
+            "rows = ${ROWS:-10}",
+            "rows = 10\npayload_bytes = 1000000000000",
+            "`source.payload_bytes` = `1000000000000` is out of range; give 0 to 67108864 (64 MiB)",
+        );
+        fails(
+            "rows = ${ROWS:-10}",
+            "rows = 10\npayload_bytes = 67108864",
+            "`source.batch_size` × `source.payload_bytes` is 512 GiB",
+        );
+        fails("rows = ${ROWS:-10}", "rows = 10\nsplit_rows = 0", "`source.split_rows` = `0` is out of range; give 1 or more");
+        fails("rows = ${ROWS:-10}", "rows = 10\nparallelism = 5000", "`source.parallelism` = `5000`");
+        fails("dead_letter_every = 3", "dead_letter_every = 0", "`stages.1.dead_letter_every` = `0`");
+        fails("edge = \"forward\"", "parallelism = 2000", "`stages.1.parallelism` = `2000` is out of range; give 1 to 1024");
+        fails("type = \"jsonl\"", "type = \"jsonl\"\nparallelism = 0", "`sink.parallelism` = `0`");
+        // Within the ranges, it builds.
+        job_in(dir.path(), &[], &text.replace("parallelism = 2", "parallelism = 1024")).unwrap().build().unwrap();
+    }
+
+    #[cfg(all(feature = "object", feature = "formats", feature = "parquet"))]
+    #[test]
+    fn stage_and_sink_settings_are_bounded_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = JOB.replace(
+            "[[stages]]\ntype = \"fault\"\ndead_letter_every = 3\nedge = \"forward\"\n[sink]\ntype = \"jsonl\"\npath = \"${OUT}\"",
+            "[[stages]]\ntype = \"fault\"\n[[stages]]\ntype = \"fetch\"\ncolumn = \"payload\"\n[[stages]]\ntype = \"encode_image\"\nquality = 85\n\
+             [sink]\ntype = \"parquet\"\npath = \"${OUT}/data\"",
+        );
+        assert!(text.contains("fetch") && text.contains("parquet"), "{text}");
+        let err = |from: &str, to: &str| {
+            let parsed = job_in(dir.path(), &[], &text.replace(from, to));
+            parsed.and_then(|j| j.build().map(|_| ())).unwrap_err().to_string()
+        };
+        let e = err("column = \"payload\"", "max_object_bytes = 0");
+        assert!(e.contains("`stages.2.max_object_bytes` = `0` is out of range; give 1 to 1073741824 (1 GiB)"), "{e}");
+        let e = err("column = \"payload\"", "memory_budget = 0");
+        assert!(e.contains("`stages.2.memory_budget` = `0`"), "{e}");
+        // Quality: 0 is a u8 but out of range; 300 is not even a u8. Both name the key and the range.
+        let e = err("quality = 85", "quality = 0");
+        assert!(e.contains("`stages.3.quality` = `0` is out of range; give 1 to 100"), "{e}");
+        let e = err("quality = 85", "quality = 300");
+        assert!(e.contains("`stages.3.quality` = `300` is out of range; give 1 to 100"), "{e}");
+        let e = err("path = \"${OUT}/data\"", "path = \"${OUT}/data\"\nrow_group_bytes = 0");
+        assert!(e.contains("`sink.row_group_bytes` = `0`"), "{e}");
+        // A sink path that is an existing file (or under one): refused before anything runs,
+        // naming the key. The path came from the environment: shown as written.
+        std::fs::write(dir.path().join("data"), b"a file").unwrap();
+        let e = err("quality = 85", "quality = 85");
+        assert!(e.contains("`sink.path` = `${OUT}/data` is an existing file, not a directory"), "{e}");
+        let e = err("path = \"${OUT}/data\"", "path = \"${OUT}/data/below\"");
+        assert!(e.contains("`sink.path`") && e.contains("an existing file"), "{e}");
+        let e = err("path = \"${OUT}/data\"", "path = \"${OUT}/out\"\n[dead_letters]\ntype = \"jsonl\"\npath = \"${OUT}/data\"");
+        assert!(e.contains("`dead_letters.path`") && e.contains("an existing file"), "{e}");
+        job_in(dir.path(), &[], &text.replace("${OUT}/data", "${OUT}/out")).unwrap().build().unwrap();
+    }
+
     #[test]
     fn every_stage_type_parses_and_builds() {
         let dir = std::env::temp_dir().join(format!("alluvium-job-{}", std::process::id()));
@@ -1834,7 +1999,7 @@ path = "${OUT}/out"
         assert!(e.contains("stretch") && e.contains("fill"), "{e}");
         let e =
             JobFile::parse_with_env(&job.replace("width = 64", "width = 0"), &[], env).unwrap().build().unwrap_err().to_string();
-        assert!(e.contains("zero side"), "{e}");
+        assert!(e.contains("`stages.5.width` = `0` is out of range; give 1 to 16384"), "{e}");
         let e =
             JobFile::parse_with_env(&job.replace("region = ", "regoin = "), &[], env).unwrap().build().unwrap_err().to_string();
         assert!(e.contains("[io.s3]") && e.contains("`regoin`"), "{e}");
@@ -1896,6 +2061,14 @@ timeout = "30s"
         assert!(e.contains("`ALLUVIUM_TEST_JOB_UNSET_KEY` (for header `authorization`) is not set"), "{e}");
         let e = bad("batch_rows = 16", &remote.replace("http://", "tcp://"));
         assert!(e.contains("not an http:// or https:// URL"), "{e}");
+        // How long to wait for an endpoint that is down.
+        let waits =
+            JobFile::parse_with_env(&job.replace("batch_rows = 16", &format!("{remote}\noutage_timeout = \"3s\"")), &[], env)
+                .unwrap();
+        assert!(format!("{:?}", waits.stages[1]).contains("outage_timeout: Some(3s)"), "{:?}", waits.stages[1]);
+        waits.build().unwrap();
+        let e = bad("batch_rows = 16", &format!("{remote}\noutage_timeout = \"0s\""));
+        assert!(e.contains("`outage_timeout` is 0"), "{e}");
     }
 
     #[test]
@@ -1939,7 +2112,12 @@ gpu_memory = 1073741824
         let e = bad("encoding = \"wav\"", "encoding = \"tensor\"");
         assert!(e.contains("audio_windows") && e.contains("`last = \"short\"`") && e.contains("\"pad\""), "{e}");
         let e = bad("channels = 2", "channels = 0");
-        assert!(e.contains("`channels`"), "{e}");
+        assert!(e.contains("`stages.4.channels` = `0` is out of range; give 1 to 8"), "{e}");
+        let e =
+            bad("sample_rate = 8000\nchannels = 2\nwindow_ms = 5000", "sample_rate = 96000\nchannels = 2\nwindow_ms = 3600000");
+        assert!(e.contains("`stages.4.window_ms`") && e.contains("over 1 GiB"), "{e}");
+        let e = bad("keyframes = true", "keyframes = true\nthreads = 0");
+        assert!(e.contains("`stages.2.threads` = `0` is out of range; give 1 to 64"), "{e}");
         let e = bad("encoding = \"wav\"", "encoding = \"mp3\"");
         assert!(e.contains("mp3") && e.contains("wav"), "{e}");
         let e = bad("gpus = 0.5", "gpus = 1.5");

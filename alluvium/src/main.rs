@@ -3,7 +3,7 @@
 //! ```text
 //! alluvium run JOB.toml [--set key=value]...    run (a rerun resumes from the job's checkpoints)
 //!              [--metrics 127.0.0.1:9464]       with Prometheus metrics at /metrics
-//! alluvium validate JOB.toml [--set ...]        check the file without running anything
+//! alluvium validate JOB.toml [--set ...]        the checks `run` makes before it starts, without running
 //! alluvium checkpoints list JOB.toml            each region's latest checkpoint
 //! alluvium checkpoints show JOB.toml [--region R] [--checkpoint N]   a manifest, as JSON
 //! alluvium backfill JOB.toml --from T1 --to T2 [--window 1d]   window by window, each resumable
@@ -48,8 +48,15 @@ enum Command {
         /// Serves Prometheus metrics at http://ADDR/metrics while the job runs (e.g. 127.0.0.1:9464).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// Starts a new job on a new (or deleted) checkpoint location even when the table holds
+        /// commits of a job that checkpointed there: every row is written again. The same as
+        /// `--set checkpoint.start_over=true`.
+        #[arg(long)]
+        start_over: bool,
     },
-    /// Checks a job file without running it (no IO beyond reading the file).
+    /// Checks a job file as `run` does before it starts, without running it: parses it and builds
+    /// the pipeline (nothing is read or written but a local checkpoint directory, created as `run`
+    /// would to check it can be written).
     Validate {
         /// The job file (TOML).
         job: PathBuf,
@@ -185,9 +192,14 @@ fn load(path: &PathBuf, set: &[String]) -> alluvium::Result<JobFile> {
     JobFile::parse(&read_job(path)?, set).map_err(|e| e.context(format!("job file {}", path.display())))
 }
 
-/// Runs `work` on a multi-threaded runtime (the commands that do IO).
+/// Runs `work` on a multi-threaded runtime (the commands that do IO). The runtime waits at most
+/// 5 s for its blocking threads when it shuts down: a read stuck in the kernel (a hung network
+/// filesystem) must not keep a finished process from exiting.
 fn block_on<F: std::future::Future>(work: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime").block_on(work)
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let out = runtime.block_on(work);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    out
 }
 
 /// Exit code 0, or the error on stderr and its exit code.
@@ -236,6 +248,7 @@ fn report_panics_as_bugs() {
 fn main() -> ExitCode {
     alluvium::tune_allocator();
     report_panics_as_bugs();
+    alluvium::core::error::register_secrets_from_env();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ALLUVIUM_LOG").unwrap_or_else(|_| DEFAULT_LOG.into()))
@@ -243,9 +256,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Validate { job, set } => {
-            report(load(&job, &set).map(|j| println!("{}: valid job `{}`", job.display(), j.pipeline.name)))
-        }
+        Command::Validate { job, set } => report(block_on(async {
+            // The same checks as `run` before it starts: building the pipeline.
+            let file = load(&job, &set)?;
+            file.build().map_err(|e| e.context(format!("job file {}", job.display())))?;
+            println!("{}: valid job `{}`", job.display(), file.pipeline.name);
+            Ok::<(), Error>(())
+        })),
         Command::Backfill { job, from, to, window, set } => report(block_on(backfill(job, from, to, window, set))),
         Command::Inspect { job, set } => report(block_on(async {
             let sink = load(&job, &set)?.sink.build().map_err(|e| e.context("[sink]"))?;
@@ -266,7 +283,10 @@ fn main() -> ExitCode {
             });
             report(result)
         }
-        Command::Run { job, set, progress_every, metrics } => {
+        Command::Run { job, mut set, progress_every, metrics, start_over } => {
+            if start_over {
+                set.push("checkpoint.start_over=true".into());
+            }
             block_on(run(job, set, Duration::from_secs(progress_every.max(1)), metrics))
         }
         #[cfg(feature = "models")]
@@ -420,7 +440,10 @@ async fn run(path: PathBuf, set: Vec<String>, progress_every: Duration, metrics_
             if s.stopped {
                 println!("  (stopped on request after a last checkpoint; rerun the same command to resume)");
             } else if s.rows_read == 0 && s.commits == 0 {
-                println!("  (nothing to do: the job had already finished; use a fresh checkpoint location to run it again)");
+                println!(
+                    "  (nothing to do: the job had already finished; to ingest everything again as a new job, which \
+                     writes every row again, delete the checkpoint location and rerun with --start-over)"
+                );
             }
             ExitCode::SUCCESS
         }

@@ -165,7 +165,8 @@ fn validate_and_run_report_config_errors_with_exit_code_2() {
 
     let zero = bin().args(["run", job.to_str().unwrap(), "--set", "pipeline.parallelism=0"]).output().unwrap();
     assert_eq!(zero.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&zero.stderr).contains("parallelism is 0"));
+    let stderr = String::from_utf8_lossy(&zero.stderr);
+    assert!(stderr.contains("`pipeline.parallelism` = `0` is out of range; give 1 to 1024"), "{stderr}");
 }
 
 #[test]

@@ -10,11 +10,14 @@ mod fuzz;
 mod image_embeddings;
 mod lake;
 mod library;
+#[cfg(feature = "models")]
+mod outage;
 #[cfg(all(feature = "delta", feature = "lance"))]
 mod soak;
 mod tables;
 #[cfg(all(feature = "models", feature = "delta"))]
 mod texts;
+mod validate;
 #[cfg(feature = "video")]
 mod video;
 
@@ -38,10 +41,17 @@ struct ServeModel {
 #[cfg(feature = "models")]
 impl ServeModel {
     fn start(args: &[&str]) -> Self {
+        Self::start_at("127.0.0.1:0", args, &[])
+    }
+
+    /// As [`ServeModel::start`], listening on `listen` (a port a job expects it on), with `envs` set
+    /// (the variable an `--api-key-env` names).
+    fn start_at(listen: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut child = bin()
-            .args(["serve-model", "--listen", "127.0.0.1:0"])
+            .args(["serve-model", "--listen", listen])
             .args(args)
+            .envs(envs.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
