@@ -102,6 +102,34 @@ pub struct JobFile {
     /// The values taken from the environment, kept out of error messages.
     #[serde(skip)]
     interpolated: vars::Interpolated,
+    /// The buckets and containers the job file names (`s3://B/…`, `gs://B/…`, `az://C/…`): the
+    /// default of `[io.access] buckets`.
+    #[serde(skip)]
+    #[cfg_attr(not(feature = "object"), allow(dead_code))]
+    named_buckets: Vec<String>,
+}
+
+/// The buckets (hosts of `s3`, `gs`, `az` URLs) among the string values of `doc`.
+#[cfg_attr(not(feature = "object"), allow(dead_code))]
+fn named_buckets(doc: &toml::Table) -> Vec<String> {
+    fn walk(v: &toml::Value, out: &mut Vec<String>) {
+        match v {
+            toml::Value::String(s) => {
+                let Ok(url) = url::Url::parse(s.trim()) else { return };
+                if matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss") {
+                    if let Some(host) = url.host_str().filter(|h| !h.is_empty() && !out.iter().any(|b| b == h)) {
+                        out.push(host.to_string());
+                    }
+                }
+            }
+            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            toml::Value::Table(t) => t.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    doc.values().for_each(|v| walk(v, &mut out));
+    out
 }
 
 /// `[pipeline]`.
@@ -934,7 +962,11 @@ impl JobFile {
         let mut root =
             toml::de::DeTable::parse(&prepared.text).map_err(|e| prepared.error(&hidden, format!("invalid job file: {e}")))?;
         prepared.resolve(root.get_mut(), env, &mut hidden)?;
+        let mut buckets = Vec::new();
         let mut job = if overrides.is_empty() {
+            if let Ok(doc) = toml::Table::deserialize(toml::de::Deserializer::from(root.clone())) {
+                buckets = named_buckets(&doc);
+            }
             let doc = root.clone();
             JobFile::deserialize(toml::de::Deserializer::from(root)).map_err(|mut e| {
                 e.set_input(Some(&prepared.text));
@@ -951,9 +983,11 @@ impl JobFile {
             for o in overrides {
                 apply_override(&mut doc, o)?;
             }
+            buckets = named_buckets(&doc);
             JobFile::deserialize(doc).map_err(|e| prepared.error(&hidden, format!("after --set overrides: {}", e.message())))?
         };
         job.interpolated = hidden;
+        job.named_buckets = buckets;
         Ok(job)
     }
 
@@ -971,7 +1005,10 @@ impl JobFile {
         let b = Pipeline::builder(self.pipeline.name.clone());
         #[cfg(feature = "object")]
         let registry = {
-            let io = self.io.clone().unwrap_or_default();
+            let mut io = self.io.clone().unwrap_or_default();
+            if io.access.buckets.is_none() {
+                io.access.buckets = Some(self.named_buckets.clone());
+            }
             io.validate()?;
             std::sync::Arc::new(alluvium_object::ObjectStoreRegistry::new(io))
         };
@@ -1662,6 +1699,17 @@ mod tests {
             "EMPTY" => Some(String::new()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn the_buckets_a_job_names_are_its_default_bucket_allow_list() {
+        let doc: toml::Table = toml::from_str(
+            "[source]\nuri = \"s3://photos/2026/\"\n[sink]\ntable = \"gs://lake/t\"\n[checkpoint]\nlocation = \"s3://photos/ck\"\nx = [\"az://box/a\", \"./local\"]",
+        )
+        .unwrap();
+        let mut named = named_buckets(&doc);
+        named.sort();
+        assert_eq!(named, ["box", "lake", "photos"]);
     }
 
     #[test]

@@ -210,6 +210,8 @@ impl Endpoint {
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(Duration::from_secs(10))
+            // A redirect is never followed: the key would go where the job file does not say.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::config(format!("cannot make an HTTP client: {}", e.without_url())))?;
         let path = match self.protocol {
@@ -467,6 +469,14 @@ pub fn status_error(shown: &str, status: StatusCode, headers: &HeaderMap, body: 
             ServiceError::fatal(format!("{message}: {fix}"))
         }
         404 => ServiceError::fatal(format!("{message}: check `url` and `model` (`{}`)", endpoint.model)),
+        300..=399 => {
+            let to = headers.get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("elsewhere");
+            ServiceError::fatal(format!(
+                "{message}, a redirect to {}: redirects are not followed (the key would go where the job file does not \
+                 say); point `url` at the final address",
+                alluvium_core::error::redact(to)
+            ))
+        }
         _ => ServiceError::permanent(message),
     }
 }
@@ -604,6 +614,10 @@ mod tests {
         let err = status_error("x", StatusCode::UNAUTHORIZED, &h, br#"{"error":{"message":"bad key"}}"#, &e);
         assert!(err.fatal && err.message.contains("`MY_KEY`") && err.message.contains("bad key"), "{}", err.message);
         assert!(status_error("x", StatusCode::NOT_FOUND, &h, b"", &e).fatal);
+        let mut moved = HeaderMap::new();
+        moved.insert(reqwest::header::LOCATION, "http://169.254.169.254/latest/meta-data/".parse().unwrap());
+        let err = status_error("x", StatusCode::FOUND, &moved, b"", &e);
+        assert!(err.fatal && err.message.contains("169.254.169.254") && err.message.contains("point `url`"), "{err:?}");
         let err = status_error("x", StatusCode::BAD_REQUEST, &h, "é".repeat(400).as_bytes(), &e);
         assert!(!err.transient && !err.fatal && err.message.ends_with('…'), "{}", err.message);
         assert_eq!(redact_url("http://user:secret@host:8/a/b"), "http://host:8/a/b");

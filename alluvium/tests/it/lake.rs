@@ -594,3 +594,27 @@ fn iceberg_stops_when_checkpoint_state_behind_its_table_was_lost() {
 fn lance_stops_when_checkpoint_state_behind_its_table_was_lost() {
     lost_checkpoints_stop_the_job(Format::Lance);
 }
+
+/// A table on a read-only filesystem is a configuration error: the job stops at once naming the
+/// table and what to check, without restarting its regions in the hope that it heals (no retry
+/// makes a read-only directory writable). Root ignores permission bits, so the test mounts a
+/// read-only tmpfs.
+#[test]
+fn a_table_on_a_read_only_filesystem_stops_at_once_as_a_configuration_error() {
+    for format in [Format::Lance, Format::Delta] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = job(dir.path(), format, 2_000, &Target::Local, 1);
+        let ro = dir.path().join("out/table");
+        let Some(disk) = SmallDisk::mount(&ro, "1m") else { return };
+        let table = if matches!(format, Format::Lance) { "table.lance" } else { "table" };
+        let text = std::fs::read_to_string(&job).unwrap().replace(&format!("/{table}\""), "/table/t\"");
+        std::fs::write(&job, text).unwrap();
+        disk.grow("1m,ro");
+        let out = bin().args(["run", job.to_str().unwrap()]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{format:?}: {stderr}");
+        let last = stderr.lines().rev().find(|l| l.starts_with("error:")).unwrap_or_default();
+        assert!(last.contains("Read-only file system") || last.contains("os error 30"), "{format:?}: {last}");
+        assert!(!stderr.contains("retry_in"), "{format:?}: a configuration error is not retried: {stderr}");
+    }
+}

@@ -139,8 +139,11 @@ impl DeltaSink {
 
     fn err(&self, doing: &str, e: DeltaTableError) -> Error {
         let retryable = !matches!(e, DeltaTableError::NotATable(_) | DeltaTableError::InvalidTableLocation(_));
-        Error::external(format!("{doing} {}: {}", self.what(), alluvium_core::error::redact(&e.to_string())))
-            .with_retryable(retryable)
+        let message = format!("{doing} {}: {}", self.what(), alluvium_core::error::redact(&e.to_string()));
+        if alluvium_core::error::is_misconfigured_path(&format!("{e:?}")) {
+            return Error::config(format!("{message}; check the sink's `table` path and its permissions"));
+        }
+        Error::external(message).with_retryable(retryable)
     }
 
     fn location(&self) -> Result<&Location> {

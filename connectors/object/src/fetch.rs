@@ -199,6 +199,15 @@ pub(crate) fn changed(pinned: Option<&str>, served: Option<&str>) -> Option<Stri
 /// A per-row reason for an `object_store` error (retries, where they apply, are already spent).
 pub(crate) fn classify(e: &object_store::Error) -> (ErrorKind, String) {
     use object_store::Error as E;
+    // A redirect or address the access policy refused, somewhere in the error's chain.
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if let Some(at) = text.find(crate::access::REFUSED_REDIRECT) {
+            return (ErrorKind::Data, format!("refused: {}", redact(&text[at..])));
+        }
+        source = s.source();
+    }
     match e {
         E::NotFound { .. } => (ErrorKind::Data, "object not found".into()),
         E::Precondition { .. } => (ErrorKind::Data, "the object changed since its reference was made (ETag/version pin)".into()),

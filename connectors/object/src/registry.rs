@@ -115,6 +115,11 @@ impl ObjectStoreRegistry {
         let refused = |m: String| Ok(Err(Refused(m)));
         let Ok(url) = Url::parse(uri) else { return refused(format!("`{}` is not a URI", redact(uri))) };
         let bucket = || url.host_str().unwrap_or_default().to_string();
+        if matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss") {
+            if let Err(m) = self.config.access.check_bucket(url.scheme(), &bucket()) {
+                return refused(m);
+            }
+        }
         let path = || Path::from_url_path(url.path()).map_err(|e| Refused(format!("bad path: {e}")));
         match url.scheme() {
             "file" => {
@@ -191,7 +196,12 @@ impl ObjectStoreRegistry {
                             ClientOptions::new()
                                 .with_allow_http(url.scheme() == "http")
                                 .with_timeout(self.config.request_timeout),
-                        );
+                        )
+                        // Every redirect hop and every resolved address is checked too.
+                        .with_http_connector(crate::access::GuardedConnector {
+                            policy: self.config.access.clone(),
+                            timeout: self.config.request_timeout,
+                        });
                     Ok(Arc::new(b.build().map_err(|e| Error::config(format!("cannot reach `{base}`")).with_source(e))?))
                 })?;
                 Ok(path().map(|p| (store, p)))

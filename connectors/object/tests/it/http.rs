@@ -107,3 +107,80 @@ async fn a_hung_server_times_out_into_a_dead_letter() {
     assert!(msg.contains("read failed after retries"), "{msg}");
     assert!(start.elapsed() < Duration::from_secs(10), "bounded by the timeouts: {:?}", start.elapsed());
 }
+
+/// A server on `ip` that answers every request with `302 Location: location` (`None`: 200 with
+/// "meow"), counting the connections it accepts.
+fn redirecting_server(ip: &str, location: Option<String>) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut s) = stream else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            let answer = match &location {
+                // A redirect to another path of the same host is followed.
+                Some(_) if request.starts_with("GET /final") => {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nmeow".to_string()
+                }
+                Some(to) => format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
+                None => "HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nSECRETROLE".to_string(),
+            };
+            let _ = s.write_all(answer.as_bytes());
+        }
+    });
+    (port, hits)
+}
+
+/// The access policy holds on every redirect hop: an allowed host that redirects to a host that is
+/// not allowed (127.0.0.2) or to the cloud metadata address is refused as a dead letter naming
+/// `[io.access]`, and the second server is never reached; a redirect within the allowed host is
+/// followed.
+#[tokio::test]
+async fn redirects_are_checked_against_the_access_policy_on_every_hop() {
+    let (other, other_hits) = redirecting_server("127.0.0.2", None);
+    let to_other = format!("http://127.0.0.2:{other}/latest/meta-data/iam/security-credentials/role");
+    let (port, _) = redirecting_server("127.0.0.1", Some(to_other));
+    let policy = AccessPolicy::default().allow_http_host("127.0.0.1").allow_private_networks(true);
+    let f = Fetch::new(Arc::new(ObjectStoreRegistry::new(StoreConfig { access: policy.clone(), ..Default::default() })));
+    let out = fetch(&f, vec![ObjectRef::new(format!("http://127.0.0.1:{port}/photo.jpg"))]).await;
+    let msg = failure(&out, 0);
+    assert!(msg.contains("[io.access] refused a redirect") && msg.contains("127.0.0.2"), "{msg}");
+    assert_eq!(other_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the host that is not allowed was reached");
+
+    // The metadata address is refused even when its host is listed: its address is link-local.
+    // (The client is ours without `allow_private_networks`; its first hop is an address literal,
+    // which the resolver does not see, so only the redirect check stands between it and 169.254.)
+    let (port, _) = redirecting_server("127.0.0.1", Some("http://169.254.169.254/latest/meta-data/".into()));
+    let strict = AccessPolicy::default().allow_http_host("127.0.0.1").allow_http_host("169.254.169.254");
+    let client = alluvium_object::access::guarded_http_client(&strict, Duration::from_secs(5)).unwrap();
+    let e = client.get(format!("http://127.0.0.1:{port}/x")).send().await.unwrap_err();
+    let chain = format!("{e:?}");
+    assert!(chain.contains("[io.access] refused a redirect") && chain.contains("169.254.169.254"), "{chain}");
+
+    // Same host, another path: followed.
+    let (port, _) = redirecting_server("127.0.0.1", Some("/final".into()));
+    let out = fetch(&f, vec![ObjectRef::new(format!("http://127.0.0.1:{port}/start"))]).await;
+    assert!(out.failures.is_empty(), "{:?}", out.failures);
+    assert_eq!(bytes_of(&out), vec![b"meow".to_vec()]);
+}
+
+/// A ref to a bucket outside `[io.access] buckets` is refused before any request is signed with
+/// the job's credentials; `"*"` (and a library's default) allows any.
+#[tokio::test]
+async fn refs_to_buckets_outside_the_allow_list_are_refused() {
+    let only_lake =
+        ObjectStoreRegistry::new(StoreConfig { access: AccessPolicy::default().allow_bucket("lake"), ..Default::default() });
+    let refused = only_lake.resolve("s3://another-bucket/x.jpg").await.unwrap().unwrap_err();
+    assert!(refused.0.contains("[io.access] buckets") && refused.0.contains("another-bucket"), "{}", refused.0);
+    assert!(only_lake.resolve("gs://another-bucket/x.jpg").await.unwrap().is_err());
+    assert!(only_lake.resolve("s3://lake/x.jpg").await.unwrap().is_ok());
+    let any = ObjectStoreRegistry::new(StoreConfig { access: AccessPolicy::default().allow_bucket("*"), ..Default::default() });
+    assert!(any.resolve("s3://another-bucket/x.jpg").await.unwrap().is_ok());
+    assert!(ObjectStoreRegistry::default().resolve("s3://another-bucket/x.jpg").await.unwrap().is_ok());
+}
