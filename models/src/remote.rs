@@ -1,5 +1,5 @@
 //! Remote embedding models: an OpenAI-compatible `/v1/embeddings` endpoint or a KServe v2
-//! `/v2/models/{name}/infer` endpoint, called by the workers of a [`ServicePool`] like a local model.
+//! `/v2/models/{name}/infer` endpoint, called by the workers of a [`ServicePool`](alluvium_core::ServicePool) like a local model.
 //!
 //! ```no_run
 //! # fn demo() -> alluvium_core::Result<()> {

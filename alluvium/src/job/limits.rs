@@ -95,7 +95,7 @@ fn allowed(key: &str, min: u64, max: u64) -> String {
 fn human(n: u64) -> String {
     for (unit, size) in [("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
         if n >= size {
-            return if n % size == 0 {
+            return if n.is_multiple_of(size) {
                 format!("{} {unit}", n / size)
             } else {
                 format!("about {} {unit}", (n + size / 2) / size)
@@ -186,7 +186,7 @@ impl JobFile {
                 s.check("parallelism", *parallelism)?;
                 if let Some(r) = rows_per_second {
                     // Also false for NaN.
-                    if !(*r > 0.0) {
+                    if r.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                         return Err(Error::config(format!(
                             "`source.rows_per_second` = `{r}` is not a positive number; give a rate such as 50000, or remove it"
                         )));

@@ -412,7 +412,7 @@ impl Prepared {
         let span = value.span();
         let replacement = match value.get_mut() {
             DeValue::String(s) => {
-                let current: &str = &**s;
+                let current: &str = s;
                 if let Some(b) = self.marker_of(current) {
                     let typed = scalar(&b.value).ok_or_else(|| {
                         Error::config(format!(

@@ -26,7 +26,7 @@ use deltalake::DeltaTable;
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
-/// Reads a Delta table. See the [module docs](self).
+/// Reads a Delta table. How: the module docs of `source.rs`.
 #[derive(Debug, Clone)]
 pub struct DeltaSource {
     read: TableRead,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{storage_options, without_location};
 
-/// Reads a Lance dataset. See the [module docs](self).
+/// Reads a Lance dataset. How: the module docs of `source.rs`.
 #[derive(Debug, Clone)]
 pub struct LanceSource {
     read: TableRead,

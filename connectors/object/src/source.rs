@@ -19,7 +19,7 @@
 //! many objects pass, and a restart neither skips nor repeats objects.
 //!
 //! A bounded listing of a store that lists in key order (S3, GCS, Azure, and local directories,
-//! walked in key order by [`crate::walk`]) is consumed as it arrives: the first split goes out
+//! walked in key order by `walk`) is consumed as it arrives: the first split goes out
 //! after the first page, so time to first row does not grow with the prefix, and a restore asks
 //! the store to start after the last key handed out. Continuous re-listings are listed whole
 //! first. A local directory lists its regular files only (FIFOs, sockets and devices are skipped
