@@ -338,7 +338,15 @@ impl CheckpointStore {
                 self.display()
             )));
         }
-        let ids = self.manifest_ids(m.region).await?;
+        // Pruning is housekeeping: the manifest is durable, and a failed listing (a body cut off
+        // after the store's retries) must not fail the region; the next checkpoint prunes.
+        let ids = match self.manifest_ids(m.region).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list old checkpoint manifests to prune them");
+                return Ok(());
+            }
+        };
         if ids.len() > KEEP_MANIFESTS {
             for id in &ids[..ids.len() - KEEP_MANIFESTS] {
                 let path = self.location.child(&manifest_name(m.region, *id));

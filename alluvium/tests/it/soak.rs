@@ -109,7 +109,10 @@ rows_per_second = 4000
         samples.last().unwrap().1,
     );
     let rss_max = samples.iter().map(|s| s.0).fold(0.0, f64::max);
-    assert!(rss_slope < 8.0, "resident memory grows {rss_slope:.2} MiB/min");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let restarts: Vec<&str> = stderr.lines().filter(|l| l.contains("restarting it")).collect();
+    eprintln!("region restarts: {restarts:#?}");
+    assert!(rss_slope < 8.0, "resident memory grows {rss_slope:.2} MiB/min; region restarts: {restarts:#?}");
     assert!(rss_max < 1024.0, "resident memory peaked at {rss_max:.0} MiB");
     // Descriptors: connections to the store come and go under faults, so over a short run a
     // slope measures jitter (one more socket at the end of a 15 s half reads as +4/min). A leak

@@ -4,6 +4,7 @@
 mod azure;
 mod common;
 mod files;
+mod hostile;
 mod http;
 mod inventory;
 mod listing;
