@@ -109,17 +109,27 @@ pub struct JobFile {
     named_buckets: Vec<String>,
 }
 
-/// The buckets (hosts of `s3`, `gs`, `az` URLs) among the string values of `doc`.
+/// The buckets and containers named by the `s3`, `gs`, `az` URLs among the string values of `doc`,
+/// named as `[io.access] buckets` lists them (`alluvium_object::access::bucket_of`: the bucket or
+/// container, `container@account` for `abfs[s]://container@account.dfs.core.windows.net/…`).
 #[cfg_attr(not(feature = "object"), allow(dead_code))]
 fn named_buckets(doc: &toml::Table) -> Vec<String> {
     fn walk(v: &toml::Value, out: &mut Vec<String>) {
         match v {
             toml::Value::String(s) => {
                 let Ok(url) = url::Url::parse(s.trim()) else { return };
-                if matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss") {
-                    if let Some(host) = url.host_str().filter(|h| !h.is_empty() && !out.iter().any(|b| b == h)) {
-                        out.push(host.to_string());
+                let host = url.host_str().unwrap_or_default();
+                // Kept in step with `alluvium_object::access::bucket_of` (this also builds
+                // without the `object` feature).
+                let name = match (url.scheme(), url.username()) {
+                    ("az" | "abfs" | "abfss", container) if !container.is_empty() => {
+                        format!("{container}@{}", host.split('.').next().unwrap_or_default())
                     }
+                    ("s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss", _) => host.to_string(),
+                    _ => return,
+                };
+                if !name.is_empty() && !out.contains(&name) {
+                    out.push(name);
                 }
             }
             toml::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
@@ -1704,12 +1714,12 @@ mod tests {
     #[test]
     fn the_buckets_a_job_names_are_its_default_bucket_allow_list() {
         let doc: toml::Table = toml::from_str(
-            "[source]\nuri = \"s3://photos/2026/\"\n[sink]\ntable = \"gs://lake/t\"\n[checkpoint]\nlocation = \"s3://photos/ck\"\nx = [\"az://box/a\", \"./local\"]",
+            "[source]\nuri = \"s3://photos/2026/\"\n[sink]\ntable = \"gs://lake/t\"\n[checkpoint]\nlocation = \"s3://photos/ck\"\nx = [\"az://box/a\", \"./local\", \"abfss://logs@acct.dfs.core.windows.net/p\", \"https://cdn.example.com/a\"]",
         )
         .unwrap();
         let mut named = named_buckets(&doc);
         named.sort();
-        assert_eq!(named, ["box", "lake", "photos"]);
+        assert_eq!(named, ["box", "lake", "logs@acct", "photos"]);
     }
 
     #[test]

@@ -470,11 +470,16 @@ pub fn status_error(shown: &str, status: StatusCode, headers: &HeaderMap, body: 
         }
         404 => ServiceError::fatal(format!("{message}: check `url` and `model` (`{}`)", endpoint.model)),
         300..=399 => {
-            let to = headers.get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("elsewhere");
+            // The target as an absolute address (a `Location` may be relative to the endpoint).
+            let to = match headers.get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()) {
+                Some(l) => alluvium_core::error::redact(
+                    &reqwest::Url::parse(shown).and_then(|base| base.join(l)).map_or_else(|_| l.to_string(), |u| u.to_string()),
+                ),
+                None => "an address it does not give (no Location header)".to_string(),
+            };
             ServiceError::fatal(format!(
-                "{message}, a redirect to {}: redirects are not followed (the key would go where the job file does not \
-                 say); point `url` at the final address",
-                alluvium_core::error::redact(to)
+                "{message}, a redirect to {to}: redirects are not followed (the key would go where the job file does not \
+                 say); point `url` at the final address"
             ))
         }
         _ => ServiceError::permanent(message),
@@ -618,6 +623,13 @@ mod tests {
         moved.insert(reqwest::header::LOCATION, "http://169.254.169.254/latest/meta-data/".parse().unwrap());
         let err = status_error("x", StatusCode::FOUND, &moved, b"", &e);
         assert!(err.fatal && err.message.contains("169.254.169.254") && err.message.contains("point `url`"), "{err:?}");
+        // A relative Location is shown as the address it leads to; one with credentials without them.
+        moved.insert(reqwest::header::LOCATION, "/v2/embeddings".parse().unwrap());
+        let err = status_error("http://h:1/v1/embeddings", StatusCode::PERMANENT_REDIRECT, &moved, b"", &e);
+        assert!(err.fatal && err.message.contains("a redirect to http://h:1/v2/embeddings:"), "{err:?}");
+        moved.insert(reqwest::header::LOCATION, "https://user:hunter22@other.example/v1".parse().unwrap());
+        let err = status_error("x", StatusCode::MOVED_PERMANENTLY, &moved, b"", &e);
+        assert!(err.fatal && !err.message.contains("hunter22") && err.message.contains("other.example"), "{err:?}");
         let err = status_error("x", StatusCode::BAD_REQUEST, &h, "é".repeat(400).as_bytes(), &e);
         assert!(!err.transient && !err.fatal && err.message.ends_with('…'), "{}", err.message);
         assert_eq!(redact_url("http://user:secret@host:8/a/b"), "http://host:8/a/b");

@@ -199,12 +199,13 @@ pub(crate) fn changed(pinned: Option<&str>, served: Option<&str>) -> Option<Stri
 /// A per-row reason for an `object_store` error (retries, where they apply, are already spent).
 pub(crate) fn classify(e: &object_store::Error) -> (ErrorKind, String) {
     use object_store::Error as E;
-    // A redirect or address the access policy refused, somewhere in the error's chain.
+    // A redirect or address the access policy refused, somewhere in the error's chain (the
+    // refusal is an error of its own there, so a server's error body quoting the words is not one).
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(s) = source {
         let text = s.to_string();
-        if let Some(at) = text.find(crate::access::REFUSED_REDIRECT) {
-            return (ErrorKind::Data, format!("refused: {}", redact(&text[at..])));
+        if text.starts_with(crate::access::REFUSED) {
+            return (ErrorKind::Data, format!("refused: {}", redact(&text)));
         }
         source = s.source();
     }

@@ -115,8 +115,9 @@ impl ObjectStoreRegistry {
         let refused = |m: String| Ok(Err(Refused(m)));
         let Ok(url) = Url::parse(uri) else { return refused(format!("`{}` is not a URI", redact(uri))) };
         let bucket = || url.host_str().unwrap_or_default().to_string();
-        if matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss") {
-            if let Err(m) = self.config.access.check_bucket(url.scheme(), &bucket()) {
+        // The bucket (container) is checked before any store is built or request signed.
+        if let Some(named) = crate::access::bucket_of(&url) {
+            if let Err(m) = self.config.access.check_bucket(url.scheme(), &named) {
                 return refused(m);
             }
         }
@@ -164,7 +165,15 @@ impl ObjectStoreRegistry {
                 Ok(path().map(|p| (store, p)))
             }
             "az" | "azure" | "abfs" | "abfss" => {
-                let store = self.cached(&format!("az://{}", bucket()), || {
+                // One store per container and account: `abfss://a@acct…` and `abfss://b@acct…` are
+                // two containers (`object_store` takes the container from the URL it is built with).
+                let key = match (url.scheme(), url.username()) {
+                    ("az" | "abfs" | "abfss", container) if !container.is_empty() => {
+                        format!("az://{container}@{}", bucket())
+                    }
+                    _ => format!("az://{}", bucket()),
+                };
+                let store = self.cached(&key, || {
                     let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                         .with_url(uri)
                         .with_retry(self.retry())

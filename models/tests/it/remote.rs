@@ -3,7 +3,7 @@
 //! pool loses nothing; 429/503 are retried; a rejected row becomes a dead letter; a rejected key
 //! stops the stage without showing the key; a server that goes away is waited for (no dead
 //! letters) and each row is embedded once when it is back, or, gone for good, the call fails after
-//! `outage_timeout` naming the endpoint.
+//! `outage_timeout` naming the endpoint; a redirect is never followed (the key would go elsewhere).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -286,4 +286,82 @@ async fn a_server_that_goes_away_and_comes_back_embeds_every_row_once() {
     assert_eq!((stats.failed_rows, stats.outages), (0, 1), "{stats:?}");
     assert!(pool.waiting().is_none());
     second.stop().await.unwrap();
+}
+
+/// Reads one HTTP request (headers and a `content-length` body) from `s`, so that closing the
+/// connection after the answer does not reset it.
+fn read_request(s: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let Ok(n) = s.read(&mut buf) else { return };
+        if n == 0 {
+            return;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return;
+            }
+        }
+    }
+}
+
+/// A server on 127.0.0.1 that answers every request with `answer` (raw HTTP) and closes the
+/// connection, counting the connections it accepts.
+fn raw_server(answer: String) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            read_request(&mut s);
+            let _ = s.write_all(answer.as_bytes());
+        }
+    });
+    (addr, hits)
+}
+
+/// An endpoint that answers with a redirect: the client does not follow it (the API key would go
+/// to an address the job file does not name), and the stage stops with an error that names the
+/// endpoint and the redirect's target and says to point `url` at the final address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_never_followed_and_stops_the_stage_naming_the_endpoint() {
+    let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+    let (elsewhere, elsewhere_hits) = raw_server(ok.to_string());
+    let to = format!("http://{elsewhere}/v1/embeddings");
+    let (addr, hits) = raw_server(format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    ));
+    // SAFETY of the test: this variable is read only by this test.
+    std::env::set_var("ALLUVIUM_TEST_REMOTE_REDIRECT_KEY", "redirect-key-9876");
+    let endpoint = Endpoint::openai(format!("http://{addr}"), "m").api_key_env("ALLUVIUM_TEST_REMOTE_REDIRECT_KEY");
+
+    let client = endpoint.connect().unwrap();
+    let err = client.embed_texts(&["hello"]).await.unwrap_err();
+    let m = &err.message;
+    assert!(err.fatal && !err.transient, "{err:?}");
+    assert!(m.contains(&format!("http://{addr}/v1/embeddings answered 307")), "{m}");
+    assert!(m.contains(&format!("a redirect to {to}")) && m.contains("point `url` at the final address"), "{m}");
+    assert!(!m.contains("redirect-key-9876"), "{m}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "one request, no retries");
+    assert_eq!(elsewhere_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the redirect was followed");
+
+    // Through a pool: the stage stops with a configuration error; no row becomes a dead letter.
+    let pool = remote_pool(endpoint, 4, 1);
+    let Err(err) = pool.call(batch(&texts(3))).await else { panic!("a config error, not an answer") };
+    let text = format!("{err} {err:?}");
+    assert_eq!(err.kind(), ErrorKind::Config, "{text}");
+    assert!(text.contains("point `url` at the final address") && !text.contains("redirect-key-9876"), "{text}");
+    assert_eq!(elsewhere_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the redirect was followed");
 }

@@ -4,6 +4,7 @@
 mod azure;
 mod common;
 mod files;
+mod hops;
 mod hostile;
 mod http;
 mod inventory;
