@@ -241,7 +241,7 @@ impl LanceSink {
         let latest = ds.latest_version_id().await.map_err(|e| self.err("reading", e))?;
         let transactions: Vec<_> = futures::stream::iter((since + 1)..=latest)
             .map(|v| ds.read_transaction_by_version(v))
-            .buffered(16)
+            .buffered(4)
             .try_collect()
             .await
             .map_err(|e| self.err("reading", e))?;
