@@ -550,6 +550,9 @@ pub enum StageConfig {
         /// `[width, height]` the images will be resized to: JPEGs decode at a reduced DCT scale.
         #[serde(default)]
         target: Option<[u32; 2]>,
+        /// Bytes of decoded pixels per output batch (512 MiB); one image over it is a dead letter.
+        #[serde(default)]
+        max_batch_bytes: Option<u64>,
     },
     /// Resizes the decoded `image`.
     #[cfg(feature = "formats")]
@@ -564,6 +567,9 @@ pub enum StageConfig {
         /// `exact` (default), `fit` (keep aspect, within) or `fill` (keep aspect, crop).
         #[serde(default)]
         fit: Option<FitConfig>,
+        /// Bytes of resized pixels per output batch (512 MiB); one image over it is a dead letter.
+        #[serde(default)]
+        max_batch_bytes: Option<u64>,
     },
     /// ObjectRef → `video` (`alluvium.video`: duration, fps, codec, size, rotation), by FFmpeg.
     #[cfg(feature = "video")]
@@ -735,6 +741,12 @@ pub struct ExtractFramesConfig {
     /// Decoder threads per video (1: one core per lane).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// A video with more frames to extract becomes a dead letter (100000).
+    #[serde(default)]
+    pub max_outputs_per_input: Option<u64>,
+    /// A video whose encoded frames come to more bytes becomes a dead letter (2 GiB).
+    #[serde(default)]
+    pub max_output_bytes_per_input: Option<u64>,
 }
 
 /// `[[stages]] type = "audio_windows"`: the target rate and channels, the windows, the encoding.
@@ -772,6 +784,12 @@ pub struct AudioWindowsConfig {
     /// Give up on one item after this long (`10m`).
     #[serde(default, with = "opt_duration")]
     pub time_budget: Option<Duration>,
+    /// An item with more windows becomes a dead letter (100000).
+    #[serde(default)]
+    pub max_outputs_per_input: Option<u64>,
+    /// An item whose windows come to more bytes becomes a dead letter (2 GiB).
+    #[serde(default)]
+    pub max_output_bytes_per_input: Option<u64>,
 }
 
 /// `last` of an audio_windows stage.
@@ -1259,7 +1277,7 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
             )
         }
         #[cfg(feature = "formats")]
-        StageConfig::DecodeImage { common, column, max_pixels, target } => {
+        StageConfig::DecodeImage { common, column, max_pixels, target, max_batch_bytes } => {
             let mut d = alluvium_formats::DecodeImage::rgb();
             if let Some(c) = column {
                 d = d.column(c.clone());
@@ -1270,10 +1288,13 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
             if let Some([w, h]) = target {
                 d = d.target(*w, *h);
             }
+            if let Some(n) = max_batch_bytes {
+                d = d.max_batch_bytes(*n as usize);
+            }
             (common, Stage::from(d))
         }
         #[cfg(feature = "formats")]
-        StageConfig::Resize { common, width, height, fit } => {
+        StageConfig::Resize { common, width, height, fit, max_batch_bytes } => {
             if *width == 0 || *height == 0 {
                 return Err(Error::config(format!(
                     "resize: {width}×{height} has a zero side; set `width` and `height` to 1 or more"
@@ -1284,7 +1305,11 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
                 FitConfig::Fit => alluvium_formats::Fit::Fit,
                 FitConfig::Fill => alluvium_formats::Fit::Fill,
             };
-            (common, Stage::from(alluvium_formats::Resize::to(*width, *height).fit(fit)))
+            let mut r = alluvium_formats::Resize::to(*width, *height).fit(fit);
+            if let Some(n) = max_batch_bytes {
+                r = r.max_batch_bytes(*n as usize);
+            }
+            (common, Stage::from(r))
         }
         #[cfg(feature = "video")]
         StageConfig::ProbeVideo { common, column } => {
@@ -1562,6 +1587,12 @@ impl ExtractFramesConfig {
         if let Some(col) = &c.column {
             e = e.column(col.clone());
         }
+        if let Some(n) = c.max_outputs_per_input {
+            e = e.max_outputs_per_input(n);
+        }
+        if let Some(n) = c.max_output_bytes_per_input {
+            e = e.max_output_bytes_per_input(n);
+        }
         e.validate()?;
         Ok(e)
     }
@@ -1599,6 +1630,12 @@ impl AudioWindowsConfig {
         }
         if let Some(t) = c.time_budget {
             w = w.time_budget(t);
+        }
+        if let Some(n) = c.max_outputs_per_input {
+            w = w.max_outputs_per_input(n);
+        }
+        if let Some(n) = c.max_output_bytes_per_input {
+            w = w.max_output_bytes_per_input(n);
         }
         w.validate()?;
         Ok(w)

@@ -20,9 +20,17 @@
 //!   window plus one decoded frame is held, and rows go out in batches of about `batch_bytes`, so
 //!   an hour of audio needs no more memory than ten seconds.
 //! * **Bad input** (not audio, a truncated container, no audio stream, an unsupported codec, a
-//!   sample rate or channel count out of range, no samples at all, or over the per-item
-//!   `time_budget`) is a dead letter with the reason. An item that fails part-way keeps the
-//!   windows it already sent and is a dead letter that says after how many windows it failed.
+//!   sample rate or channel count out of range, no samples at all, a stream that ends well before
+//!   the duration its container declares, or over the per-item `time_budget`) is a dead letter
+//!   with the reason and how far it got.
+//! * **Bounded fan-out.** One item makes at most `max_outputs_per_input` windows (100,000) of at
+//!   most `max_output_bytes_per_input` bytes (2 GiB) in all; an item over either is a dead letter
+//!   that names the key, never a silently cut one. Sample rates under [`MIN_SAMPLE_RATE`] are out
+//!   of range (a 3 KB WAV declaring 1 Hz is 25 minutes of audio: 16,000 times its samples at
+//!   16 kHz), and no decoded frame is resampled into more than the byte limit (or 256 MiB) at once.
+//! * An item that fails is a dead letter, and its windows not yet sent on are dropped with it;
+//!   only a long item's batches that went downstream before the failure was known stay there,
+//!   and the dead letter says how many.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +52,16 @@ use crate::av::{self, refs, Media};
 
 /// The highest sample rate accepted (anything above is a broken or hostile header).
 pub const MAX_SAMPLE_RATE: u32 = 768_000;
+/// The lowest sample rate accepted: audio is never recorded slower, and resampling a header that
+/// declares 1 Hz to 16 kHz multiplies its samples 16,000 times.
+pub const MIN_SAMPLE_RATE: u32 = 1_000;
+/// `max_outputs_per_input` by default: windows per item.
+pub const MAX_OUTPUTS_PER_INPUT: u64 = 100_000;
+/// `max_output_bytes_per_input` by default: bytes of windows per item (2 GiB: 9 hours of 16 kHz
+/// mono tensors).
+pub const MAX_OUTPUT_BYTES_PER_INPUT: u64 = 2 << 30;
+/// The most one decoded frame may become when resampled, whatever the byte limit.
+const MAX_RESAMPLED_FRAME_BYTES: u64 = 256 << 20;
 /// The most channels accepted.
 pub const MAX_CHANNELS: u16 = 64;
 
@@ -122,8 +140,8 @@ fn open(media: Box<dyn ReadSeek>, budget: Duration) -> std::result::Result<(Medi
     let (context, codec) = media.codec(1)?;
     let decoder = context.decoder().audio().map_err(|e| format!("no decoder for codec `{codec}`: {e}"))?;
     let (sample_rate, channels) = (decoder.rate(), decoder.channels());
-    if sample_rate == 0 || sample_rate > MAX_SAMPLE_RATE {
-        return Err(format!("a sample rate of {sample_rate} Hz is out of range (1 to {MAX_SAMPLE_RATE})"));
+    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&sample_rate) {
+        return Err(format!("a sample rate of {sample_rate} Hz is out of range ({MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE})"));
     }
     if channels == 0 || channels > MAX_CHANNELS {
         return Err(format!("{channels} channels is out of range (1 to {MAX_CHANNELS})"));
@@ -142,21 +160,32 @@ struct Resampler {
     target: Target,
     layout: ChannelLayout,
     context: Option<(resampling::Context, (Sample, ChannelLayout, u32))>,
+    /// The most bytes one resampled frame may take (checked before it is allocated).
+    max_frame_bytes: u64,
 }
 
 impl Resampler {
-    fn new(target: Target) -> Self {
-        Self { target, layout: ChannelLayout::default(i32::from(target.channels)), context: None }
+    fn new(target: Target, max_frame_bytes: u64) -> Self {
+        Self { target, layout: ChannelLayout::default(i32::from(target.channels)), context: None, max_frame_bytes }
     }
 
     fn format() -> Sample {
         Sample::F32(SampleType::Planar)
     }
 
-    /// An output frame with room for `samples` input samples' worth, and then some.
-    fn room(&self, samples: usize, rate: u32) -> ffmpeg::frame::Audio {
-        let n = samples as u64 * u64::from(self.target.sample_rate) / u64::from(rate.max(1)) + 256;
-        ffmpeg::frame::Audio::new(Self::format(), n as usize, self.layout)
+    /// An output frame with room for `samples` input samples' worth, and then some; refused
+    /// before it is allocated when it would take more than `max_frame_bytes`.
+    fn room(&self, samples: usize, rate: u32) -> std::result::Result<ffmpeg::frame::Audio, String> {
+        let n = (samples as u64).saturating_mul(u64::from(self.target.sample_rate)) / u64::from(rate.max(1)) + 256;
+        let bytes = n.saturating_mul(u64::from(self.target.channels)).saturating_mul(4);
+        if bytes > self.max_frame_bytes {
+            return Err(format!(
+                "resampling a frame of {samples} samples from {rate} Hz to {} Hz would take {bytes} bytes at once, over the \
+                 {} bytes one resampled frame may take (max_output_bytes_per_input, and at most {MAX_RESAMPLED_FRAME_BYTES})",
+                self.target.sample_rate, self.max_frame_bytes
+            ));
+        }
+        Ok(ffmpeg::frame::Audio::new(Self::format(), n as usize, self.layout))
     }
 
     /// Resamples `frame` and hands the result to `out`.
@@ -180,7 +209,10 @@ impl Resampler {
                 Err(e) => return Ok(Err(format!("cannot resample {:?} {} Hz {} channels: {e}", key.0, key.2, frame.channels()))),
             }
         }
-        let mut resampled = self.room(frame.samples(), key.2);
+        let mut resampled = match self.room(frame.samples(), key.2) {
+            Ok(room) => room,
+            Err(why) => return Ok(Err(why)),
+        };
         let (context, _) = self.context.as_mut().expect("resampler");
         if let Err(e) = context.run(frame, &mut resampled) {
             return Ok(Err(format!("resampling failed: {e}")));
@@ -193,7 +225,10 @@ impl Resampler {
     fn flush(&mut self, out: &mut dyn FnMut(&ffmpeg::frame::Audio) -> Result<()>) -> Result<std::result::Result<(), String>> {
         let Some((mut context, key)) = self.context.take() else { return Ok(Ok(())) };
         loop {
-            let mut rest = self.room(4096, key.2);
+            let mut rest = match self.room(4096, key.2) {
+                Ok(room) => room,
+                Err(why) => return Ok(Err(why)),
+            };
             if let Err(e) = context.flush(&mut rest) {
                 return Ok(Err(format!("resampling failed: {e}")));
             }
@@ -303,7 +338,9 @@ fn drop_front(b: &mut Vec<f32>, n: usize) {
 }
 
 /// Decodes `media`, resamples it to `target` and hands each window to `emit`. `Ok(Err(reason))`:
-/// the audio is bad (a dead letter); `Err`: `emit` failed (the stage).
+/// the audio is bad (a dead letter; also when its stream ends well before the duration its
+/// container declares); `Err`: `emit` failed (the stage). No decoded frame is resampled into more
+/// than [`MAX_OUTPUT_BYTES_PER_INPUT`] (or 256 MiB) at once.
 pub fn windows(
     media: Box<dyn ReadSeek>,
     target: Target,
@@ -311,11 +348,23 @@ pub fn windows(
     budget: Duration,
     emit: &mut dyn FnMut(Window) -> Result<()>,
 ) -> Result<std::result::Result<u64, String>> {
+    windows_within(media, target, windowing, budget, MAX_OUTPUT_BYTES_PER_INPUT, emit)
+}
+
+/// [`windows`], no resampled frame over `max_bytes` (nor 256 MiB).
+fn windows_within(
+    media: Box<dyn ReadSeek>,
+    target: Target,
+    windowing: &Windowing,
+    budget: Duration,
+    max_bytes: u64,
+    emit: &mut dyn FnMut(Window) -> Result<()>,
+) -> Result<std::result::Result<u64, String>> {
     let (mut media, mut decoder, _) = match open(media, budget) {
         Ok(o) => o,
         Err(why) => return Ok(Err(why)),
     };
-    let mut resampler = Resampler::new(target);
+    let mut resampler = Resampler::new(target, max_bytes.min(MAX_RESAMPLED_FRAME_BYTES));
     let mut windower = Windower::new(target, windowing);
     let mut frame = ffmpeg::frame::Audio::empty();
     let mut decoded = 0u64;
@@ -338,6 +387,9 @@ pub fn windows(
     }
     if decoded == 0 {
         return Ok(Err(media.nothing_decoded()));
+    }
+    if let Some(why) = media.ended_early() {
+        return failed(&windower, why);
     }
     windower.finish(windowing.last, emit)?;
     Ok(Ok(windower.next_index))
@@ -428,6 +480,8 @@ pub struct AudioWindows {
     encoding: AudioEncoding,
     batch_bytes: usize,
     time_budget: Duration,
+    max_outputs_per_input: u64,
+    max_output_bytes_per_input: u64,
 }
 
 impl AudioWindows {
@@ -443,6 +497,8 @@ impl AudioWindows {
             encoding: AudioEncoding::Tensor,
             batch_bytes: 16 << 20,
             time_budget: Duration::from_secs(600),
+            max_outputs_per_input: MAX_OUTPUTS_PER_INPUT,
+            max_output_bytes_per_input: MAX_OUTPUT_BYTES_PER_INPUT,
         }
     }
     /// The target sample rate and channels.
@@ -480,13 +536,24 @@ impl AudioWindows {
         self.time_budget = budget;
         self
     }
+    /// An item with more windows is a dead letter ([`MAX_OUTPUTS_PER_INPUT`]).
+    pub fn max_outputs_per_input(mut self, n: u64) -> Self {
+        self.max_outputs_per_input = n;
+        self
+    }
+    /// An item whose windows come to more bytes (as they go out: tensors or WAV clips) is a dead
+    /// letter ([`MAX_OUTPUT_BYTES_PER_INPUT`]); no decoded frame is resampled into more at once.
+    pub fn max_output_bytes_per_input(mut self, n: u64) -> Self {
+        self.max_output_bytes_per_input = n;
+        self
+    }
 
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::config(format!("audio_windows: {m}")));
         let (t, w) = (self.target, self.windowing);
-        if t.sample_rate == 0 || t.sample_rate > MAX_SAMPLE_RATE {
-            return bad(format!("`sample_rate` must be between 1 and {MAX_SAMPLE_RATE}, e.g. 16000"));
+        if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&t.sample_rate) {
+            return bad(format!("`sample_rate` must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}, e.g. 16000"));
         }
         if t.channels == 0 || t.channels > 8 {
             return bad("`channels` must be between 1 and 8 (1 = mono, 2 = stereo)".into());
@@ -497,7 +564,35 @@ impl AudioWindows {
         if w.last == LastWindow::Short && self.encoding == AudioEncoding::Tensor {
             return bad("`last = \"short\"` needs `encoding = \"wav\"`: tensors have one shape; use \"pad\" or \"drop\"".into());
         }
+        if self.max_outputs_per_input == 0 {
+            return bad("`max_outputs_per_input` must be 1 or more".into());
+        }
+        let window = self.whole_window_bytes();
+        if self.max_output_bytes_per_input < window {
+            return bad(format!(
+                "`max_output_bytes_per_input` = {} is less than one window ({window} bytes): every item would be a dead letter",
+                self.max_output_bytes_per_input
+            ));
+        }
         Ok(())
+    }
+
+    /// The bytes of one whole window as it goes out.
+    fn whole_window_bytes(&self) -> u64 {
+        let values = self.window_samples() as u64 * u64::from(self.target.channels);
+        match self.encoding {
+            AudioEncoding::Tensor => values * 4,
+            AudioEncoding::Wav => 44 + values * 2,
+        }
+    }
+
+    /// The bytes of `w` as it goes out, and its start in ms.
+    fn measure(&self, w: &Window) -> (u64, i64) {
+        let bytes = match self.encoding {
+            AudioEncoding::Tensor => w.samples.len() as u64 * 4,
+            AudioEncoding::Wav => 44 + w.samples.len() as u64 * 2,
+        };
+        (bytes, (w.start * 1000 / u64::from(self.target.sample_rate.max(1))) as i64)
     }
 
     /// Samples per channel in a whole window.
@@ -571,8 +666,18 @@ impl Operator for AudioWindows {
         let window_bytes = this.window_samples() * usize::from(this.target.channels) * 4;
         let per_batch = (this.batch_bytes / window_bytes.max(1)).max(1);
         let build = |windows| this.batch(&batch, &refs_col, windows);
-        av::stream_objects(&refs, this.opener.as_ref(), "audio_windows", per_batch, &build, emit, |media, send| {
-            Ok(windows(media, this.target, &this.windowing, this.time_budget, send)?.map(|_| ()))
+        let measure = |w: &Window| this.measure(w);
+        let fan: av::FanOut<'_, Window> = av::FanOut {
+            stage: "audio_windows",
+            unit: "windows",
+            per_batch,
+            max_outputs: this.max_outputs_per_input,
+            max_bytes: this.max_output_bytes_per_input,
+            measure: &measure,
+        };
+        av::stream_objects(&refs, this.opener.as_ref(), &fan, &build, emit, |media, send| {
+            let max_bytes = this.max_output_bytes_per_input;
+            Ok(windows_within(media, this.target, &this.windowing, this.time_budget, max_bytes, send)?.map(|_| ()))
         })
     }
 }

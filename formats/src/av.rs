@@ -47,7 +47,16 @@ pub(crate) struct Media {
     eof: bool,
     /// Packets or frames the decoder rejected as corrupt (skipped, counted).
     pub corrupt: u64,
+    /// How far the demuxer got in the stream: the latest end (pts + duration) of its packets read,
+    /// in ms from the stream's start; `None` before the first.
+    reached_ms: Option<i64>,
 }
+
+/// Containers whose declared duration is written by the muxer (an index, a header), not guessed
+/// from the file's size or bitrate: a stream that ends well before it was cut short. (MP3, ADTS
+/// AAC, raw streams and WAV estimate their duration from the bytes there are, and Ogg reads it
+/// from its last page: they cannot tell.)
+const DECLARING_CONTAINERS: [&str; 6] = ["mov", "mp4", "matroska", "webm", "flac", "avi"];
 
 impl Media {
     /// Opens `media` and picks its best stream of `kind`; the whole read must finish within
@@ -71,7 +80,7 @@ impl Media {
         let (index, tb) = (stream.index(), stream.time_base());
         let time_base = if tb.denominator() == 0 { 0.0 } else { f64::from(tb.numerator()) / f64::from(tb.denominator()) };
         let start = if stream.start_time() == ffmpeg::ffi::AV_NOPTS_VALUE { 0 } else { stream.start_time() };
-        Ok(Self { input, stream: index, time_base, start, deadline, budget, what, eof: false, corrupt: 0 })
+        Ok(Self { input, stream: index, time_base, start, deadline, budget, what, eof: false, corrupt: 0, reached_ms: None })
     }
 
     /// The stream being decoded.
@@ -108,7 +117,47 @@ impl Media {
 
     /// A timestamp in the stream's time base → ms from the stream's start.
     pub fn pts_ms(&self, pts: Option<i64>) -> i64 {
-        pts.map_or(0, |p| ((p - self.start) as f64 * self.time_base * 1000.0).round() as i64)
+        pts.map_or(0, |p| (p.saturating_sub(self.start) as f64 * self.time_base * 1000.0).round() as i64)
+    }
+
+    /// Notes how far a packet of the stream reaches.
+    fn note(&mut self, packet: &ffmpeg::Packet) {
+        if let Some(ts) = packet.pts().or(packet.dts()) {
+            let end = self.pts_ms(Some(ts.saturating_add(packet.duration().max(0))));
+            self.reached_ms = Some(self.reached_ms.map_or(end, |r| r.max(end)));
+        }
+    }
+
+    /// Whether the container's duration is one its muxer wrote (see [`DECLARING_CONTAINERS`]).
+    fn declares_duration(&self) -> bool {
+        self.input.format().name().split(',').any(|n| DECLARING_CONTAINERS.contains(&n))
+    }
+
+    /// At the end of the stream: why it ended too early, when its packets stopped well before the
+    /// duration its container declares (a truncated or cut-short file: the index promises
+    /// packets that are not there). The slack is 5% of the duration, 1 to 10 s, so that
+    /// containers whose tracks end a little apart are not flagged.
+    pub fn ended_early(&self) -> Option<String> {
+        let declared = self.duration_ms().filter(|d| *d > 0)?;
+        // Packets without timestamps tell nothing.
+        let reached = self.reached_ms?.max(0);
+        if !self.declares_duration() {
+            return None;
+        }
+        let slack = (declared / 20).clamp(1000, 10_000);
+        if reached.saturating_add(slack) >= declared {
+            return None;
+        }
+        let corrupt = match self.corrupt {
+            0 => String::new(),
+            n => format!("; {n} corrupt packets were skipped"),
+        };
+        Some(format!(
+            "the {} stream ended at {:.1} s of the {:.1} s its container declares: the file is truncated or damaged{corrupt}",
+            self.what,
+            reached as f64 / 1000.0,
+            declared as f64 / 1000.0
+        ))
     }
 
     /// The reason to stop, once past the time budget.
@@ -158,7 +207,12 @@ impl Media {
             let mut packet = ffmpeg::Packet::empty();
             match packet.read(&mut self.input) {
                 Ok(()) => {
-                    if packet.stream() != self.stream || skip(&packet) {
+                    if packet.stream() != self.stream {
+                        continue;
+                    }
+                    // Skipped packets count too: the demuxer got that far.
+                    self.note(&packet);
+                    if skip(&packet) {
                         continue;
                     }
                     match decoder.send_packet(&packet) {
@@ -276,28 +330,106 @@ impl<T> Probed<T> {
     }
 }
 
+/// How one input fans out into outputs (audio windows, video frames), and how far it may: more
+/// outputs than `max_outputs`, or outputs worth more than `max_bytes`, make the input a dead letter
+/// that names the limit's key and says how far it got (never a silently truncated input).
+pub(crate) struct FanOut<'a, T> {
+    /// The stage's name, for messages.
+    pub stage: &'a str,
+    /// What the outputs are, plural (`frames`, `windows`).
+    pub unit: &'a str,
+    /// Outputs per emitted batch.
+    pub per_batch: usize,
+    /// `max_outputs_per_input`.
+    pub max_outputs: u64,
+    /// `max_output_bytes_per_input`.
+    pub max_bytes: u64,
+    /// An output's size in bytes (as it goes out) and its time in the input (ms).
+    pub measure: &'a dyn Fn(&T) -> (u64, i64),
+}
+
+/// Why the next output of an input is one too many, if it is: `made` outputs of `bytes` bytes
+/// so far, the next of `size` bytes at `at_ms`.
+fn over_the_limits<T>(f: &FanOut<'_, T>, made: u64, bytes: u64, size: u64, at_ms: i64) -> Option<String> {
+    let at = at_ms as f64 / 1000.0;
+    if made >= f.max_outputs {
+        return Some(format!(
+            "over max_outputs_per_input = {}: the input makes more than {} {} (stopped at {at:.1} s)",
+            f.max_outputs, f.max_outputs, f.unit
+        ));
+    }
+    if bytes.saturating_add(size) > f.max_bytes {
+        return Some(format!(
+            "over max_output_bytes_per_input = {}: the input's {} come to more than that (stopped at {at:.1} s, after {made} {} \
+             of {bytes} bytes)",
+            f.max_bytes, f.unit, f.unit
+        ));
+    }
+    None
+}
+
 /// The body of a streaming `process_into`: the items `each` makes of every object of an ObjectRef
 /// column go out through `emit` in batches of `per_batch` rows, built by `build` from
 /// `(row, item)` pairs; the objects that failed ride as dead letters on the last batch.
+///
+/// An object that fails (a bad stream, one that ends early, one over the fan-out limits) is a
+/// dead letter, and its items not yet sent on are dropped with it: only a long object's batches
+/// that went downstream before the failure was known stay there, and its dead letter says how
+/// many did. (Holding every item back until its object is done would hold a whole video's frames
+/// in memory; the limits bound how much can have gone on.)
 pub(crate) fn stream_objects<T>(
     refs: &ObjectRefArray,
     opener: &dyn OpenObject,
-    stage: &str,
-    per_batch: usize,
+    fan: &FanOut<'_, T>,
     build: &dyn Fn(Vec<(usize, T)>) -> Result<RecordBatch>,
     emit: &mut dyn FnMut(Output) -> Result<()>,
     mut each: impl FnMut(Box<dyn ReadSeek>, &mut dyn FnMut(T) -> Result<()>) -> Result<std::result::Result<(), String>>,
 ) -> Result<()> {
     let mut pending: Vec<(usize, T)> = Vec::new();
-    let failures = each_object(refs, opener, stage, |row, media| {
-        let mut send = |item: T| -> Result<()> {
-            pending.push((row, item));
-            if pending.len() >= per_batch {
-                emit(Output::new(build(std::mem::take(&mut pending))?))?;
-            }
-            Ok(())
+    let failures = each_object(refs, opener, fan.stage, |row, media| {
+        // This object's items so far, their bytes, and how many of them went on.
+        let (mut made, mut bytes, mut sent) = (0u64, 0u64, 0u64);
+        let mut over: Option<String> = None;
+        let outcome = {
+            let mut send = |item: T| -> Result<()> {
+                if let Some(why) = &over {
+                    return Err(Error::data(why.clone()));
+                }
+                let (size, at_ms) = (fan.measure)(&item);
+                if let Some(why) = over_the_limits(fan, made, bytes, size, at_ms) {
+                    over = Some(why.clone());
+                    // Stops the decoding; turned back into this object's dead letter below.
+                    return Err(Error::data(why));
+                }
+                made += 1;
+                bytes = bytes.saturating_add(size);
+                pending.push((row, item));
+                if pending.len() >= fan.per_batch.max(1) {
+                    sent += pending.iter().filter(|(r, _)| *r == row).count() as u64;
+                    emit(Output::new(build(std::mem::take(&mut pending))?))?;
+                }
+                Ok(())
+            };
+            each(media, &mut send)
         };
-        each(media, &mut send)
+        // Over a limit, the object is a dead letter for that, whatever `each` made of the error.
+        let outcome = match (outcome, over.take()) {
+            (_, Some(why)) => Err(why),
+            (Ok(outcome), None) => outcome,
+            (Err(e), None) => return Err(e),
+        };
+        Ok(outcome.map_err(|why| {
+            pending.retain(|(r, _)| *r != row);
+            let unit = fan.unit;
+            match (made, sent) {
+                (0, _) => why,
+                (made, 0) => format!("{why}; none of its {made} {unit} were sent on"),
+                (made, sent) if sent == made => format!("{why}; its {sent} {unit} before that had already been sent on"),
+                (made, sent) => {
+                    format!("{why}; {sent} of its {made} {unit} had already been sent on, the other {} were dropped", made - sent)
+                }
+            }
+        }))
     })?;
     if !pending.is_empty() || !failures.is_empty() {
         emit(Output::with_failures(build(pending)?, failures))?;

@@ -16,17 +16,29 @@
 //!   only ever shrinks.
 //! * Every bad image (corrupt, truncated, unsupported, too large) becomes a dead letter with the
 //!   reason; the batch goes on.
+//! * **Output bounded by bytes.** Decoded pixels are ~100 times their encoded bytes (ten 3 MB
+//!   8900×8900 PNGs are 2.4 GB of RGB, more than one Arrow `Binary` column holds: it panicked),
+//!   so `DecodeImage` and `Resize` emit their output through [`Operator::process_into`] in
+//!   batches of at most `max_batch_bytes` of pixels (512 MiB), and an image whose pixels alone
+//!   would be more is a dead letter, refused before its pixels are allocated. Their `process`
+//!   returns the pieces as one batch when one can hold them, else an error.
 
 use std::io::Cursor;
 use std::sync::Arc;
 
 use alluvium_core::arrow::array::{Array, ArrayRef, BinaryArray, BinaryBuilder, StringArray, StructArray, UInt32Array};
+use alluvium_core::arrow::compute::{concat_batches, take_record_batch};
 use alluvium_core::arrow::datatypes::{DataType, Field};
 use alluvium_core::arrow::record_batch::RecordBatch;
 use alluvium_core::operator::with_columns;
 use alluvium_core::types::{DecodedImageType, EncodedImageType};
-use alluvium_core::{Error, ErrorKind, Operator, Output, Result, RowResults, Stage};
+use alluvium_core::{Error, ErrorKind, Operator, Output, Result, RowFailure, RowResults, Stage};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+/// `max_batch_bytes` by default: pixel bytes per output batch of `DecodeImage` and `Resize`.
+pub const MAX_BATCH_BYTES: usize = 512 << 20;
+/// The most bytes one Arrow `Binary` array holds (its offsets are `i32`).
+const ARRAY_BYTES: usize = i32::MAX as usize;
 
 /// An RGB image in memory.
 struct Rgb {
@@ -43,12 +55,20 @@ pub struct DecodeImage {
     max_pixels: u64,
     target: Option<(u32, u32)>,
     keep_encoded: bool,
+    max_batch_bytes: usize,
 }
 
 impl DecodeImage {
     /// Decodes the `bytes` column into an RGB `image` column; at most 80 megapixels.
     pub fn rgb() -> Self {
-        Self { column: "bytes".into(), output: "image".into(), max_pixels: 80_000_000, target: None, keep_encoded: false }
+        Self {
+            column: "bytes".into(),
+            output: "image".into(),
+            max_pixels: 80_000_000,
+            target: None,
+            keep_encoded: false,
+            max_batch_bytes: MAX_BATCH_BYTES,
+        }
     }
     /// The Binary column holding encoded images.
     pub fn column(mut self, name: impl Into<String>) -> Self {
@@ -76,6 +96,14 @@ impl DecodeImage {
         self.keep_encoded = keep;
         self
     }
+    /// At most this many bytes of decoded pixels per output batch ([`MAX_BATCH_BYTES`]; 1 to
+    /// 2 GiB − 1, what one Arrow `Binary` array holds): a batch's images go out in several
+    /// batches when they come to more, and an image that alone comes to more (width × height × 3)
+    /// is a dead letter.
+    pub fn max_batch_bytes(mut self, n: usize) -> Self {
+        self.max_batch_bytes = n.clamp(1, ARRAY_BYTES);
+        self
+    }
 
     fn decode(&self, data: &[u8]) -> std::result::Result<(Rgb, u32, u32), String> {
         let reader =
@@ -86,6 +114,14 @@ impl DecodeImage {
         let pixels = w as u64 * h as u64;
         if pixels > self.max_pixels {
             return Err(format!("the image is {w}×{h} = {pixels} pixels, over max_pixels = {}", self.max_pixels));
+        }
+        // Before its pixels are allocated: an image must fit an output batch on its own.
+        let bytes = pixels.saturating_mul(3);
+        if bytes > self.max_batch_bytes as u64 {
+            return Err(format!(
+                "the image is {w}×{h}: {bytes} bytes of RGB decoded, over max_batch_bytes = {}",
+                self.max_batch_bytes
+            ));
         }
         let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
         #[cfg(feature = "turbojpeg")]
@@ -162,28 +198,95 @@ fn read_decoded(batch: &RecordBatch, name: &str, stage: &str) -> Result<Vec<(Vec
     Ok((0..px.len()).map(|i| (px.value(i).to_vec(), w.value(i), h.value(i))).collect())
 }
 
+/// Runs `each` on every row of `input`, in order, and emits what it makes in batches of at most
+/// `max_bytes` (as `size` counts them; an item over it alone goes out alone), each built by
+/// `build` from its input rows and items; the failed rows ride as dead letters on the last batch,
+/// which always goes out (empty when nothing succeeded).
+fn in_batches<T>(
+    input: &RecordBatch,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+    mut each: impl FnMut(usize) -> std::result::Result<T, String>,
+    build: &dyn Fn(RecordBatch, Vec<T>) -> Result<RecordBatch>,
+    emit: &mut dyn FnMut(Output) -> Result<()>,
+) -> Result<()> {
+    let (mut rows, mut items, mut bytes, mut failures) = (Vec::<u32>::new(), Vec::<T>::new(), 0usize, Vec::new());
+    let piece = |rows: &mut Vec<u32>, items: &mut Vec<T>| -> Result<RecordBatch> {
+        let kept = take_record_batch(input, &UInt32Array::from(std::mem::take(rows)))?;
+        build(kept, std::mem::take(items))
+    };
+    for row in 0..input.num_rows() {
+        match each(row) {
+            Ok(item) => {
+                let n = size(&item);
+                if !items.is_empty() && bytes.saturating_add(n) > max_bytes {
+                    emit(Output::new(piece(&mut rows, &mut items)?))?;
+                    bytes = 0;
+                }
+                bytes = bytes.saturating_add(n);
+                rows.push(row as u32);
+                items.push(item);
+            }
+            Err(why) => failures.push(RowFailure::new(row, ErrorKind::Data, why)),
+        }
+    }
+    emit(Output::with_failures(piece(&mut rows, &mut items)?, failures))
+}
+
+/// [`Operator::process`] of a stage that emits through [`in_batches`]: its pieces as one output,
+/// when one batch can hold the decoded image column `column`; an error naming `stage` when not
+/// (`process_into`, which the runtime calls, has no such limit).
+fn one_output(pieces: Vec<Output>, column: &str, stage: &str) -> Result<Output> {
+    if pieces.len() <= 1 {
+        return pieces.into_iter().next().ok_or_else(|| Error::internal(format!("{stage}: no output")));
+    }
+    let mut total = 0usize;
+    for p in &pieces {
+        total = total.saturating_add(DecodedImageType::columns(&p.batch, column, stage)?.0.values().len());
+    }
+    if total > ARRAY_BYTES {
+        return Err(Error::data(format!(
+            "{stage}: the batch's images come to {total} bytes of pixels, more than one Arrow batch holds (2 GiB); \
+             `process` returns one batch: use `process_into` (as the runtime does), which splits them, or smaller batches"
+        )));
+    }
+    let failures = pieces.iter().flat_map(|p| p.failures.iter().cloned()).collect();
+    let schema = pieces[0].batch.schema();
+    Ok(Output::with_failures(concat_batches(&schema, pieces.iter().map(|p| &p.batch))?, failures))
+}
+
 impl Operator for DecodeImage {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
+        let mut pieces = Vec::new();
+        self.process_into(batch, &mut |out| {
+            pieces.push(out);
+            Ok(())
+        })?;
+        one_output(pieces, &self.output, "decode_image")
+    }
+
+    fn process_into(&mut self, batch: RecordBatch, emit: &mut dyn FnMut(Output) -> Result<()>) -> Result<()> {
         let data = binary_column(&batch, &self.column, "decode_image")?;
-        let rows = RowResults::collect((0..data.len()).map(|row| {
-            let r = if data.is_null(row) { Err("no image bytes (null)".to_string()) } else { self.decode(data.value(row)) };
-            r.map_err(|m| (ErrorKind::Data, m))
-        }));
-        let kept = rows.kept(&batch)?;
-        let widths: Vec<u32> = rows.ok.iter().map(|(_, w, _)| *w).collect();
-        let heights: Vec<u32> = rows.ok.iter().map(|(_, _, h)| *h).collect();
-        let images: Vec<Rgb> = rows.ok.into_iter().map(|(img, _, _)| img).collect();
+        let this = &*self;
         let decoded = DecodedImageType::new(3)?;
-        let out = with_columns(
-            &kept,
-            (!self.keep_encoded).then_some(self.column.as_str()),
-            vec![
-                (decoded.field(&self.output, false), Arc::new(decoded_array(&images)?) as ArrayRef),
-                (Field::new("width", DataType::UInt32, false), Arc::new(UInt32Array::from(widths))),
-                (Field::new("height", DataType::UInt32, false), Arc::new(UInt32Array::from(heights))),
-            ],
-        )?;
-        Ok(Output::with_failures(out, rows.failures))
+        let build = |kept: RecordBatch, rows: Vec<(Rgb, u32, u32)>| -> Result<RecordBatch> {
+            let widths: Vec<u32> = rows.iter().map(|(_, w, _)| *w).collect();
+            let heights: Vec<u32> = rows.iter().map(|(_, _, h)| *h).collect();
+            let images: Vec<Rgb> = rows.into_iter().map(|(img, _, _)| img).collect();
+            with_columns(
+                &kept,
+                (!this.keep_encoded).then_some(this.column.as_str()),
+                vec![
+                    (decoded.field(&this.output, false), Arc::new(decoded_array(&images)?) as ArrayRef),
+                    (Field::new("width", DataType::UInt32, false), Arc::new(UInt32Array::from(widths))),
+                    (Field::new("height", DataType::UInt32, false), Arc::new(UInt32Array::from(heights))),
+                ],
+            )
+        };
+        let size = |(img, _, _): &(Rgb, u32, u32)| img.pixels.len();
+        let each =
+            |row: usize| if data.is_null(row) { Err("no image bytes (null)".to_string()) } else { this.decode(data.value(row)) };
+        in_batches(&batch, this.max_batch_bytes, size, each, &build, emit)
     }
 }
 
@@ -211,12 +314,19 @@ pub struct Resize {
     width: u32,
     height: u32,
     fit: Fit,
+    max_batch_bytes: usize,
 }
 
 impl Resize {
     /// Resizes the `image` column to `width`×`height` exactly (see [`Resize::fit`]).
     pub fn to(width: u32, height: u32) -> Self {
-        Self { column: "image".into(), width, height, fit: Fit::Exact }
+        Self { column: "image".into(), width, height, fit: Fit::Exact, max_batch_bytes: MAX_BATCH_BYTES }
+    }
+    /// At most this many bytes of resized pixels per output batch, as
+    /// [`DecodeImage::max_batch_bytes`] (resizing up makes more pixels than came in).
+    pub fn max_batch_bytes(mut self, n: usize) -> Self {
+        self.max_batch_bytes = n.clamp(1, ARRAY_BYTES);
+        self
     }
     /// How to keep (or not) the aspect ratio.
     pub fn fit(mut self, fit: Fit) -> Self {
@@ -241,6 +351,13 @@ impl Resize {
         if (tw, th) == (w, h) {
             return Ok(Rgb { pixels, width: w, height: h });
         }
+        let bytes = u64::from(tw) * u64::from(th) * 3;
+        if bytes > self.max_batch_bytes as u64 {
+            return Err(format!(
+                "resized to {tw}×{th}, the image is {bytes} bytes of RGB, over max_batch_bytes = {}",
+                self.max_batch_bytes
+            ));
+        }
         let src = Image::from_vec_u8(w, h, pixels, PixelType::U8x3).map_err(|e| format!("bad pixel buffer: {e}"))?;
         let mut dst = Image::new(tw, th, PixelType::U8x3);
         let mut opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
@@ -254,13 +371,23 @@ impl Resize {
 
 impl Operator for Resize {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
-        let images = read_decoded(&batch, &self.column, "resize")?;
-        let rows =
-            RowResults::collect(images.into_iter().map(|(px, w, h)| self.resize(px, w, h).map_err(|m| (ErrorKind::Data, m))));
-        let kept = rows.kept(&batch)?;
-        let field = kept.schema().field_with_name(&self.column)?.clone();
-        let batch = with_columns(&kept, None, vec![(field, Arc::new(decoded_array(&rows.ok)?) as ArrayRef)])?;
-        Ok(Output::with_failures(batch, rows.failures))
+        let mut pieces = Vec::new();
+        self.process_into(batch, &mut |out| {
+            pieces.push(out);
+            Ok(())
+        })?;
+        one_output(pieces, &self.column, "resize")
+    }
+
+    fn process_into(&mut self, batch: RecordBatch, emit: &mut dyn FnMut(Output) -> Result<()>) -> Result<()> {
+        let (px, w, h) = DecodedImageType::columns(&batch, &self.column, "resize")?;
+        let field = batch.schema().field_with_name(&self.column)?.clone();
+        let this = &*self;
+        let build = |kept: RecordBatch, images: Vec<Rgb>| -> Result<RecordBatch> {
+            with_columns(&kept, None, vec![(field.clone(), Arc::new(decoded_array(&images)?) as ArrayRef)])
+        };
+        let each = |row: usize| this.resize(px.value(row).to_vec(), w.value(row), h.value(row));
+        in_batches(&batch, this.max_batch_bytes, |i: &Rgb| i.pixels.len(), each, &build, emit)
     }
 }
 

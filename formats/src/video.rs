@@ -17,9 +17,16 @@
 //!   out `frames_per_batch` at a time through [`Operator::process_into`], so neither a 2 GB file
 //!   nor its thousands of frames are ever held at once.
 //! * **Bad input** (not a video, truncated, corrupt, no video stream, an unsupported codec,
-//!   dimensions over `max_pixels`, no frames at all, or over the per-video `time_budget`) is a
-//!   dead letter with the reason. A video that fails part-way keeps the frames it already sent
-//!   and is a dead letter that says after how many frames it failed.
+//!   dimensions over `max_pixels`, no frames at all, a stream that ends well before the duration
+//!   its container declares — a half-copied MP4 whose index promises frames that are not there —
+//!   or over the per-video `time_budget`) is a dead letter with the reason and how far it got.
+//! * **Bounded fan-out.** One video makes at most `max_outputs_per_input` frames (100,000) of at
+//!   most `max_output_bytes_per_input` encoded bytes (2 GiB) in all; a video over either is a dead
+//!   letter that names the key, never a silently cut one.
+//! * A video that fails is a dead letter, and its frames not yet sent on are dropped with it:
+//!   frames go out `frames_per_batch` at a time before the end of the video is known, so only a
+//!   long video's batches that went downstream before the failure stay there, and the dead letter
+//!   says how many.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +111,11 @@ pub struct Frame {
     /// Packed RGB, row-major.
     pub rgb: Vec<u8>,
 }
+
+/// `max_outputs_per_input` by default: frames per video.
+pub const MAX_OUTPUTS_PER_INPUT: u64 = 100_000;
+/// `max_output_bytes_per_input` by default: bytes of encoded frames per video.
+pub const MAX_OUTPUT_BYTES_PER_INPUT: u64 = 2 << 30;
 
 /// Limits that keep one bad video from hurting the pipeline.
 #[derive(Debug, Clone, Copy)]
@@ -321,7 +333,8 @@ fn failed_after(frames: u64, why: String) -> String {
 }
 
 /// Decodes `media` and hands each sampled frame to `emit`. `Ok(Err(reason))`: the video is bad
-/// (a dead letter); `Err`: `emit` failed (the stage).
+/// (a dead letter; also when its stream ends well before the duration its container declares);
+/// `Err`: `emit` failed (the stage).
 pub fn extract(
     media: Box<dyn ReadSeek>,
     sampling: &Sampling,
@@ -345,7 +358,12 @@ pub fn extract(
         match video.media.next_frame(&mut video.decoder, &mut frame, |p| keyframes_only && !p.is_key()) {
             Ok(true) => {}
             Ok(false) if decoded == 0 => return Ok(Err(video.media.nothing_decoded())),
-            Ok(false) => return Ok(Ok(sent)),
+            Ok(false) => {
+                return Ok(match video.media.ended_early() {
+                    Some(why) => Err(failed_after(sent, why)),
+                    None => Ok(sent),
+                })
+            }
             Err(why) => return Ok(Err(failed_after(sent, why))),
         }
         let pts_ms = video.media.pts_ms(frame.timestamp().or(frame.pts()));
@@ -432,6 +450,8 @@ pub struct ExtractFrames {
     format: ImageFormat,
     frames_per_batch: usize,
     limits: Limits,
+    max_outputs_per_input: u64,
+    max_output_bytes_per_input: u64,
 }
 
 impl ExtractFrames {
@@ -446,6 +466,8 @@ impl ExtractFrames {
             format: ImageFormat::Jpeg { quality: 90 },
             frames_per_batch: 64,
             limits: Limits::default(),
+            max_outputs_per_input: MAX_OUTPUTS_PER_INPUT,
+            max_output_bytes_per_input: MAX_OUTPUT_BYTES_PER_INPUT,
         }
     }
     /// Which frames to keep.
@@ -478,6 +500,17 @@ impl ExtractFrames {
         self.limits = limits;
         self
     }
+    /// A video with more frames to extract is a dead letter ([`MAX_OUTPUTS_PER_INPUT`]).
+    pub fn max_outputs_per_input(mut self, n: u64) -> Self {
+        self.max_outputs_per_input = n;
+        self
+    }
+    /// A video whose extracted frames come to more bytes, encoded, is a dead letter
+    /// ([`MAX_OUTPUT_BYTES_PER_INPUT`]).
+    pub fn max_output_bytes_per_input(mut self, n: u64) -> Self {
+        self.max_output_bytes_per_input = n;
+        self
+    }
 
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
@@ -491,6 +524,8 @@ impl ExtractFrames {
             }
             _ => match self.size {
                 FrameSize::ShortSide(0) | FrameSize::Fit(0, _) | FrameSize::Fit(_, 0) => bad("the frame size must not be 0"),
+                _ if self.max_outputs_per_input == 0 => bad("`max_outputs_per_input` must be 1 or more"),
+                _ if self.max_output_bytes_per_input == 0 => bad("`max_output_bytes_per_input` must be 1 or more"),
                 _ => Ok(()),
             },
         }
@@ -538,7 +573,16 @@ impl Operator for ExtractFrames {
         let (refs_col, refs) = refs(&batch, &self.column, "extract_frames")?;
         let this = &*self;
         let build = |frames| this.batch(&batch, &refs_col, frames);
-        av::stream_objects(&refs, this.opener.as_ref(), "extract_frames", this.frames_per_batch, &build, emit, |media, send| {
+        let measure = |(f, encoded): &(Frame, Vec<u8>)| (encoded.len() as u64, f.pts_ms);
+        let fan: av::FanOut<'_, (Frame, Vec<u8>)> = av::FanOut {
+            stage: "extract_frames",
+            unit: "frames",
+            per_batch: this.frames_per_batch,
+            max_outputs: this.max_outputs_per_input,
+            max_bytes: this.max_output_bytes_per_input,
+            measure: &measure,
+        };
+        av::stream_objects(&refs, this.opener.as_ref(), &fan, &build, emit, |media, send| {
             let mut encode = |f: Frame| -> Result<()> {
                 let encoded = encode_rgb(this.format, &f.rgb, f.width, f.height)
                     .map_err(|m| Error::data(format!("extract_frames: encoding a frame: {m}")))?;

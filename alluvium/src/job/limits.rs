@@ -56,12 +56,16 @@ pub(crate) fn range(kind: &str, key: &str) -> Option<(u64, u64)> {
         ("extract_frames", "frames_per_batch") => (1, 65_536),
         ("extract_frames", "threads") => (1, 64),
         ("extract_frames", "every_nth") => (1, u64::MAX),
-        // alluvium_formats::audio::MAX_SAMPLE_RATE.
-        ("audio_windows", "sample_rate") => (1, 768_000),
+        // alluvium_formats::audio::{MIN_SAMPLE_RATE, MAX_SAMPLE_RATE}.
+        ("audio_windows", "sample_rate") => (1_000, 768_000),
         ("audio_windows", "channels") => (1, 8),
         ("audio_windows", "window_ms") => (1, 3_600_000),
         ("audio_windows", "hop_ms") => (1, 86_400_000),
         ("audio_windows", "batch_bytes") => (1, GIB),
+        ("extract_frames" | "audio_windows", "max_outputs_per_input") => (1, 1 << 32),
+        ("extract_frames" | "audio_windows", "max_output_bytes_per_input") => (1, TIB),
+        // One Arrow Binary array holds at most 2 GiB − 1.
+        ("decode_image" | "resize", "max_batch_bytes") => (1, 2 * GIB - 1),
         ("to_tensor", "width" | "height") => (1, 8192),
         ("to_tensor", "gpu_memory") => (0, TIB),
         ("chunk_text", "max_tokens") => (1, 65_536),
@@ -254,10 +258,11 @@ fn check_stage(name: &str, stage: &StageConfig) -> Result<()> {
         #[cfg(feature = "object")]
         StageConfig::Hash { common, .. } | StageConfig::Probe { common, .. } => at("").common(common),
         #[cfg(feature = "formats")]
-        StageConfig::DecodeImage { common, max_pixels, target, .. } => {
+        StageConfig::DecodeImage { common, max_pixels, target, max_batch_bytes, .. } => {
             let s = at("decode_image");
             s.common(common)?;
             s.check("max_pixels", *max_pixels)?;
+            s.check("max_batch_bytes", *max_batch_bytes)?;
             if let Some([w, h]) = target {
                 s.check_as("target", "target.1", Some(*w))?;
                 s.check_as("target", "target.2", Some(*h))?;
@@ -265,9 +270,10 @@ fn check_stage(name: &str, stage: &StageConfig) -> Result<()> {
             Ok(())
         }
         #[cfg(feature = "formats")]
-        StageConfig::Resize { common, width, height, .. } => {
+        StageConfig::Resize { common, width, height, max_batch_bytes, .. } => {
             let s = at("resize");
             s.common(common)?;
+            s.check("max_batch_bytes", *max_batch_bytes)?;
             s.check("width", Some(*width))?;
             s.check("height", Some(*height))
         }
@@ -283,6 +289,8 @@ fn check_stage(name: &str, stage: &StageConfig) -> Result<()> {
             s.check("threads", f.threads)?;
             s.check("short_side", f.short_side)?;
             s.check("every_nth", f.every_nth)?;
+            s.check("max_outputs_per_input", f.max_outputs_per_input)?;
+            s.check("max_output_bytes_per_input", f.max_output_bytes_per_input)?;
             if let Some([w, h]) = f.fit {
                 s.check_as("fit", "fit.1", Some(w))?;
                 s.check_as("fit", "fit.2", Some(h))?;
@@ -298,6 +306,8 @@ fn check_stage(name: &str, stage: &StageConfig) -> Result<()> {
             s.check("window_ms", w.window_ms)?;
             s.check("hop_ms", w.hop_ms)?;
             s.check("batch_bytes", w.batch_bytes)?;
+            s.check("max_outputs_per_input", w.max_outputs_per_input)?;
+            s.check("max_output_bytes_per_input", w.max_output_bytes_per_input)?;
             // The stage's defaults: 10 s windows of 16 kHz mono, as Float32 (4 bytes) or 16-bit WAV.
             let (rate, channels, ms) = (
                 u64::from(w.sample_rate.unwrap_or(16_000)),

@@ -67,6 +67,25 @@ fn validate_refuses_what_run_refuses_naming_the_key() {
     if cfg!(feature = "object") {
         cases.push(("[sink]", "[[stages]]\ntype = \"fetch\"\nmax_object_bytes = 0\n[sink]", "`stages.1.max_object_bytes` = `0`"));
     }
+    if cfg!(feature = "formats") {
+        cases.push((
+            "[sink]",
+            "[[stages]]\ntype = \"decode_image\"\nmax_batch_bytes = 3000000000\n[sink]",
+            "`stages.1.max_batch_bytes` = `3000000000` is out of range",
+        ));
+    }
+    if cfg!(feature = "video") {
+        cases.push((
+            "[sink]",
+            "[[stages]]\ntype = \"audio_windows\"\nsample_rate = 1\n[sink]",
+            "`stages.1.sample_rate` = `1` is out of range; give 1000 to 768000",
+        ));
+        cases.push((
+            "[sink]",
+            "[[stages]]\ntype = \"extract_frames\"\nmax_outputs_per_input = 0\n[sink]",
+            "`stages.1.max_outputs_per_input` = `0` is out of range",
+        ));
+    }
     for (from, to, says) in cases {
         let case = tempfile::tempdir().unwrap();
         let path = job(case.path(), |t| t.replace(from, to));

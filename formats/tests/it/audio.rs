@@ -212,7 +212,7 @@ fn bad_audio_is_dead_letters_with_reasons_and_good_audio_goes_on() {
         "audio_windows: not a readable audio container",
         "audio_windows: not a readable audio container",
         "audio_windows: no audio stream",
-        "out of range (1 to 768000)",
+        "out of range (1000 to 768000)",
         "cannot open",
     ];
     for ((_, message), part) in why.iter().zip(expect) {
@@ -235,4 +235,140 @@ fn bad_audio_is_dead_letters_with_reasons_and_good_audio_goes_on() {
     let out = hurried.process(refs(&[&good])).unwrap();
     assert_eq!(out.batch.num_rows(), 0);
     assert!(out.failures[0].message.contains("time budget"), "{:?}", out.failures[0].message);
+}
+
+/// A 3 KB WAV whose header declares 1 sample a second is 25 minutes of audio: resampled to 16 kHz
+/// it made 150 ten-second windows (96 MB of tensors) from 3 KB, and a 12 KB one 750 MB. A rate
+/// that low is out of range: one dead letter, no windows.
+#[test]
+fn a_wav_declaring_a_tiny_sample_rate_is_a_dead_letter_not_hundreds_of_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one_hz.wav");
+    let mut wav = alluvium_formats::audio::wav(&[0.25; 1500], 1, 8000);
+    wav[24..28].copy_from_slice(&1u32.to_le_bytes()); // samples per second
+    wav[28..32].copy_from_slice(&2u32.to_le_bytes()); // bytes per second
+    std::fs::write(&path, &wav).unwrap();
+    assert!(wav.len() < 4096);
+
+    let out = AudioWindows::new(Arc::new(LocalFiles)).process(refs(&[&path])).unwrap();
+    assert_eq!(out.batch.num_rows(), 0, "no windows from a 3 KB file");
+    assert_eq!(out.failures.len(), 1);
+    let message = &out.failures[0].message;
+    assert!(message.starts_with("audio_windows: ") && message.contains("sample rate of 1 Hz is out of range"), "{message}");
+    let probed = probe(Box::new(std::fs::File::open(&path).unwrap()), Duration::from_secs(10));
+    assert!(probed.unwrap_err().contains("out of range"));
+}
+
+/// `seconds` of a 440 Hz tone at 8 kHz mono, as a WAV written here (no FFmpeg CLI needed).
+fn tone_wav(dir: &Path, name: &str, seconds: usize) -> PathBuf {
+    let samples: Vec<f32> =
+        (0..seconds * 8000).map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / 8000.0).sin() * 0.5).collect();
+    let path = dir.join(name);
+    std::fs::write(&path, alluvium_formats::audio::wav(&samples, 1, 8000)).unwrap();
+    path
+}
+
+/// More windows than `max_outputs_per_input`, or windows worth more than
+/// `max_output_bytes_per_input`: the item is a dead letter naming the key and how far it got,
+/// never a silently cut one; its windows not yet sent on are dropped, the others are counted.
+#[test]
+fn items_over_the_fan_out_limits_are_dead_letters_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = tone_wav(dir.path(), "short.wav", 1); // 10 windows of 100 ms
+    let long = tone_wav(dir.path(), "long.wav", 30); // 300 windows of 100 ms
+    let tenths = Windowing { window_ms: 100, hop_ms: 100, last: LastWindow::Pad };
+    let op = || AudioWindows::new(Arc::new(LocalFiles)).windowing(tenths);
+
+    // 100 ms at 16 kHz mono is 6,400 bytes a window.
+    let counted = op().max_outputs_per_input(50);
+    counted.validate().unwrap();
+    let out = counted.clone().process(refs(&[&short, &long])).unwrap();
+    assert_eq!(out.batch.num_rows(), 10, "the short file's windows");
+    assert_eq!(out.failures.len(), 1);
+    assert_eq!(out.failures[0].row, 1);
+    let message = &out.failures[0].message;
+    assert!(message.starts_with("audio_windows: over max_outputs_per_input = 50"), "{message}");
+    assert!(message.contains("stopped at 5.0 s") && message.contains("none of its 50 windows were sent on"), "{message}");
+    // Exactly at the limit is fine.
+    let out = op().max_outputs_per_input(10).process(refs(&[&short])).unwrap();
+    assert_eq!((out.batch.num_rows(), out.failures.len()), (10, 0));
+
+    let out = op().max_output_bytes_per_input(100_000).process(refs(&[&long])).unwrap();
+    assert_eq!(out.batch.num_rows(), 0);
+    let message = &out.failures[0].message;
+    assert!(message.starts_with("audio_windows: over max_output_bytes_per_input = 100000"), "{message}");
+    assert!(message.contains("after 15 windows of 96000 bytes"), "{message}");
+
+    // Windows stream out ten at a time: the five batches sent before the limit stay sent, the
+    // five windows held back are dropped, and the dead letter says so.
+    let mut streamed = op().max_outputs_per_input(55).batch_bytes(64_000);
+    let mut pieces = Vec::new();
+    streamed
+        .process_into(refs(&[&long]), &mut |o| {
+            pieces.push(o);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(pieces.iter().map(|p| p.batch.num_rows()).sum::<usize>(), 50);
+    let failures: Vec<_> = pieces.iter().flat_map(|p| p.failures.iter()).collect();
+    assert_eq!(failures.len(), 1);
+    assert!(
+        failures[0].message.contains("50 of its 55 windows had already been sent on, the other 5 were dropped"),
+        "{}",
+        failures[0].message
+    );
+
+    // A limit below one window is a config error.
+    let e = op().max_output_bytes_per_input(1000).validate().unwrap_err().to_string();
+    assert!(e.contains("`max_output_bytes_per_input`") && e.contains("less than one window"), "{e}");
+    assert!(op().max_outputs_per_input(0).validate().is_err());
+}
+
+/// An M4A whose index is at the front (`+faststart`) cut in half still opens: its packets stop
+/// at half the duration its index declares. That is a dead letter saying how far it got, not
+/// five seconds of windows passed off as the whole file.
+#[test]
+fn audio_that_ends_before_its_declared_duration_is_a_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.m4a");
+    let Some(()) = ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100:duration=10",
+        "-c:a",
+        "aac",
+        "-movflags",
+        "+faststart",
+        whole.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    let bytes = std::fs::read(&whole).unwrap();
+    let half = dir.path().join("half.m4a");
+    std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
+    let op =
+        || AudioWindows::new(Arc::new(LocalFiles)).windowing(Windowing { window_ms: 1000, hop_ms: 1000, last: LastWindow::Pad });
+
+    let out = op().process(refs(&[&whole])).unwrap();
+    assert!(out.failures.is_empty(), "{:?}", out.failures);
+    assert!(out.batch.num_rows() >= 10);
+
+    let out = op().process(refs(&[&half])).unwrap();
+    assert_eq!(out.batch.num_rows(), 0, "its windows are not sent on");
+    assert_eq!(out.failures.len(), 1);
+    let message = &out.failures[0].message;
+    assert!(message.starts_with("audio_windows: the audio stream ended at "), "{message}");
+    assert!(message.contains("s of the 10.0 s its container declares"), "{message}");
+    // The function says the same.
+    let media = Box::new(std::fs::File::open(&half).unwrap());
+    let got = windows(
+        media,
+        Target { sample_rate: 16_000, channels: 1 },
+        &Windowing { window_ms: 1000, hop_ms: 1000, last: LastWindow::Pad },
+        Duration::from_secs(60),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert!(got.unwrap_err().contains("ended at"));
 }

@@ -158,3 +158,82 @@ fn a_missing_column_is_a_config_error_naming_it() {
     assert_eq!(e.kind(), alluvium_core::ErrorKind::Config);
     assert!(e.to_string().contains("`photo`"), "{e}");
 }
+
+fn ids(out: &Output) -> Vec<u32> {
+    u32s(out, "id")
+}
+
+/// Decoded pixels go out in batches of at most `max_batch_bytes`; an image over it alone is a
+/// dead letter (before its pixels are allocated); `process` puts the batches back together.
+/// Resizing up is bounded the same way.
+#[test]
+fn decoded_and_resized_images_go_out_in_batches_bounded_by_bytes() {
+    // 100×100 is 30,000 bytes of RGB: two fit in 70,000; 200×200 (120,000) fits none.
+    let small = || Some(png_gray(100, 100));
+    let input = batch(vec![small(), small(), Some(png_gray(200, 200)), small(), None, small(), small()]);
+    let mut op = DecodeImage::rgb().max_batch_bytes(70_000);
+    let mut pieces = Vec::new();
+    op.process_into(input.clone(), &mut |out| {
+        pieces.push(out);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(pieces.iter().map(ids).collect::<Vec<_>>(), [vec![0, 1], vec![3, 5], vec![6]]);
+    let failures: Vec<_> = pieces.iter().flat_map(|p| p.failures.iter()).collect();
+    assert_eq!(failures.iter().map(|f| f.row).collect::<Vec<_>>(), [2, 4]);
+    assert!(failures[0].message.contains("200×200: 120000 bytes of RGB decoded, over max_batch_bytes = 70000"), "{failures:?}");
+
+    let out = op.process(input).unwrap();
+    assert_eq!(ids(&out), [0, 1, 3, 5, 6]);
+    assert_eq!(out.failures.len(), 2);
+    assert!(decoded(&out, "image").iter().all(|(px, w, h)| (px.len(), *w, *h) == (30_000, 100, 100)));
+
+    // Up to 150×150 (67,500 bytes): one image a batch.
+    let mut resize = Resize::to(150, 150).max_batch_bytes(70_000);
+    let mut sizes = Vec::new();
+    resize
+        .process_into(out.batch.clone(), &mut |o| {
+            sizes.push(o.batch.num_rows());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(sizes, [1, 1, 1, 1, 1]);
+    // Up to 200×200, over the limit alone: dead letters, not a batch too big to build.
+    let over = Resize::to(200, 200).max_batch_bytes(70_000).process(out.batch).unwrap();
+    assert_eq!((over.batch.num_rows(), over.failures.len()), (0, 5));
+    assert!(over.failures[0].message.contains("over max_batch_bytes = 70000"), "{:?}", over.failures);
+}
+
+/// Ten 8900×8900 images (79 megapixels each, under `max_pixels`; a few hundred KB encoded)
+/// decode to 2.4 GB of RGB, more than one Arrow `Binary` column holds: `decode_image` panicked
+/// with "byte array offset overflow". They now go out in several batches of at most 512 MiB.
+/// (Holds about 1 GB at a time.)
+#[test]
+fn a_batch_of_big_images_goes_out_in_several_batches_instead_of_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.jpg");
+    let Some(()) = alluvium_integration::ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:size=8900x8900",
+        "-frames:v",
+        "1",
+        path.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    let big = std::fs::read(&path).unwrap();
+    let mut op = DecodeImage::rgb();
+    // (rows, bytes of pixels, dead letters) of each batch, dropped as it comes.
+    let mut pieces = Vec::new();
+    op.process_into(batch(vec![Some(big); 10]), &mut |out| {
+        let (px, _, _) = DecodedImageType::columns(&out.batch, "image", "test").unwrap();
+        pieces.push((out.batch.num_rows(), px.values().len(), out.failures.len()));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(pieces.iter().map(|p| p.0).sum::<usize>(), 10, "{pieces:?}");
+    assert!(pieces.iter().all(|p| p.1 <= 512 << 20 && p.2 == 0), "{pieces:?}");
+    assert_eq!(pieces.iter().map(|p| p.1).sum::<usize>(), 10 * 8900 * 8900 * 3);
+}

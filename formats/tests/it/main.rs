@@ -2,6 +2,8 @@
 
 #[cfg(feature = "video")]
 mod audio;
+#[cfg(feature = "video")]
+mod hostile;
 mod images;
 #[cfg(feature = "video")]
 mod video;

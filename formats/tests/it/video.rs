@@ -288,3 +288,120 @@ fn playlists_cannot_make_ffmpeg_open_other_files_or_urls() {
         assert!(matches!(extracted, Ok(Err(_))), "the playlist was followed to {entry}: {extracted:?}");
     }
 }
+
+/// More frames than `max_outputs_per_input`, or frames worth more than
+/// `max_output_bytes_per_input`: the video is a dead letter naming the key and how far it got,
+/// never a silently cut one; its frames not yet sent on are dropped, the others are counted.
+#[test]
+fn a_video_over_the_fan_out_limits_is_a_dead_letter_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(path) = four_seconds(dir.path()) else { return };
+    let op = || ExtractFrames::new(Arc::new(LocalFiles)).sampling(Sampling::EveryNth(1)).size(FrameSize::ShortSide(32));
+
+    // 100 frames; 20 allowed.
+    let out = run(op().max_outputs_per_input(20), refs(&[&path]));
+    assert_eq!(out.batch.num_rows(), 0, "none of its frames go on");
+    assert_eq!(out.failures.len(), 1);
+    let message = &out.failures[0].message;
+    assert!(message.starts_with("extract_frames: over max_outputs_per_input = 20"), "{message}");
+    assert!(message.contains("stopped at 0.8 s") && message.contains("none of its 20 frames were sent on"), "{message}");
+    // Exactly at the limit is fine.
+    let out = run(op().max_outputs_per_input(100), refs(&[&path]));
+    assert_eq!((out.batch.num_rows(), out.failures.len()), (100, 0));
+
+    let out = run(op().max_output_bytes_per_input(2000), refs(&[&path]));
+    assert_eq!(out.batch.num_rows(), 0);
+    let message = &out.failures[0].message;
+    assert!(message.starts_with("extract_frames: over max_output_bytes_per_input = 2000"), "{message}");
+
+    // Frames stream out eight at a time: the two batches sent before the limit stay sent, the
+    // four frames held back are dropped, and the dead letter says so.
+    let mut streamed = op().max_outputs_per_input(20).frames_per_batch(8);
+    let mut pieces = Vec::new();
+    streamed
+        .process_into(refs(&[&path]), &mut |out| {
+            pieces.push(out);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(pieces.iter().map(|p| p.batch.num_rows()).sum::<usize>(), 16);
+    let failures: Vec<_> = pieces.iter().flat_map(|p| p.failures.iter()).collect();
+    assert_eq!(failures.len(), 1);
+    assert!(
+        failures[0].message.contains("16 of its 20 frames had already been sent on, the other 4 were dropped"),
+        "{}",
+        failures[0].message
+    );
+    assert!(op().max_outputs_per_input(0).validate().is_err());
+}
+
+/// A ten-second MP4 with its index at the front (`+faststart`, as every streaming MP4 has it),
+/// cut in half: it opens, its index promises 100 frames, and the packets stop at 5 s. It used to
+/// give its first five frames and report nothing; now it is a dead letter saying how far it got,
+/// and its frames are not sent on.
+#[test]
+fn a_truncated_mp4_is_a_dead_letter_saying_how_far_it_got() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.mp4");
+    let Some(()) = ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=160x120:rate=10:duration=10",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "10",
+        "-preset",
+        "ultrafast",
+        "-movflags",
+        "+faststart",
+        whole.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    let bytes = std::fs::read(&whole).unwrap();
+    let half = dir.path().join("half.mp4");
+    std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
+    let op = || ExtractFrames::new(Arc::new(LocalFiles)).size(FrameSize::ShortSide(32));
+
+    // The whole file: a frame a second, nothing to report.
+    let out = run(op(), refs(&[&whole]));
+    assert_eq!((out.batch.num_rows(), out.failures.len()), (10, 0), "{:?}", out.failures);
+
+    // Half of it, between two good videos: one dead letter, and only the good videos' frames.
+    let out = run(op(), refs(&[&whole, &half, &whole]));
+    assert_eq!(out.batch.num_rows(), 20);
+    assert_eq!(out.failures.len(), 1);
+    assert_eq!(out.failures[0].row, 1);
+    let message = &out.failures[0].message;
+    assert!(message.starts_with("extract_frames: the video stream ended at "), "{message}");
+    assert!(message.contains("s of the 10.0 s its container declares"), "{message}");
+    assert!(message.contains("none of its") && message.contains("frames were sent on"), "{message}");
+    // In keyframe mode too (the packets it skips count towards how far the file goes).
+    let out = run(op().sampling(Sampling::Keyframes), refs(&[&half]));
+    assert_eq!((out.batch.num_rows(), out.failures.len()), (0, 1));
+    // The function says the same.
+    let media = Box::new(std::fs::File::open(&half).unwrap());
+    let got = extract(media, &Sampling::EveryNth(1), FrameSize::ShortSide(32), &Limits::default(), &mut |_| Ok(())).unwrap();
+    assert!(got.unwrap_err().contains("ended at"));
+
+    // Streamed in pieces of 16, the pieces that went on before the end was known stay, and the
+    // dead letter counts them.
+    let mut streamed = op().sampling(Sampling::EveryNth(1)).frames_per_batch(16);
+    let mut pieces = Vec::new();
+    streamed
+        .process_into(refs(&[&half]), &mut |out| {
+            pieces.push(out);
+            Ok(())
+        })
+        .unwrap();
+    let rows: usize = pieces.iter().map(|p| p.batch.num_rows()).sum();
+    assert!(rows > 0 && rows % 16 == 0, "{rows} frames went on");
+    let failures: Vec<_> = pieces.iter().flat_map(|p| p.failures.iter()).collect();
+    assert_eq!(failures.len(), 1);
+    let message = &failures[0].message;
+    assert!(message.contains(&rows.to_string()) && message.contains("had already been sent on"), "{message}");
+}
