@@ -662,6 +662,12 @@ pub enum StageConfig {
         /// Tokens each chunk shares with the one before (16).
         #[serde(default)]
         overlap: Option<usize>,
+        /// A document with more chunks becomes a dead letter (100000).
+        #[serde(default)]
+        max_outputs_per_input: Option<u64>,
+        /// A document whose chunks come to more bytes becomes a dead letter (1 GiB).
+        #[serde(default)]
+        max_output_bytes_per_input: Option<u64>,
     },
     /// Text → embeddings with a local model in a pool of workers shared by every lane.
     #[cfg(feature = "models")]
@@ -1343,7 +1349,16 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
             (common, Stage::from(t))
         }
         #[cfg(feature = "models")]
-        StageConfig::ChunkText { common, model, column, output, max_tokens, overlap } => {
+        StageConfig::ChunkText {
+            common,
+            model,
+            column,
+            output,
+            max_tokens,
+            overlap,
+            max_outputs_per_input,
+            max_output_bytes_per_input,
+        } => {
             let model = model.as_deref().unwrap_or(alluvium_models::MINILM);
             let dir = alluvium_models::resolve(model, &["tokenizer.json"]).map_err(|e| e.context("chunk_text"))?;
             let mut c = alluvium_models::ChunkText::new(alluvium_models::TextTokenizer::load(&dir, usize::MAX)?)
@@ -1353,6 +1368,12 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
             }
             if let Some(o) = output {
                 c = c.output(o.clone());
+            }
+            if let Some(n) = max_outputs_per_input {
+                c = c.max_outputs_per_input(*n);
+            }
+            if let Some(n) = max_output_bytes_per_input {
+                c = c.max_output_bytes_per_input(*n);
             }
             c.validate()?;
             (common, Stage::new("chunk_text", c))

@@ -12,6 +12,12 @@
 //! A chunk is the exact span of the original text from its first token to its last (the tokenizer's
 //! offsets), so nothing is lowercased or rewritten. Rows whose text is null, empty, or (from a binary
 //! column) not UTF-8 become dead letters with the reason.
+//!
+//! **Bounded fan-out.** Overlapping chunks repeat text: with `overlap` close to `max_tokens` one
+//! document becomes many times its size. A document with more than `max_outputs_per_input` chunks
+//! (100,000) or more than `max_output_bytes_per_input` bytes of chunks (1 GiB) is a dead letter
+//! naming the key; the chunks go out in batches of at most [`OUTPUT_BATCH_BYTES`] of text (through
+//! [`Operator::process_into`]), so no Arrow array overflows however large the batch.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -99,6 +105,13 @@ impl TextTokenizer {
     }
 }
 
+/// `max_outputs_per_input` by default: chunks per document.
+pub const MAX_OUTPUTS_PER_INPUT: u64 = 100_000;
+/// `max_output_bytes_per_input` by default: bytes of chunks per document.
+pub const MAX_OUTPUT_BYTES_PER_INPUT: u64 = 1 << 30;
+/// Bytes of chunk text per output batch at most (a document over it goes out alone).
+pub const OUTPUT_BATCH_BYTES: usize = 256 << 20;
+
 /// Cuts texts into chunks of at most `max_tokens` tokens, each overlapping the one before by
 /// `overlap` tokens. See the module docs.
 #[derive(Clone)]
@@ -108,12 +121,32 @@ pub struct ChunkText {
     output: String,
     max_tokens: usize,
     overlap: usize,
+    max_outputs: u64,
+    max_bytes: u64,
 }
 
 impl ChunkText {
     /// Chunks column `text` into 128-token chunks overlapping by 16, counted by `tokenizer`.
     pub fn new(tokenizer: TextTokenizer) -> Self {
-        Self { tokenizer, column: "text".into(), output: "text".into(), max_tokens: 128, overlap: 16 }
+        Self {
+            tokenizer,
+            column: "text".into(),
+            output: "text".into(),
+            max_tokens: 128,
+            overlap: 16,
+            max_outputs: MAX_OUTPUTS_PER_INPUT,
+            max_bytes: MAX_OUTPUT_BYTES_PER_INPUT,
+        }
+    }
+    /// A document with more chunks is a dead letter ([`MAX_OUTPUTS_PER_INPUT`]).
+    pub fn max_outputs_per_input(mut self, n: u64) -> Self {
+        self.max_outputs = n;
+        self
+    }
+    /// A document whose chunks come to more bytes is a dead letter ([`MAX_OUTPUT_BYTES_PER_INPUT`]).
+    pub fn max_output_bytes_per_input(mut self, n: u64) -> Self {
+        self.max_bytes = n;
+        self
     }
     /// The input column: Utf8, or Binary holding UTF-8 (what `fetch` gives).
     pub fn column(mut self, column: impl Into<String>) -> Self {
@@ -141,6 +174,9 @@ impl ChunkText {
                 "chunk_text: `overlap` ({}) must be less than `max_tokens` ({})",
                 self.overlap, self.max_tokens
             )));
+        }
+        if self.max_outputs == 0 || self.max_bytes == 0 {
+            return Err(Error::config("chunk_text: `max_outputs_per_input` and `max_output_bytes_per_input` must be 1 or more"));
         }
         Ok(())
     }
@@ -178,8 +214,64 @@ fn text_at(col: &dyn Array, row: usize) -> std::result::Result<&str, String> {
     std::str::from_utf8(bytes).map_err(|e| format!("the bytes are not UTF-8 text ({e})"))
 }
 
+impl ChunkText {
+    /// The chunks of row `r`, within the fan-out limits; `Err`: the dead letter's reason.
+    fn row_chunks(&self, col: &dyn Array, r: usize) -> std::result::Result<Vec<String>, String> {
+        let text = text_at(col, r)?;
+        let ranges = self.chunks(text).map_err(|e| e.to_string())?;
+        if ranges.is_empty() {
+            return Err("the text is empty (no tokens)".to_string());
+        }
+        if ranges.len() as u64 > self.max_outputs {
+            return Err(format!(
+                "the text makes {} chunks, over max_outputs_per_input = {}; raise it, or `max_tokens` / lower `overlap`",
+                ranges.len(),
+                self.max_outputs
+            ));
+        }
+        let bytes: u64 = ranges.iter().map(|(a, b)| (b - a) as u64).sum();
+        if bytes > self.max_bytes {
+            return Err(format!(
+                "the text's {} chunks come to {bytes} bytes ({}× the text), over max_output_bytes_per_input = {}; \
+                 lower `overlap` or raise the limit",
+                ranges.len(),
+                bytes / text.len().max(1) as u64,
+                self.max_bytes
+            ));
+        }
+        Ok(ranges.into_iter().map(|(a, b)| text[a..b].to_string()).collect())
+    }
+
+    /// The output batch of `batch`'s rows `rows` (repeated per chunk) with their chunks.
+    fn piece(&self, batch: &RecordBatch, rows: Vec<u32>, index: Vec<i32>, texts: Vec<String>) -> Result<RecordBatch> {
+        let repeated = take_record_batch(batch, &UInt32Array::from(rows))?;
+        let text: ArrayRef = Arc::new(StringArray::from(texts));
+        let index: ArrayRef = Arc::new(Int32Array::from(index));
+        with_columns(
+            &repeated,
+            Some(&self.column),
+            vec![
+                (Field::new(&self.output, DataType::Utf8, false), text),
+                (Field::new("chunk_index", DataType::Int32, false), index),
+            ],
+        )
+    }
+}
+
 impl Operator for ChunkText {
     fn process(&mut self, batch: RecordBatch) -> Result<Output> {
+        let mut pieces = Vec::new();
+        self.process_into(batch, &mut |out| {
+            pieces.push(out);
+            Ok(())
+        })?;
+        let failures = pieces.iter().flat_map(|p| p.failures.iter().cloned()).collect();
+        let schema = pieces[0].batch.schema();
+        let batch = alluvium_core::arrow::compute::concat_batches(&schema, pieces.iter().map(|p| &p.batch))?;
+        Ok(Output::with_failures(batch, failures))
+    }
+
+    fn process_into(&mut self, batch: RecordBatch, emit: &mut dyn FnMut(Output) -> Result<()>) -> Result<()> {
         let col = batch.column_by_name(&self.column).ok_or_else(|| {
             Error::config(format!("chunk_text: the input has no column `{}`; set `column` (fetch gives `bytes`)", self.column))
         })?;
@@ -190,40 +282,31 @@ impl Operator for ChunkText {
                 col.data_type()
             )));
         }
-        let mut rows = Vec::new();
-        let mut index = Vec::new();
-        let mut texts = Vec::new();
-        let mut failures = Vec::new();
+        let (mut rows, mut index, mut texts, mut bytes, mut failures) = (Vec::new(), Vec::new(), Vec::new(), 0usize, Vec::new());
         for r in 0..batch.num_rows() {
-            let chunks = text_at(col.as_ref(), r).map_err(|why| (ErrorKind::Data, why)).and_then(|text| {
-                let ranges = self.chunks(text).map_err(|e| (ErrorKind::Data, e.to_string()))?;
-                if ranges.is_empty() {
-                    return Err((ErrorKind::Data, "the text is empty (no tokens)".to_string()));
-                }
-                Ok(ranges.into_iter().map(|(a, b)| text[a..b].to_string()).collect::<Vec<_>>())
-            });
-            match chunks {
+            match self.row_chunks(col.as_ref(), r) {
                 Ok(chunks) => {
+                    let size: usize = chunks.iter().map(String::len).sum();
+                    if !texts.is_empty() && bytes + size > OUTPUT_BATCH_BYTES {
+                        let piece = self.piece(
+                            &batch,
+                            std::mem::take(&mut rows),
+                            std::mem::take(&mut index),
+                            std::mem::take(&mut texts),
+                        )?;
+                        emit(Output::new(piece))?;
+                        bytes = 0;
+                    }
+                    bytes += size;
                     for (i, c) in chunks.into_iter().enumerate() {
                         rows.push(r as u32);
                         index.push(i as i32);
                         texts.push(c);
                     }
                 }
-                Err((kind, why)) => failures.push(RowFailure::new(r, kind, format!("chunk_text: {why}"))),
+                Err(why) => failures.push(RowFailure::new(r, ErrorKind::Data, format!("chunk_text: {why}"))),
             }
         }
-        let repeated = take_record_batch(&batch, &UInt32Array::from(rows))?;
-        let text: ArrayRef = Arc::new(StringArray::from(texts));
-        let index: ArrayRef = Arc::new(Int32Array::from(index));
-        let out = with_columns(
-            &repeated,
-            Some(&self.column),
-            vec![
-                (Field::new(&self.output, DataType::Utf8, false), text),
-                (Field::new("chunk_index", DataType::Int32, false), index),
-            ],
-        )?;
-        Ok(Output::with_failures(out, failures))
+        emit(Output::with_failures(self.piece(&batch, rows, index, texts)?, failures))
     }
 }

@@ -62,8 +62,8 @@ pub(crate) fn range(kind: &str, key: &str) -> Option<(u64, u64)> {
         ("audio_windows", "window_ms") => (1, 3_600_000),
         ("audio_windows", "hop_ms") => (1, 86_400_000),
         ("audio_windows", "batch_bytes") => (1, GIB),
-        ("extract_frames" | "audio_windows", "max_outputs_per_input") => (1, 1 << 32),
-        ("extract_frames" | "audio_windows", "max_output_bytes_per_input") => (1, TIB),
+        ("extract_frames" | "audio_windows" | "chunk_text", "max_outputs_per_input") => (1, 1 << 32),
+        ("extract_frames" | "audio_windows" | "chunk_text", "max_output_bytes_per_input") => (1, TIB),
         // One Arrow Binary array holds at most 2 GiB − 1.
         ("decode_image" | "resize", "max_batch_bytes") => (1, 2 * GIB - 1),
         ("to_tensor", "width" | "height") => (1, 8192),
@@ -334,11 +334,13 @@ fn check_stage(name: &str, stage: &StageConfig) -> Result<()> {
             s.check("gpu_memory", *gpu_memory)
         }
         #[cfg(feature = "models")]
-        StageConfig::ChunkText { common, max_tokens, overlap, .. } => {
+        StageConfig::ChunkText { common, max_tokens, overlap, max_outputs_per_input, max_output_bytes_per_input, .. } => {
             let s = at("chunk_text");
             s.common(common)?;
             s.check("max_tokens", *max_tokens)?;
-            s.check("overlap", *overlap)
+            s.check("overlap", *overlap)?;
+            s.check("max_outputs_per_input", *max_outputs_per_input)?;
+            s.check("max_output_bytes_per_input", *max_output_bytes_per_input)
         }
         #[cfg(feature = "models")]
         StageConfig::Embed { common, embed: e } => {

@@ -59,11 +59,9 @@ fn every_hostile_media_file_is_rows_within_bounds_or_a_dead_letter() {
                 dead_letter(&pieces(AudioWindows::new(Arc::new(LocalFiles)), refs(&[&path])), &name, "sample rate of 1 Hz")
             }
             // Half of a faststart MP4: its index promises 6 s; the stream ends at about 3.
-            "truncated.mp4" => dead_letter(
-                &pieces(ExtractFrames::new(Arc::new(LocalFiles)), refs(&[&path])),
-                &name,
-                "the video stream ended at",
-            ),
+            "truncated.mp4" => {
+                dead_letter(&pieces(ExtractFrames::new(Arc::new(LocalFiles)), refs(&[&path])), &name, "the video stream ended at")
+            }
             // 68 bytes declaring 100,000 × 100,000 pixels: refused before anything is allocated.
             "huge-header.png" => dead_letter(&pieces(DecodeImage::rgb(), bytes(&path, 1)), &name, "over max_pixels"),
             // 300 KB of zeros that decode to 237 MB of RGB each: three in one batch are more than

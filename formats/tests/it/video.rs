@@ -399,7 +399,7 @@ fn a_truncated_mp4_is_a_dead_letter_saying_how_far_it_got() {
         })
         .unwrap();
     let rows: usize = pieces.iter().map(|p| p.batch.num_rows()).sum();
-    assert!(rows > 0 && rows % 16 == 0, "{rows} frames went on");
+    assert!(rows > 0 && rows.is_multiple_of(16), "{rows} frames went on");
     let failures: Vec<_> = pieces.iter().flat_map(|p| p.failures.iter()).collect();
     assert_eq!(failures.len(), 1);
     let message = &failures[0].message;

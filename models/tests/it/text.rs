@@ -62,3 +62,35 @@ fn long_texts_become_overlapping_chunks_of_the_original_text() {
     let err = ChunkText::new(t).tokens(10, 10).validate().unwrap_err().to_string();
     assert!(err.contains("`overlap` (10) must be less than `max_tokens` (10)"), "{err}");
 }
+
+/// Overlap close to `max_tokens` repeats the text many times: a document over
+/// `max_outputs_per_input` chunks or `max_output_bytes_per_input` bytes of chunks is a dead letter
+/// naming the key, and the documents beside it go on.
+#[test]
+fn a_document_over_the_fan_out_limits_is_a_dead_letter_naming_the_key() {
+    let t = tokenizer();
+    let long: String = (0..300).map(|i| format!("Sentence number {i} tells of the River Ouse. ")).collect();
+    let docs: ArrayRef = Arc::new(StringArray::from(vec!["Short note.", long.as_str(), "Another short note."]));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)])), vec![docs]).unwrap();
+
+    // 100 tokens a chunk, each 1 new: about as many chunks as tokens, each ~100 tokens of text.
+    let op = || ChunkText::new(t.clone()).tokens(100, 99);
+    let out = op().max_outputs_per_input(500).process(batch.clone()).unwrap();
+    assert_eq!(out.batch.num_rows(), 2, "the short notes go on");
+    assert_eq!(out.failures.len(), 1);
+    assert_eq!(out.failures[0].row, 1);
+    let m = &out.failures[0].message;
+    assert!(m.starts_with("chunk_text: the text makes ") && m.contains("over max_outputs_per_input = 500"), "{m}");
+
+    let out = op().max_output_bytes_per_input(1 << 20).process(batch.clone()).unwrap();
+    assert_eq!((out.batch.num_rows(), out.failures.len()), (2, 1));
+    let m = &out.failures[0].message;
+    assert!(m.contains("over max_output_bytes_per_input = 1048576"), "{m}");
+
+    // Within the defaults, the long document goes on in full.
+    let out = op().process(batch).unwrap();
+    assert!(out.failures.is_empty());
+    assert!(out.batch.num_rows() > 1000, "{}", out.batch.num_rows());
+    let err = ChunkText::new(t).max_outputs_per_input(0).validate().unwrap_err().to_string();
+    assert!(err.contains("`max_outputs_per_input`"), "{err}");
+}
