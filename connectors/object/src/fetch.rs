@@ -251,8 +251,11 @@ impl AsyncOperator for Fetch {
     }
 }
 
+/// Unaligned: a checkpoint records the references in flight (small) instead of waiting for
+/// their objects, so slow stores and a stage downstream waiting out an outage never hold
+/// checkpoints up; they are fetched again after a restore.
 impl From<Fetch> for Stage {
     fn from(f: Fetch) -> Stage {
-        Stage::new_async("fetch", f)
+        Stage::new_async("fetch", f).unaligned()
     }
 }

@@ -8,6 +8,13 @@
 //!   trigger(n)            ▼
 //!              region driver (coordinator of the region)
 //! ```
+//!
+//! **Backpressure never holds a checkpoint at a source or an unaligned stage.** A barrier that
+//! reaches such a task while it waits for room to send a batch goes ahead of the batch: the
+//! checkpoint records the source's position before the batch, or the stage's input as in flight,
+//! and the batch is made again on restore. So a service stage waiting out an outage with every
+//! channel full still checkpoints, through `fetch` too. A synchronous stage between them
+//! (`decode_image`) is aligned: its checkpoint waits for the batch it is sending.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -77,11 +84,17 @@ impl Outputs {
     }
 
     async fn barrier(&mut self, barrier: Barrier) -> Result<()> {
-        for s in &self.senders {
-            s.send(Message::Barrier(barrier)).await.map_err(|_| downstream_gone())?;
-        }
-        Ok(())
+        send_barrier(&self.senders, barrier).await
     }
+}
+
+/// Sends `barrier` to every output. Barriers take no bytes of a channel's budget, so one can pass
+/// a batch that waits for room: see [`send_overtaken`].
+async fn send_barrier(senders: &[Sender], barrier: Barrier) -> Result<()> {
+    for s in senders {
+        s.send(Message::Barrier(barrier)).await.map_err(|_| downstream_gone())?;
+    }
+    Ok(())
 }
 
 fn downstream_gone() -> Error {
@@ -136,12 +149,7 @@ impl SourceTask {
         let mut pending: VecDeque<Barrier> = VecDeque::new();
         loop {
             if let Some(b) = pending.pop_front() {
-                let snapshot = TaskSnapshot {
-                    reader: Some(self.state.clone()),
-                    dead_letters: self.dead_letters.prepare(b.id).await?,
-                    ..Default::default()
-                };
-                ack(&self.events, b.id, snapshot)?;
+                source_ack(self.state.clone(), &mut self.dead_letters, &self.events, b).await?;
                 self.outputs.barrier(b).await?;
                 if b.is_last() {
                     return Ok(());
@@ -175,13 +183,41 @@ impl SourceTask {
                     match next? {
                         Some(batch) => {
                             let reader = current.as_mut().expect("reading");
-                            self.state.splits[0].position = Some(reader.position());
-                            if let Some(r) = reader.rejected() {
-                                self.dead_letters.route(&r.records, &r.failures, &self.metrics).await?;
-                            }
+                            // Where a checkpoint taken while this batch waits for room resumes.
+                            let before = self.state.splits[0].position.replace(reader.position());
+                            let rejected = reader.rejected();
                             StageMetrics::add(&self.metrics.rows_in, batch.num_rows() as u64);
                             StageMetrics::add(&self.metrics.bytes_in, crate::types::data_bytes(&batch));
-                            self.outputs.send(batch).await?;
+                            // Backpressure may hold the batch for long (a service stage waiting out an
+                            // outage): checkpoints go on meanwhile, each recording the position before
+                            // the batch, their barriers passing ahead of it.
+                            let senders = self.outputs.senders.clone();
+                            let send = self.outputs.send(batch);
+                            tokio::pin!(send);
+                            loop {
+                                tokio::select! {
+                                    biased;
+                                    sent = &mut send => {
+                                        sent?;
+                                        break;
+                                    }
+                                    Some(b) = self.triggers.recv() => {
+                                        let mut state = self.state.clone();
+                                        state.splits[0].position = before.clone();
+                                        source_ack(state, &mut self.dead_letters, &self.events, b).await?;
+                                        send_overtaken(&senders, b, &self.metrics).await?;
+                                        if b.is_last() {
+                                            // The batch comes after the last checkpoint: read again on restore.
+                                            return Ok(());
+                                        }
+                                    }
+                                }
+                            }
+                            // After the send, so that a checkpoint taken during it (which reads the
+                            // batch again on restore) does not hold them too.
+                            if let Some(r) = rejected {
+                                self.dead_letters.route(&r.records, &r.failures, &self.metrics).await?;
+                            }
                         }
                         None => {
                             current = None;
@@ -194,6 +230,21 @@ impl SourceTask {
             }
         }
     }
+}
+
+/// Acknowledges barrier `b` at a reader: its `state` and its dead letters so far.
+async fn source_ack(state: ReaderState, dead_letters: &mut DeadLetters, events: &Events, b: Barrier) -> Result<()> {
+    let snapshot = TaskSnapshot { reader: Some(state), dead_letters: dead_letters.prepare(b.id).await?, ..Default::default() };
+    ack(events, b.id, snapshot)
+}
+
+/// Sends barrier `b` ahead of a batch that waits for room in an output channel (its send future
+/// is not polled meanwhile, so the batch is queued after the barrier): the checkpoint does not
+/// hold the batch, which the task makes again on restore (see [`SourceTask`] and
+/// [`AsyncOperatorTask`]).
+async fn send_overtaken(senders: &[Sender], b: Barrier, metrics: &StageMetrics) -> Result<()> {
+    tracing::debug!(stage = %metrics.name, checkpoint = b.id, "a checkpoint passes a batch held by backpressure");
+    send_barrier(senders, b).await
 }
 
 // ---------------------------------------------------------------- dead letters
@@ -617,8 +668,14 @@ impl AsyncOperatorTask {
                     }),
                 },
                 Some((seq, input, out)) = inflight.next(), if inflight.len() > 0 => {
+                    if unaligned {
+                        if emit_unaligned(&mut io, &mut pending, &input, out).await? {
+                            return Ok(());
+                        }
+                    } else {
+                        io.emit(&input, out).await?;
+                    }
                     pending.inputs.remove(&seq);
-                    io.emit(&input, out).await?;
                     None
                 }
             };
@@ -641,6 +698,49 @@ impl AsyncOperatorTask {
             }
         }
     }
+}
+
+/// Unaligned: sends the output of `input` on while barriers that reach the input meanwhile pass it
+/// (backpressure may hold it for long: a service stage downstream waiting out an outage). Each
+/// such checkpoint records `input` among the inputs in flight (it leaves `pending` only once its
+/// output is sent), so the output goes after its
+/// barrier and is made again on restore; the failed rows go to the dead letters after the send for
+/// the same reason. Returns whether a last barrier passed (the task stops).
+async fn emit_unaligned(io: &mut StageIo, pending: &mut Pending, input: &RecordBatch, out: Result<Output>) -> Result<bool> {
+    let out = out.map_err(|e| e.context(format!("stage `{}`", io.ctx.stage)))?;
+    let senders = io.outputs.senders.clone();
+    let send = io.outputs.send(out.batch);
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            biased;
+            sent = &mut send => {
+                sent?;
+                break;
+            }
+            found = io.gate.overtake() => {
+                // `None`: one more batch queued, no barrier among them yet.
+                let Some((held, b)) = found else { continue };
+                for h in held {
+                    StageMetrics::add(&io.metrics.rows_in, h.batch.num_rows() as u64);
+                    StageMetrics::add(&io.metrics.bytes_in, crate::types::data_bytes(&h.batch));
+                    pending.admit(h.batch.clone(), Some(h));
+                }
+                let snapshot = TaskSnapshot {
+                    operator: Some((format!("{}#{}", io.ctx.stage, io.ctx.subtask), in_flight_state(pending.inputs.values())?)),
+                    dead_letters: io.dead_letters.prepare(b.id).await?,
+                    ..Default::default()
+                };
+                ack(&io.events, b.id, snapshot)?;
+                send_overtaken(&senders, b, &io.metrics).await?;
+                if b.is_last() {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    io.dead_letters.route(input, &out.failures, &io.metrics).await?;
+    Ok(false)
 }
 
 /// Checkpoint state of the inputs in flight: each batch as a base64 Arrow IPC stream, in order.

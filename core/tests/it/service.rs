@@ -526,3 +526,78 @@ async fn a_servers_retry_after_is_believed_up_to_max_retry_after() {
     let not_once = service.not_once(8);
     assert!(not_once.is_empty(), "{not_once:?}");
 }
+
+/// An async stage that passes its input on, unaligned (as `fetch` is).
+struct Relay;
+
+#[async_trait]
+impl alluvium_core::AsyncOperator for Relay {
+    async fn process(
+        &self,
+        batch: RecordBatch,
+        _ctx: &alluvium_core::TaskContext,
+    ) -> alluvium_core::Result<alluvium_core::Output> {
+        Ok(batch.into())
+    }
+}
+
+/// A source read as fast as it goes into channels of 4 KiB, so that while the service is down
+/// every channel is full and the source (and a relay) wait to send: checkpoints still go on, their
+/// barriers passing the held batches. Down past `outage_timeout`, the job stops; the rerun
+/// restores from a checkpoint taken during the outage, and every row is answered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_full_channels_checkpoints_go_on_while_the_service_is_down_and_a_rerun_is_exact() {
+    for relay in [false, true] {
+        let name = if relay { "full-relay" } else { "full-direct" };
+        let n: u64 = 30_000;
+        let dir = tempfile::tempdir().unwrap();
+        let service = Flaky::new(Duration::ZERO..Duration::ZERO, None);
+        let settings = PoolSettings { outage_timeout: Duration::from_millis(2500), ..outage_settings() };
+        let pipeline = |pool: &ServicePool| {
+            let mut b = Pipeline::builder(name).source(Generate::new(n).batch_size(30).split_rows(n / 2));
+            if relay {
+                b = b.then(Stage::new_async("relay", Relay).unaligned());
+            }
+            b.then(pool.stage("model", &["id"], "doubled"))
+                .sink(FileSink::new(JsonLines, dir.path().join("out").to_str().unwrap()))
+                .dead_letters(FileSink::new(JsonLines, dir.path().join("dead").to_str().unwrap()))
+                .parallelism(2)
+                .channel_bytes(4096)
+                .checkpoint_every(Duration::from_millis(50))
+                .restart_delay(Duration::from_millis(10))
+                .checkpoint_location(dir.path().join("ckpt").to_str().unwrap())
+                .build()
+                .unwrap()
+        };
+        let pool = flaky_pool(settings.clone(), service.clone());
+        let p = pipeline(&pool);
+        let metrics = p.metrics();
+        let watch = {
+            let (pool, service) = (pool.clone(), service.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                service.switch(true);
+                while pool.waiting().is_none() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                // Long enough for every channel to fill.
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let first = metrics.pipeline.checkpoints.load(Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                (first, metrics.pipeline.checkpoints.load(Ordering::Relaxed))
+            })
+        };
+        let err = p.run().await.expect_err("the job stops: its service stayed down");
+        assert!(err.to_string().contains("gave up waiting for its endpoint"), "{name}: {err}");
+        let (first, last) = watch.await.unwrap();
+        assert!(last >= first + 5, "{name}: checkpoints went on with full channels while the service was down: {first} → {last}");
+        let answered = service.answered.lock().unwrap().len();
+        assert!(answered > 0 && answered < n as usize, "{name}: {answered} rows answered before the outage");
+
+        service.switch(false);
+        let summary = pipeline(&flaky_pool(settings, service.clone())).run().await.unwrap();
+        assert_eq!(summary.dead_letters, 0, "{name}");
+        assert!(read_jsonl(&dir.path().join("dead")).is_empty());
+        assert_exact(&dir.path().join("out"), n as i64, |_| false);
+    }
+}
