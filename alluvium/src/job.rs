@@ -514,6 +514,9 @@ pub enum StageConfig {
         /// Objects fetched at once per batch (16).
         #[serde(default)]
         concurrency: Option<usize>,
+        /// How long to wait for an object store that does not answer before the job stops (`10m`).
+        #[serde(default, with = "opt_duration")]
+        outage_timeout: Option<Duration>,
     },
     /// ObjectRef → `content_hash` (blake3, streamed in constant memory) and `size`.
     #[cfg(feature = "object")]
@@ -524,6 +527,9 @@ pub enum StageConfig {
         /// The ObjectRef column (`ref`).
         #[serde(default)]
         column: Option<String>,
+        /// How long to wait for an object store that does not answer before the job stops (`10m`).
+        #[serde(default, with = "opt_duration")]
+        outage_timeout: Option<Duration>,
     },
     /// ObjectRef → `content_type` (sniffed from the first bytes) and `size`.
     #[cfg(feature = "object")]
@@ -534,6 +540,9 @@ pub enum StageConfig {
         /// The ObjectRef column (`ref`).
         #[serde(default)]
         column: Option<String>,
+        /// How long to wait for an object store that does not answer before the job stops (`10m`).
+        #[serde(default, with = "opt_duration")]
+        outage_timeout: Option<Duration>,
     },
     /// Encoded image bytes → RGB pixels (`image`) and the original `width`/`height`.
     #[cfg(feature = "formats")]
@@ -1244,7 +1253,7 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
             (common, Stage::from(f.panic_instead(fail_with_panic.unwrap_or(false))))
         }
         #[cfg(feature = "object")]
-        StageConfig::Fetch { common, column, max_object_bytes, memory_budget, concurrency } => {
+        StageConfig::Fetch { common, column, max_object_bytes, memory_budget, concurrency, outage_timeout } => {
             let mut f = alluvium_object::Fetch::new(registry.clone());
             if let Some(c) = column {
                 f = f.column(c.clone());
@@ -1258,11 +1267,17 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
             if let Some(n) = concurrency {
                 f = f.concurrency(*n);
             }
+            if let Some(t) = outage_timeout {
+                f = f.outage_timeout(*t);
+            }
             (common, Stage::from(f))
         }
         #[cfg(feature = "object")]
-        StageConfig::Hash { common, column } => {
-            let h = alluvium_object::Hash::new(registry.clone());
+        StageConfig::Hash { common, column, outage_timeout } => {
+            let mut h = alluvium_object::Hash::new(registry.clone());
+            if let Some(t) = outage_timeout {
+                h = h.outage_timeout(*t);
+            }
             (
                 common,
                 Stage::from(match column {
@@ -1272,8 +1287,11 @@ fn stage(s: &StageConfig, registry: &Registry) -> Result<Stage> {
             )
         }
         #[cfg(feature = "object")]
-        StageConfig::Probe { common, column } => {
-            let p = alluvium_object::Probe::new(registry.clone());
+        StageConfig::Probe { common, column, outage_timeout } => {
+            let mut p = alluvium_object::Probe::new(registry.clone());
+            if let Some(t) = outage_timeout {
+                p = p.outage_timeout(*t);
+            }
             (
                 common,
                 Stage::from(match column {

@@ -17,6 +17,7 @@
 //! Objects of one batch are fetched concurrently (`concurrency`, default 16); output keeps input order.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use alluvium_core::arrow::array::{ArrayRef, BinaryBuilder, StringBuilder, UInt64Builder};
 use alluvium_core::arrow::datatypes::{DataType, Field};
@@ -30,6 +31,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::{GetOptions, GetRange};
 use tokio::sync::Semaphore;
 
+use crate::outage::{StoreOutages, DOWN, OUTAGE_TIMEOUT};
 use crate::registry::ObjectStoreRegistry;
 
 /// The Fetch stage. See the module docs.
@@ -41,6 +43,7 @@ pub struct Fetch {
     memory: Arc<Semaphore>,
     memory_budget: u64,
     concurrency: usize,
+    outages: Arc<StoreOutages>,
 }
 
 struct Fetched {
@@ -59,7 +62,14 @@ impl Fetch {
             memory: Arc::new(Semaphore::new(budget as usize)),
             memory_budget: budget,
             concurrency: 16,
+            outages: StoreOutages::new(OUTAGE_TIMEOUT),
         }
+    }
+    /// How long to wait for a store that does not answer before the stage fails (10 minutes);
+    /// see [`crate::outage`].
+    pub fn outage_timeout(mut self, timeout: Duration) -> Self {
+        self.outages = StoreOutages::new(timeout);
+        self
     }
     /// The ObjectRef column to fetch.
     pub fn column(mut self, name: impl Into<String>) -> Self {
@@ -215,18 +225,24 @@ pub(crate) fn classify(e: &object_store::Error) -> (ErrorKind, String) {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
             (ErrorKind::External, format!("access denied: {}", redact(&e.to_string())))
         }
+        _ if crate::outage::store_failing(e) => {
+            (ErrorKind::External, format!("{DOWN}read failed after retries: {}", redact(&e.to_string())))
+        }
         _ => (ErrorKind::External, format!("read failed after retries: {}", redact(&e.to_string()))),
     }
 }
 
 #[async_trait]
 impl AsyncOperator for Fetch {
-    async fn process(&self, batch: RecordBatch, _ctx: &TaskContext) -> Result<Output> {
+    async fn process(&self, batch: RecordBatch, ctx: &TaskContext) -> Result<Output> {
         let refs = refs(&batch, &self.column, "fetch")?;
-        let results: Vec<_> = futures::stream::iter((0..refs.len()).map(|i| self.fetch_one(refs.get(i))))
-            .buffered(self.concurrency)
-            .collect()
-            .await;
+        self.outages.used_by(&ctx.pipeline, &ctx.stage);
+        let one = |r: Option<ObjectRef>| async move {
+            let uri = r.as_ref().map(|r| r.uri.clone());
+            self.outages.read(&self.registry, uri.as_deref(), &ctx.stage, || self.fetch_one(r.clone())).await
+        };
+        let results: Vec<_> =
+            futures::stream::iter((0..refs.len()).map(|i| one(refs.get(i)))).buffered(self.concurrency).try_collect().await?;
         let rows = RowResults::collect(results);
         let kept = rows.kept(&batch)?;
         let total: usize = rows.ok.iter().map(|f| f.bytes.len()).sum();

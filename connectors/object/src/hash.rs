@@ -7,8 +7,8 @@
 //!   the magic bytes; the store's or the reference's type when the bytes are not recognised) and
 //!   `size` (the object's full size, from the store).
 //!
-//! Both pin the reference's ETag/version and turn every per-object failure into a dead letter, like
-//! [`Fetch`](crate::Fetch).
+//! Both pin the reference's ETag/version, turn every per-object failure into a dead letter and
+//! wait for a store that does not answer ([`crate::outage`]), like [`Fetch`](crate::Fetch).
 
 use std::sync::Arc;
 
@@ -22,14 +22,16 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::fetch::{classify, open, refs, RowError};
+use crate::outage::{StoreOutages, OUTAGE_TIMEOUT};
 use crate::registry::ObjectStoreRegistry;
 
-/// Runs `one` on every reference of `column` (`concurrency` at a time, in order) and appends its
-/// results as a Utf8 column `name` and a UInt64 column `size`; failed rows become dead letters.
+/// Runs `one` on every reference of `column` (`concurrency` at a time, in order), waiting while
+/// a store does not answer, and appends its results as a Utf8 column `name` and a UInt64 column
+/// `size`; failed rows become dead letters.
 async fn per_object<Fut>(
     batch: RecordBatch,
+    (registry, outages, ctx): (&ObjectStoreRegistry, &StoreOutages, &TaskContext),
     column: &str,
-    stage: &str,
     concurrency: usize,
     name: &str,
     one: impl Fn(Option<ObjectRef>) -> Fut,
@@ -37,8 +39,15 @@ async fn per_object<Fut>(
 where
     Fut: std::future::Future<Output = std::result::Result<(String, u64), RowError>>,
 {
-    let refs = refs(&batch, column, stage)?;
-    let results: Vec<_> = futures::stream::iter((0..refs.len()).map(|i| one(refs.get(i)))).buffered(concurrency).collect().await;
+    let refs = refs(&batch, column, &ctx.stage)?;
+    outages.used_by(&ctx.pipeline, &ctx.stage);
+    let one = |r: Option<ObjectRef>| {
+        let uri = r.as_ref().map(|r| r.uri.clone());
+        let one = &one;
+        async move { outages.read(registry, uri.as_deref(), &ctx.stage, || one(r.clone())).await }
+    };
+    let results: Vec<_> =
+        futures::stream::iter((0..refs.len()).map(|i| one(refs.get(i)))).buffered(concurrency).try_collect().await?;
     let rows = RowResults::collect(results);
     let out = with_columns(
         &rows.kept(&batch)?,
@@ -63,12 +72,18 @@ pub struct Hash {
     registry: Arc<ObjectStoreRegistry>,
     column: String,
     concurrency: usize,
+    outages: Arc<StoreOutages>,
 }
 
 impl Hash {
     /// Hashes the `ref` column, 8 objects at a time.
     pub fn new(registry: Arc<ObjectStoreRegistry>) -> Self {
-        Self { registry, column: "ref".into(), concurrency: 8 }
+        Self { registry, column: "ref".into(), concurrency: 8, outages: StoreOutages::new(OUTAGE_TIMEOUT) }
+    }
+    /// How long to wait for a store that does not answer before the stage fails (10 minutes).
+    pub fn outage_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.outages = StoreOutages::new(timeout);
+        self
     }
     /// The ObjectRef column.
     pub fn column(mut self, name: impl Into<String>) -> Self {
@@ -100,14 +115,16 @@ impl Hash {
 
 #[async_trait]
 impl AsyncOperator for Hash {
-    async fn process(&self, batch: RecordBatch, _ctx: &TaskContext) -> Result<Output> {
-        per_object(batch, &self.column, "hash", self.concurrency, "content_hash", |r| self.hash_one(r)).await
+    async fn process(&self, batch: RecordBatch, ctx: &TaskContext) -> Result<Output> {
+        let io = (&*self.registry, &*self.outages, ctx);
+        per_object(batch, io, &self.column, self.concurrency, "content_hash", |r| self.hash_one(r)).await
     }
 }
 
+/// Unaligned, as [`Fetch`](crate::Fetch) is: a checkpoint records the references in flight.
 impl From<Hash> for Stage {
     fn from(h: Hash) -> Stage {
-        Stage::new_async("hash", h)
+        Stage::new_async("hash", h).unaligned()
     }
 }
 
@@ -117,6 +134,7 @@ pub struct Probe {
     registry: Arc<ObjectStoreRegistry>,
     column: String,
     concurrency: usize,
+    outages: Arc<StoreOutages>,
 }
 
 /// Bytes read per object.
@@ -125,7 +143,12 @@ const SNIFF_BYTES: u64 = 64;
 impl Probe {
     /// Probes the `ref` column, 16 objects at a time.
     pub fn new(registry: Arc<ObjectStoreRegistry>) -> Self {
-        Self { registry, column: "ref".into(), concurrency: 16 }
+        Self { registry, column: "ref".into(), concurrency: 16, outages: StoreOutages::new(OUTAGE_TIMEOUT) }
+    }
+    /// How long to wait for a store that does not answer before the stage fails (10 minutes).
+    pub fn outage_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.outages = StoreOutages::new(timeout);
+        self
     }
     /// The ObjectRef column.
     pub fn column(mut self, name: impl Into<String>) -> Self {
@@ -174,14 +197,16 @@ pub fn sniff(head: &[u8]) -> Option<&'static str> {
 
 #[async_trait]
 impl AsyncOperator for Probe {
-    async fn process(&self, batch: RecordBatch, _ctx: &TaskContext) -> Result<Output> {
-        per_object(batch, &self.column, "probe", self.concurrency, "content_type", |r| self.probe_one(r)).await
+    async fn process(&self, batch: RecordBatch, ctx: &TaskContext) -> Result<Output> {
+        let io = (&*self.registry, &*self.outages, ctx);
+        per_object(batch, io, &self.column, self.concurrency, "content_type", |r| self.probe_one(r)).await
     }
 }
 
+/// Unaligned, as [`Fetch`](crate::Fetch) is.
 impl From<Probe> for Stage {
     fn from(p: Probe) -> Stage {
-        Stage::new_async("probe", p)
+        Stage::new_async("probe", p).unaligned()
     }
 }
 

@@ -13,7 +13,8 @@
 //!   addresses unless allowed.
 //! * [`Fetch`] — the stage that turns an ObjectRef column into bytes: streamed, hashed with blake3
 //!   while reading, bounded by a maximum object size and a memory budget in bytes, pinned to the
-//!   reference's ETag/version. Every failure is a dead letter with a precise reason.
+//!   reference's ETag/version. Every failure of an object is a dead letter with a precise reason;
+//!   a store that does not answer is waited for, up to `outage_timeout` ([`outage`]).
 //!
 //! * [`Hash`](struct@Hash) and [`Probe`] — the content hash (streamed, constant memory) and the sniffed content
 //!   type and size of each object, without keeping its bytes.
@@ -26,8 +27,8 @@
 //!   in parallel, with malformed rows as dead letters.
 //!
 //! Layout: [`config`] (typed settings, validated without IO), [`access`], [`registry`], [`fetch`],
-//! [`hash`], [`source`], [`inventory`], [`s3`] (S3 calls beyond `object_store`: versions, tags),
-//! [`manifest`].
+//! [`outage`], [`hash`], [`source`], [`inventory`], [`s3`] (S3 calls beyond `object_store`:
+//! versions, tags), [`manifest`].
 
 pub mod access;
 pub mod config;
@@ -36,6 +37,7 @@ pub mod hash;
 pub mod inventory;
 pub mod manifest;
 pub mod open;
+pub mod outage;
 pub mod registry;
 pub mod s3;
 pub mod source;

@@ -66,7 +66,7 @@ use crate::error::{redact, Error, ErrorKind, Result};
 use crate::operator::{with_columns, AsyncOperator, Output, RowFailure, TaskContext};
 use crate::pipeline::Stage;
 
-pub use outage::{service_status, ServiceStatus, Waiting};
+pub use outage::{register_wait_source, service_status, ServiceStatus, WaitSource, Waiting};
 use outage::{Admit, Breaker};
 
 /// Why a call to a [`Service`] failed, and whether trying again may help.

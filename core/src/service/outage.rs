@@ -133,8 +133,28 @@ pub(super) fn register(pool: &Arc<Inner>) {
     pools.push(Arc::downgrade(pool));
 }
 
+/// A dependency other than a service pool that stages wait on while it is down (the object
+/// stores `fetch` reads): what [`service_status`] lists for it.
+pub trait WaitSource: Send + Sync {
+    /// One entry per stage using it (and per endpoint), with `waiting` set while it is down.
+    fn status(&self) -> Vec<ServiceStatus>;
+}
+
+fn wait_sources() -> &'static Mutex<Vec<Weak<dyn WaitSource>>> {
+    static SOURCES: OnceLock<Mutex<Vec<Weak<dyn WaitSource>>>> = OnceLock::new();
+    SOURCES.get_or_init(Default::default)
+}
+
+/// Lists `source` in [`service_status`] for as long as it lives.
+pub fn register_wait_source(source: Weak<dyn WaitSource>) {
+    let mut sources = wait_sources().lock().unwrap_or_else(|e| e.into_inner());
+    sources.retain(|s| s.strong_count() > 0);
+    sources.push(source);
+}
+
 /// Every service stage of this process that has been called, and whether it waits on its service
-/// (since when, the last failure): for `/metrics`, progress displays and tests.
+/// (since when, the last failure), and every other dependency a stage waits on
+/// ([`register_wait_source`]): for `/metrics`, progress displays and tests.
 pub fn service_status() -> Vec<ServiceStatus> {
     let pools: Vec<Arc<Inner>> = {
         let mut pools = registry().lock().unwrap_or_else(|e| e.into_inner());
@@ -156,6 +176,12 @@ pub fn service_status() -> Vec<ServiceStatus> {
             });
         }
     }
+    let sources: Vec<Arc<dyn WaitSource>> = {
+        let mut sources = wait_sources().lock().unwrap_or_else(|e| e.into_inner());
+        sources.retain(|s| s.strong_count() > 0);
+        sources.iter().filter_map(Weak::upgrade).collect()
+    };
+    out.extend(sources.iter().flat_map(|s| s.status()));
     out
 }
 

@@ -55,24 +55,34 @@ async fn http_refs_need_an_allowed_public_host() {
     assert_eq!(bytes_of(&out), vec![b"meow".to_vec()]);
 }
 
-/// A server on 127.0.0.1 that answers every request with 503, or accepts and never answers.
-fn faulty_server(hang: bool) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// A server on `port` (0: any) of 127.0.0.1 that answers requests for `x.jpg` with 503, or accepts
+/// them and never answers (`hang`), "meow" for other `.jpg`s and 404 for anything else (so the
+/// store answers); counts the requests for `x.jpg`.
+fn faulty_server(port: u16, hang: bool) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = hits.clone();
     std::thread::spawn(move || {
         let mut held = Vec::new();
-        for stream in listener.incoming().take(20) {
+        for stream in listener.incoming().take(200) {
             let Ok(mut s) = stream else { continue };
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            if hang {
-                held.push(s); // keep the connection open, say nothing
+            let n = s.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            if path.ends_with("/x.jpg") {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if hang {
+                    held.push(s); // keep the connection open, say nothing
+                } else {
+                    let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                }
+            } else if path.ends_with(".jpg") {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nmeow");
             } else {
-                let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             }
         }
     });
@@ -85,27 +95,93 @@ fn fast_giving_up() -> StoreConfig {
     cfg
 }
 
+/// The store answers (a 404 for an absent path), but not for this object: its 5xx, once the
+/// retries are spent, is the object's dead letter.
 #[tokio::test]
-async fn server_errors_beyond_the_retry_budget_are_dead_letters() {
-    let (port, hits) = faulty_server(false);
+async fn server_errors_for_one_object_beyond_the_retry_budget_are_its_dead_letter() {
+    let (port, hits) = faulty_server(0, false);
     let f = Fetch::new(Arc::new(ObjectStoreRegistry::new(fast_giving_up())));
     let start = Instant::now();
-    let out = fetch(&f, vec![ObjectRef::new(format!("http://127.0.0.1:{port}/x.jpg"))]).await;
+    let refs =
+        vec![ObjectRef::new(format!("http://127.0.0.1:{port}/x.jpg")), ObjectRef::new(format!("http://127.0.0.1:{port}/y.jpg"))];
+    let out = fetch(&f, refs).await;
     let msg = failure(&out, 0);
     assert!(msg.contains("read failed after retries") && msg.contains("503"), "{msg}");
+    assert!(msg.contains("the store answers other requests"), "{msg}");
+    assert_eq!(bytes_of(&out), vec![b"meow".to_vec()]);
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3, "one try and two retries");
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
 #[tokio::test]
-async fn a_hung_server_times_out_into_a_dead_letter() {
-    let (port, _) = faulty_server(true);
+async fn a_server_that_hangs_on_one_object_times_out_into_its_dead_letter() {
+    let (port, _) = faulty_server(0, true);
     let f = Fetch::new(Arc::new(ObjectStoreRegistry::new(fast_giving_up())));
     let start = Instant::now();
     let out = fetch(&f, vec![ObjectRef::new(format!("http://127.0.0.1:{port}/x.jpg"))]).await;
     let msg = failure(&out, 0);
     assert!(msg.contains("read failed after retries"), "{msg}");
     assert!(start.elapsed() < Duration::from_secs(10), "bounded by the timeouts: {:?}", start.elapsed());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// No server on the port for 2 s, then one: the reads wait for it (nothing is a dead letter, and
+/// `service_status` lists the stage as waiting on the store meanwhile), then every object arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_is_down_is_waited_for_and_its_objects_arrive_when_it_is_back() {
+    let port = free_port();
+    let f = Fetch::new(Arc::new(ObjectStoreRegistry::new(fast_giving_up()))).outage_timeout(Duration::from_secs(60));
+    let refs: Vec<ObjectRef> = (0..3).map(|i| ObjectRef::new(format!("http://127.0.0.1:{port}/{i}.jpg"))).collect();
+    let start = Instant::now();
+    let task = tokio::spawn(async move { fetch(&f, refs).await });
+    let store = format!("http://127.0.0.1:{port}");
+    let waiting = loop {
+        let status = alluvium_core::service::service_status();
+        if let Some(s) = status.iter().find(|s| s.endpoint.as_deref() == Some(store.as_str()) && s.waiting.is_some()) {
+            break s.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the stage never said it waits: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((waiting.pipeline.as_str(), waiting.stage.as_str(), waiting.service.as_str()), ("t", "fetch", "object store"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!task.is_finished(), "the reads wait for the store");
+    let _server = faulty_server(port, false);
+    let out = tokio::time::timeout(Duration::from_secs(60), task).await.expect("the reads go on").unwrap();
+    assert!(out.failures.is_empty(), "an outage makes no dead letters: {:?}", out.failures);
+    assert_eq!(bytes_of(&out), vec![b"meow".to_vec(); 3]);
+    let status = alluvium_core::service::service_status();
+    assert!(status.iter().filter(|s| s.endpoint.as_deref() == Some(store.as_str())).all(|s| s.waiting.is_none()), "{status:?}");
+}
+
+/// Down longer than `outage_timeout`: the stage fails with an error naming it, the store and the
+/// last failure (not retried by a region restart), and no dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_down_past_outage_timeout_fails_the_stage_naming_the_store() {
+    let port = free_port();
+    let f = Fetch::new(Arc::new(ObjectStoreRegistry::new(fast_giving_up()))).outage_timeout(Duration::from_secs(2));
+    let ctx = alluvium_core::TaskContext {
+        pipeline: "t".into(),
+        stage: "images".into(),
+        subtask: 0,
+        parallelism: 1,
+        region: 0,
+        epoch: 0,
+    };
+    let start = Instant::now();
+    let err =
+        alluvium_core::AsyncOperator::process(&f, batch(vec![ObjectRef::new(format!("http://127.0.0.1:{port}/a.jpg"))]), &ctx)
+            .await
+            .expect_err("the stage gives up");
+    assert!(start.elapsed() >= Duration::from_secs(2), "{:?}", start.elapsed());
+    assert_eq!(err.kind(), alluvium_core::ErrorKind::External);
+    assert!(!err.is_retryable(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&format!("stage `images` gave up waiting for the object store http://127.0.0.1:{port}")), "{text}");
+    assert!(text.contains("`outage_timeout` = 2s") && text.contains("last failure") && text.contains("rerun"), "{text}");
 }
 
 /// A server on `ip` that answers every request with `302 Location: location` (`None`: 200 with
