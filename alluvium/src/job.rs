@@ -177,6 +177,10 @@ pub struct CheckpointSection {
     /// run stops with an error instead. `alluvium run --start-over` sets it.
     #[serde(default)]
     pub start_over: bool,
+    /// How long a commit waits for a table or catalog that keeps failing before the job stops
+    /// (`10m`); the checkpoint stays durable and a rerun commits it.
+    #[serde(default, with = "opt_duration")]
+    pub commit_outage_timeout: Option<Duration>,
 }
 
 /// `[source]`, by `type`.
@@ -1083,6 +1087,9 @@ impl JobFile {
         }
         if let Some(v) = &self.checkpoint.location {
             b = b.checkpoint_location(v.clone());
+        }
+        if let Some(t) = self.checkpoint.commit_outage_timeout {
+            b = b.commit_outage_timeout(t);
         }
         b.start_over(self.checkpoint.start_over).build()
     }

@@ -144,6 +144,9 @@ pub struct Settings {
     /// A new checkpoint location starts a new job with a fresh instance id, even when the sink
     /// already holds commits of a job at that location (false): its rows are written again.
     pub start_over: bool,
+    /// How long a commit waits for a table or catalog that keeps failing (retryable errors) before
+    /// the job stops (10 minutes). The checkpoint stays durable: a rerun commits it.
+    pub commit_outage_timeout: Duration,
 }
 
 /// Builds a [`crate::Pipeline`]. Infallible until [`PipelineBuilder::build`].
@@ -168,6 +171,7 @@ impl PipelineBuilder {
                 channel_bytes: 64 << 20,
                 max_restarts: 3,
                 restart_delay: Duration::from_secs(1),
+                commit_outage_timeout: Duration::from_secs(600),
                 start_over: false,
             },
             name,
@@ -264,6 +268,13 @@ impl PipelineBuilder {
     /// holds checkpoints: a run resumes from them.
     pub fn start_over(mut self, start_over: bool) -> Self {
         self.settings.start_over = start_over;
+        self
+    }
+
+    /// How long a commit waits for a table or catalog that keeps failing before the job stops
+    /// (10 minutes); see [`Settings::commit_outage_timeout`].
+    pub fn commit_outage_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.commit_outage_timeout = timeout;
         self
     }
 

@@ -618,3 +618,46 @@ fn a_table_on_a_read_only_filesystem_stops_at_once_as_a_configuration_error() {
         assert!(!stderr.contains("retry_in"), "{format:?}: a configuration error is not retried: {stderr}");
     }
 }
+
+/// The REST catalog stops for 10 s in the middle of a job and comes back on the same port: the
+/// commits wait for it (the log says so), no region restarts, and the job finishes on its own with
+/// every row once, as pyiceberg reads the table.
+#[test]
+fn iceberg_commits_wait_for_a_rest_catalog_that_is_down_and_the_job_finishes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut server) = alluvium_integration::RestCatalogServer::start(&dir.path().join("out/warehouse")) else { return };
+    let rows = 150_000;
+    let job = job(dir.path(), Format::Iceberg, rows, &Target::Local, 2);
+    let log = |name: &str| Stdio::from(std::fs::File::create(dir.path().join(name)).unwrap());
+    let mut child = bin()
+        .args(["run", job.to_str().unwrap()])
+        .env("ALLUVIUM_CATALOG", &server.uri)
+        .stdout(log("run.stdout"))
+        .stderr(log("run.stderr"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "the job runs");
+    server.stop();
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(child.try_wait().unwrap().is_none(), "the job waits for its catalog");
+    server.restart();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "the job did not finish after its catalog came back");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(dir.path().join("run.stderr")).unwrap();
+    let stdout = std::fs::read_to_string(dir.path().join("run.stdout")).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("are waiting on its table"), "the log says the commits wait: {stderr}");
+    assert!(stderr.contains("waiting on its service `table commits`"), "the progress line says so: {stderr}");
+    assert!(!stderr.contains("region failed"), "no region restarted: {stderr}");
+    assert!(stdout.contains("dead letters    0"), "{stdout}");
+    let target = Target::Rest(Some(server));
+    let Some(seen) = read_ids(Format::Iceberg, dir.path(), &target) else { return };
+    assert_eq!(seen, (rows, rows), "(rows, distinct ids) must be exactly the source rows");
+}

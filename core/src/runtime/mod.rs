@@ -7,6 +7,7 @@
 //! checkpoint; a rerun after the pipeline finished does nothing and says so.
 
 mod assign;
+mod commit;
 mod gate;
 mod guard;
 mod region;
@@ -153,6 +154,7 @@ impl Pipeline {
             assigner: assigner.clone(),
             metrics: self.metrics.clone(),
             stop,
+            commit_waits: commit::CommitWaits::new(&plan.name, &plan.sink.name()),
         });
         tokio::pin!(shutdown);
         let mut stopped = false;

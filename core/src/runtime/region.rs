@@ -9,7 +9,8 @@
 //!                                                   last barrier (end of input/stop) acked ─▶ done
 //! ```
 //!
-//! A failing task (an `Err` from user code, a panic, a failed commit) fails its region only: the
+//! Commits wait while the table fails ([`super::commit`]). A failing task (an `Err` from user
+//! code, a panic, a commit that failed for good) fails its region only: the
 //! driver aborts the region's tasks, waits, and restarts the region from its last completed
 //! checkpoint with a new epoch. Other regions keep running and committing. After
 //! `max_restarts` consecutive failures without a completed checkpoint the pipeline fails.
@@ -17,12 +18,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::assign::Assigner;
+use super::commit::commit_pending;
 use super::gate::InputGate;
 use super::task::*;
 use crate::channel::{channel, Barrier, BarrierKind};
@@ -43,6 +45,8 @@ pub(crate) struct RunContext {
     pub metrics: Arc<Metrics>,
     /// Becomes `true` when the pipeline is asked to stop.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// The sink's commits waiting on its table.
+    pub commit_waits: Arc<super::commit::CommitWaits>,
 }
 
 impl RunContext {
@@ -82,7 +86,7 @@ pub(crate) async fn drive(run: Arc<RunContext>, region: usize) -> Result<()> {
 }
 
 /// Completes once a stop is requested (never, if the sender is dropped without one).
-async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+pub(super) async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
     loop {
         if *rx.borrow_and_update() {
             return;
@@ -274,50 +278,6 @@ async fn complete(
     tracing::debug!(region, checkpoint = cp.id, ms = took / 1_000_000, "checkpoint complete");
     commit_pending(run, ctx, pending, false).await?;
     Ok(cp.kind != BarrierKind::Checkpoint)
-}
-
-/// Commits pending committables in checkpoint order, retrying transient errors a few times.
-/// `recovery`: re-commits of a restored manifest (possibly visible already) are counted apart.
-async fn commit_pending(run: &RunContext, ctx: &SinkContext, pending: &mut Vec<PendingCommit>, recovery: bool) -> Result<()> {
-    while let Some(pc) = pending.first() {
-        let start = Instant::now();
-        let mut attempt = 0;
-        loop {
-            let r = async {
-                if !pc.sink.is_empty() {
-                    crate::ops::crash_point("before-commit");
-                    run.plan.sink.commit(ctx, pc.checkpoint, &pc.sink).await?;
-                    crate::ops::crash_point("after-commit");
-                }
-                if !pc.dead_letters.is_empty() {
-                    run.plan.dead_letters.commit(ctx, pc.checkpoint, &pc.dead_letters).await?;
-                }
-                Ok::<_, Error>(())
-            }
-            .await;
-            match r {
-                Ok(()) => break,
-                Err(e) if e.is_retryable() && attempt < 4 => {
-                    attempt += 1;
-                    tracing::warn!(region = ctx.region, checkpoint = pc.checkpoint, error = %e, "commit failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
-                }
-                Err(e) => return Err(e.context(format!("committing region {} checkpoint {}", ctx.region, pc.checkpoint))),
-            }
-        }
-        let p = &run.metrics.pipeline;
-        let rows: u64 = pc.sink.iter().map(|c| c.rows).sum();
-        if recovery {
-            p.rows_recommitted.fetch_add(rows, Ordering::Relaxed);
-        } else {
-            p.commits.fetch_add(1, Ordering::Relaxed);
-            p.commit_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            p.rows_committed.fetch_add(rows, Ordering::Relaxed);
-            p.dead_letters_committed.fetch_add(pc.dead_letters.iter().map(|c| c.rows).sum(), Ordering::Relaxed);
-        }
-        pending.remove(0);
-    }
-    Ok(())
 }
 
 type Spawned = (JoinSet<(usize, Result<()>)>, Vec<mpsc::UnboundedSender<Barrier>>, Vec<usize>);

@@ -45,17 +45,20 @@ pub struct Log {
     pub starts: Vec<(usize, Instant)>,
 }
 
-/// A JSON Lines file sink that records its commits and region starts, and can be slow.
+/// A JSON Lines file sink that records its commits and region starts, can be slow, and its
+/// "table" can be down (`down`: every commit fails with a retryable error).
 pub struct Observed {
     pub inner: FileSink<JsonLines>,
     pub log: Arc<Mutex<Log>>,
     pub write_delay: Option<Duration>,
+    pub down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Observed {
     pub fn new(dir: &Path) -> (Self, Arc<Mutex<Log>>) {
         let log = Arc::new(Mutex::new(Log::default()));
-        (Self { inner: FileSink::new(JsonLines, dir.to_str().unwrap()), log: log.clone(), write_delay: None }, log)
+        let inner = FileSink::new(JsonLines, dir.to_str().unwrap());
+        (Self { inner, log: log.clone(), write_delay: None, down: Default::default() }, log)
     }
 }
 
@@ -86,6 +89,9 @@ impl Sink for Observed {
         Ok(Box::new(SlowWriter { inner: self.inner.writer(ctx).await?, delay: self.write_delay }))
     }
     async fn commit(&self, ctx: &SinkContext, checkpoint: u64, c: &[Committable]) -> Result<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(alluvium_core::Error::external("the table's catalog refused the connection").with_retryable(true));
+        }
         self.inner.commit(ctx, checkpoint, c).await?;
         self.log.lock().unwrap().commits.push((ctx.region, Instant::now()));
         Ok(())

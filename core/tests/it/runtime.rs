@@ -1,6 +1,7 @@
 //! The runtime end to end, in process: exactly-once output, dead letters, resume, regional
 //! failover and backpressure.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use alluvium_core::files::{FileSink, JsonLines};
@@ -372,4 +373,73 @@ async fn a_rebalanced_pipeline_is_one_region_that_aligns_barriers_and_recovers_w
     assert_eq!(read_jsonl(&dir.path().join("dl")).len() as u64, n / 1000);
     // Channels torn down by the restart gave their bytes back.
     assert!(summary.metrics.stages.iter().all(|s| s.buffered_bytes == 0), "{summary:?}");
+}
+
+/// The sink's table is down: its commits wait (no region restarts) and go on when it is back;
+/// down past `commit_outage_timeout`, the job stops saying nothing is lost, and a rerun commits
+/// the durable checkpoints first: every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_wait_for_a_table_that_is_down_and_past_the_timeout_a_rerun_commits_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let n = 6_000;
+    let pipeline = |timeout: Duration| {
+        let (sink, log) = Observed::new(&out);
+        let down = sink.down.clone();
+        let p = Pipeline::builder("table-down")
+            .source(Generate::new(n).batch_size(100).split_rows(n / 2).rows_per_second(1500.0))
+            .sink(sink)
+            .parallelism(2)
+            .checkpoint_every(Duration::from_millis(100))
+            .checkpoint_location(dir.path().join("ckpt").to_str().unwrap())
+            .restart_delay(Duration::from_millis(50))
+            .commit_outage_timeout(timeout)
+            .build()
+            .unwrap();
+        (p, down, log)
+    };
+
+    // Down from 0.5 s until 2 s after the commits say they wait (past the quick retries).
+    let (p, down, log) = pipeline(Duration::from_secs(60));
+    let flip = {
+        let down = down.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            down.store(true, Ordering::SeqCst);
+            let waited = loop {
+                let s = alluvium_core::service::service_status();
+                if let Some(w) = s.iter().find(|s| s.pipeline == "table-down" && s.waiting.is_some()) {
+                    break w.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            down.store(false, Ordering::SeqCst);
+            waited
+        })
+    };
+    let summary = p.run().await.unwrap();
+    let waited = flip.await.unwrap();
+    assert_eq!((waited.stage.as_str(), waited.service.as_str()), ("observed", "table commits"));
+    assert!(waited.waiting.unwrap().last_failure.contains("refused the connection"));
+    assert_eq!(summary.restarts, 0, "{summary:?}");
+    assert_eq!(log.lock().unwrap().starts.len(), 2, "no region restarted");
+    let counts = id_counts(&read_jsonl(&out));
+    assert!(counts.len() as u64 == n && counts.values().all(|c| *c == 1), "every row once");
+
+    // Down for good with a 1 s timeout: the job stops, nothing lost; back up, a rerun commits.
+    let out_rows = read_jsonl(&out).len();
+    std::fs::remove_dir_all(dir.path().join("ckpt")).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+    let (p, down, _) = pipeline(Duration::from_secs(1));
+    down.store(true, Ordering::SeqCst);
+    let err = p.run().await.expect_err("the table stayed down");
+    let text = err.to_string();
+    assert!(text.contains("the commits of sink `observed` gave up waiting for its table"), "{text}");
+    assert!(text.contains("`checkpoint.commit_outage_timeout` = 1s") && text.contains("Nothing is lost"), "{text}");
+    assert!(read_jsonl(&out).is_empty(), "nothing committed while the table was down");
+    let (p, _, _) = pipeline(Duration::from_secs(60));
+    p.run().await.unwrap();
+    let counts = id_counts(&read_jsonl(&out));
+    assert!(counts.len() == out_rows && counts.values().all(|c| *c == 1), "every row once after the rerun");
 }

@@ -204,7 +204,9 @@ impl Drop for MotoS3Server {
 /// embedded redb store), serving one warehouse directory, without authentication; stopped on drop.
 pub struct RestCatalogServer {
     child: Child,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
+    warehouse: PathBuf,
+    port: u16,
     /// `http://127.0.0.1:PORT`.
     pub uri: String,
 }
@@ -217,26 +219,42 @@ impl RestCatalogServer {
     /// Starts a catalog whose warehouse is the local directory `warehouse` (created), or returns
     /// `None` when the binary is missing (outside CI).
     pub fn start(warehouse: &Path) -> Option<Self> {
-        let Some(bin) = Self::binary() else {
-            missing("the Iceberg REST catalog rustberg")?;
-            unreachable!()
-        };
+        if Self::binary().is_none() {
+            return missing("the Iceberg REST catalog rustberg").map(|never| match never {});
+        }
         std::fs::create_dir_all(warehouse).expect("warehouse dir");
         let state = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let child = Command::new(&bin)
+        let child = Self::spawn(port, warehouse, state.path());
+        let server = Self { child, state, warehouse: warehouse.to_path_buf(), port, uri: format!("http://127.0.0.1:{port}") };
+        wait_listening(port, "rustberg", Duration::from_secs(20));
+        Some(server)
+    }
+
+    fn spawn(port: u16, warehouse: &Path, state: &Path) -> Child {
+        let bin = Self::binary().expect("rustberg");
+        Command::new(&bin)
             .args(["--dev", "--insecure-http", "--no-auth", "--host", "127.0.0.1", "--port", &port.to_string()])
             .arg("--warehouse")
             .arg(format!("file://{}", warehouse.display()))
             .arg("--catalog-url")
-            .arg(format!("file://{}", state.path().display()))
+            .arg(format!("file://{}", state.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let server = Self { child, _state: state, uri: format!("http://127.0.0.1:{port}") };
-        wait_listening(port, "rustberg", Duration::from_secs(20));
-        Some(server)
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+    }
+
+    /// Stops the server (its state stays, for [`RestCatalogServer::restart`]).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port with the same state, after a [`RestCatalogServer::stop`].
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(self.port, &self.warehouse, self.state.path());
+        wait_listening(self.port, "rustberg", Duration::from_secs(20));
     }
 }
 
