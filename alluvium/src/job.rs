@@ -160,6 +160,10 @@ pub struct PipelineSection {
     /// Delay before restarting a failed region, doubling per consecutive failure (`1s`).
     #[serde(default, with = "opt_duration")]
     pub restart_delay: Option<Duration>,
+    /// How long the job waits out a table, catalog or store that keeps failing (`10m`): commits
+    /// wait, and regions failing with retryable external errors keep restarting, then it stops.
+    #[serde(default, with = "opt_duration")]
+    pub outage_timeout: Option<Duration>,
 }
 
 /// `[checkpoint]`.
@@ -177,10 +181,6 @@ pub struct CheckpointSection {
     /// run stops with an error instead. `alluvium run --start-over` sets it.
     #[serde(default)]
     pub start_over: bool,
-    /// How long a commit waits for a table or catalog that keeps failing before the job stops
-    /// (`10m`); the checkpoint stays durable and a rerun commits it.
-    #[serde(default, with = "opt_duration")]
-    pub commit_outage_timeout: Option<Duration>,
 }
 
 /// `[source]`, by `type`.
@@ -1082,14 +1082,14 @@ impl JobFile {
         if let Some(v) = p.restart_delay {
             b = b.restart_delay(v);
         }
+        if let Some(v) = p.outage_timeout {
+            b = b.outage_timeout(v);
+        }
         if let Some(v) = self.checkpoint.interval {
             b = b.checkpoint_every(v);
         }
         if let Some(v) = &self.checkpoint.location {
             b = b.checkpoint_location(v.clone());
-        }
-        if let Some(t) = self.checkpoint.commit_outage_timeout {
-            b = b.commit_outage_timeout(t);
         }
         b.start_over(self.checkpoint.start_over).build()
     }

@@ -144,9 +144,11 @@ pub struct Settings {
     /// A new checkpoint location starts a new job with a fresh instance id, even when the sink
     /// already holds commits of a job at that location (false): its rows are written again.
     pub start_over: bool,
-    /// How long a commit waits for a table or catalog that keeps failing (retryable errors) before
-    /// the job stops (10 minutes). The checkpoint stays durable: a rerun commits it.
-    pub commit_outage_timeout: Duration,
+    /// How long the job waits out a dependency that keeps failing (10 minutes): a commit waits
+    /// for its table or catalog, and a region whose tasks fail with retryable external errors (an
+    /// object store, the checkpoint store) keeps restarting, for this long before the job stops.
+    /// Checkpoints stay durable: a rerun resumes, committing what is pending first.
+    pub outage_timeout: Duration,
 }
 
 /// Builds a [`crate::Pipeline`]. Infallible until [`PipelineBuilder::build`].
@@ -171,7 +173,7 @@ impl PipelineBuilder {
                 channel_bytes: 64 << 20,
                 max_restarts: 3,
                 restart_delay: Duration::from_secs(1),
-                commit_outage_timeout: Duration::from_secs(600),
+                outage_timeout: Duration::from_secs(600),
                 start_over: false,
             },
             name,
@@ -271,10 +273,10 @@ impl PipelineBuilder {
         self
     }
 
-    /// How long a commit waits for a table or catalog that keeps failing before the job stops
-    /// (10 minutes); see [`Settings::commit_outage_timeout`].
-    pub fn commit_outage_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.commit_outage_timeout = timeout;
+    /// How long the job waits out a dependency that keeps failing before it stops (10 minutes);
+    /// see [`Settings::outage_timeout`].
+    pub fn outage_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.outage_timeout = timeout;
         self
     }
 

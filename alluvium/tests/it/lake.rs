@@ -661,3 +661,43 @@ fn iceberg_commits_wait_for_a_rest_catalog_that_is_down_and_the_job_finishes_exa
     let Some(seen) = read_ids(Format::Iceberg, dir.path(), &target) else { return };
     assert_eq!(seen, (rows, rows), "(rows, distinct ids) must be exactly the source rows");
 }
+
+/// The S3 server holding a Delta table and the job's checkpoints stops for 8 s in the middle of
+/// the job and comes back with the same objects: the job waits it out (its requests retry, its
+/// commits wait, its region restarts past `max_restarts`) and finishes on its own, every row once
+/// as deltalake reads the table.
+#[test]
+fn a_job_on_s3_waits_out_the_store_going_down_and_finishes_exactly_once() {
+    let Some(mut server) = alluvium_integration::S3Server::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = server.bucket();
+    let rows = 150_000;
+    let job = job(dir.path(), Format::Delta, rows, &Target::S3 { server: &server, bucket: bucket.clone(), proxy: None }, 1);
+    let log = |name: &str| Stdio::from(std::fs::File::create(dir.path().join(name)).unwrap());
+    let mut child = bin()
+        .args(["run", job.to_str().unwrap()])
+        .envs(server.env())
+        .stdout(log("run.stdout"))
+        .stderr(log("run.stderr"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "the job runs");
+    server.stop();
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(child.try_wait().unwrap().is_none(), "the job waits for its store");
+    server.restart();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(180), "the job did not finish after its store came back");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(dir.path().join("run.stderr")).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    let target = Target::S3 { server: &server, bucket, proxy: None };
+    let Some(seen) = read_ids(Format::Delta, dir.path(), &target) else { return };
+    assert_eq!(seen, (rows, rows), "(rows, distinct ids) must be exactly the source rows");
+}

@@ -4,7 +4,7 @@
 //! A commit that fails with a retryable error is tried again a few times at once (0.4 s to 3.2 s
 //! apart). If it still fails, the table (or its catalog) is taken to be **down**: the commit waits
 //! and is tried again, spaced from 1 s doubling up to 30 s, for as long as
-//! [`Settings::commit_outage_timeout`](crate::pipeline::Settings::commit_outage_timeout) (10
+//! [`Settings::outage_timeout`](crate::pipeline::Settings::outage_timeout) (10
 //! minutes). Nothing is dropped and nothing becomes a dead letter: the checkpoint is durable before
 //! its commit starts, so its rows wait with it. The region's tasks go on until backpressure holds
 //! them; its next checkpoint waits for the commit. The log says so when the wait starts, every
@@ -115,7 +115,7 @@ pub(crate) async fn commit_pending(
 async fn commit_one(run: &RunContext, ctx: &SinkContext, pc: &PendingCommit) -> Result<()> {
     let plan = &run.plan;
     let sink = plan.sink.name();
-    let timeout = plan.settings.commit_outage_timeout;
+    let timeout = plan.settings.outage_timeout;
     let (mut attempt, mut down): (u32, Option<(SystemTime, Instant, Instant)>) = (0, None);
     loop {
         let r = async {
@@ -180,7 +180,7 @@ async fn commit_one(run: &RunContext, ctx: &SinkContext, pc: &PendingCommit) -> 
             run.commit_waits.set(None);
             let why = format!(
                 "the commits of sink `{sink}` gave up waiting for its table: it has been failing since {} ({}, longer \
-                 than `checkpoint.commit_outage_timeout` = {}); last failure: {failure}. Nothing is lost: {pending_note}",
+                 than `pipeline.outage_timeout` = {}); last failure: {failure}. Nothing is lost: {pending_note}",
                 humantime::format_rfc3339_seconds(*since),
                 seconds(waited),
                 humantime::format_duration(timeout),

@@ -13,12 +13,15 @@
 //! code, a panic, a commit that failed for good) fails its region only: the
 //! driver aborts the region's tasks, waits, and restarts the region from its last completed
 //! checkpoint with a new epoch. Other regions keep running and committing. After
-//! `max_restarts` consecutive failures without a completed checkpoint the pipeline fails.
+//! `max_restarts` consecutive failures without a completed checkpoint the pipeline fails, unless
+//! the failures are a dependency's (retryable external errors: an object store or the checkpoint
+//! store that is down), which are waited out, restarting at most 30 s apart, up to
+//! `outage_timeout`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -34,6 +37,9 @@ use crate::metrics::{Metrics, StageMetrics};
 use crate::operator::TaskContext;
 use crate::pipeline::{Edge, Plan, StageKind};
 use crate::sink::{Committable, SinkContext};
+
+/// The longest wait between restarts of a region waiting out an outage.
+const MAX_OUTAGE_DELAY: Duration = Duration::from_secs(30);
 
 /// What every region driver shares.
 pub(crate) struct RunContext {
@@ -57,7 +63,10 @@ impl RunContext {
 
 /// Runs one region to completion, restarting it after failures.
 pub(crate) async fn drive(run: Arc<RunContext>, region: usize) -> Result<()> {
+    let settings = &run.plan.settings;
     let mut failures = 0u32;
+    // Since when the region has been failing without completing a checkpoint.
+    let mut failing_since: Option<Instant> = None;
     loop {
         let mut progressed = false;
         match attempt(&run, region, &mut progressed).await {
@@ -65,17 +74,42 @@ pub(crate) async fn drive(run: Arc<RunContext>, region: usize) -> Result<()> {
             Err(e) => {
                 if progressed {
                     failures = 0;
+                    failing_since = None;
                 }
                 failures += 1;
+                let since = *failing_since.get_or_insert_with(Instant::now);
                 run.metrics.pipeline.restarts.fetch_add(1, Ordering::Relaxed);
-                let max = run.plan.settings.max_restarts;
-                if failures > max || e.kind() == crate::ErrorKind::Checkpoint || e.kind() == crate::ErrorKind::Config {
-                    return Err(
-                        e.context(format!("region {region} failed ({failures} consecutive failures, at most {max} allowed)"))
-                    );
+                let max = settings.max_restarts;
+                if e.kind() == crate::ErrorKind::Checkpoint || e.kind() == crate::ErrorKind::Config {
+                    return Err(e.context(format!("region {region} failed")));
                 }
-                let delay = run.plan.settings.restart_delay * 2u32.saturating_pow(failures - 1).min(64);
-                tracing::warn!(region, error = %e, retry_in = ?delay, "region failed; restarting it from its last checkpoint");
+                // A dependency that keeps failing (an object store, the checkpoint store) is waited
+                // out past `max_restarts`, up to `outage_timeout`; other failures are not.
+                let outage = e.kind() == crate::ErrorKind::External && e.is_retryable();
+                let waiting = outage && failures > max;
+                if failures > max && !(waiting && since.elapsed() < settings.outage_timeout) {
+                    let why = if outage {
+                        format!(
+                            "region {region} failed ({failures} consecutive failures over {}, longer than \
+                             `pipeline.outage_timeout` = {})",
+                            humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
+                            humantime::format_duration(settings.outage_timeout)
+                        )
+                    } else {
+                        format!("region {region} failed ({failures} consecutive failures, at most {max} allowed)")
+                    };
+                    return Err(e.context(why));
+                }
+                let mut delay = settings.restart_delay * 2u32.saturating_pow(failures - 1).min(64);
+                if waiting {
+                    let left = settings.outage_timeout.saturating_sub(since.elapsed());
+                    delay = delay.min(MAX_OUTAGE_DELAY).min(left).max(Duration::from_millis(10));
+                    tracing::warn!(region, error = %e, retry_in = ?delay, "region {region} keeps failing on a dependency \
+                        (retryable); waiting it out for up to `pipeline.outage_timeout` = {}, restarting from its last \
+                        checkpoint", humantime::format_duration(settings.outage_timeout));
+                } else {
+                    tracing::warn!(region, error = %e, retry_in = ?delay, "region failed; restarting it from its last checkpoint");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stopped(run.stop.clone()) => return Ok(()),

@@ -46,25 +46,28 @@ pub struct Log {
 }
 
 /// A JSON Lines file sink that records its commits and region starts, can be slow, and its
-/// "table" can be down (`down`: every commit fails with a retryable error).
+/// "table" can be down (`down`: every commit fails with a retryable error; `writes_down`: every
+/// write does).
 pub struct Observed {
     pub inner: FileSink<JsonLines>,
     pub log: Arc<Mutex<Log>>,
     pub write_delay: Option<Duration>,
     pub down: Arc<std::sync::atomic::AtomicBool>,
+    pub writes_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Observed {
     pub fn new(dir: &Path) -> (Self, Arc<Mutex<Log>>) {
         let log = Arc::new(Mutex::new(Log::default()));
         let inner = FileSink::new(JsonLines, dir.to_str().unwrap());
-        (Self { inner, log: log.clone(), write_delay: None, down: Default::default() }, log)
+        (Self { inner, log: log.clone(), write_delay: None, down: Default::default(), writes_down: Default::default() }, log)
     }
 }
 
 struct SlowWriter {
     inner: Box<dyn SinkWriter>,
     delay: Option<Duration>,
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait]
@@ -72,6 +75,9 @@ impl SinkWriter for SlowWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         if let Some(d) = self.delay {
             tokio::time::sleep(d).await;
+        }
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(alluvium_core::Error::external("the store refused the connection").with_retryable(true));
         }
         self.inner.write(batch).await
     }
@@ -86,7 +92,7 @@ impl Sink for Observed {
         "observed".into()
     }
     async fn writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter>> {
-        Ok(Box::new(SlowWriter { inner: self.inner.writer(ctx).await?, delay: self.write_delay }))
+        Ok(Box::new(SlowWriter { inner: self.inner.writer(ctx).await?, delay: self.write_delay, down: self.writes_down.clone() }))
     }
     async fn commit(&self, ctx: &SinkContext, checkpoint: u64, c: &[Committable]) -> Result<()> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {

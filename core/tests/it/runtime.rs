@@ -376,7 +376,7 @@ async fn a_rebalanced_pipeline_is_one_region_that_aligns_barriers_and_recovers_w
 }
 
 /// The sink's table is down: its commits wait (no region restarts) and go on when it is back;
-/// down past `commit_outage_timeout`, the job stops saying nothing is lost, and a rerun commits
+/// down past `outage_timeout`, the job stops saying nothing is lost, and a rerun commits
 /// the durable checkpoints first: every row once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_wait_for_a_table_that_is_down_and_past_the_timeout_a_rerun_commits_them() {
@@ -393,7 +393,7 @@ async fn commits_wait_for_a_table_that_is_down_and_past_the_timeout_a_rerun_comm
             .checkpoint_every(Duration::from_millis(100))
             .checkpoint_location(dir.path().join("ckpt").to_str().unwrap())
             .restart_delay(Duration::from_millis(50))
-            .commit_outage_timeout(timeout)
+            .outage_timeout(timeout)
             .build()
             .unwrap();
         (p, down, log)
@@ -436,10 +436,62 @@ async fn commits_wait_for_a_table_that_is_down_and_past_the_timeout_a_rerun_comm
     let err = p.run().await.expect_err("the table stayed down");
     let text = err.to_string();
     assert!(text.contains("the commits of sink `observed` gave up waiting for its table"), "{text}");
-    assert!(text.contains("`checkpoint.commit_outage_timeout` = 1s") && text.contains("Nothing is lost"), "{text}");
+    assert!(text.contains("`pipeline.outage_timeout` = 1s") && text.contains("Nothing is lost"), "{text}");
     assert!(read_jsonl(&out).is_empty(), "nothing committed while the table was down");
     let (p, _, _) = pipeline(Duration::from_secs(60));
     p.run().await.unwrap();
     let counts = id_counts(&read_jsonl(&out));
     assert!(counts.len() == out_rows && counts.values().all(|c| *c == 1), "every row once after the rerun");
+}
+
+/// The sink's store is down for 3 s (writes fail with retryable errors): the region restarts past
+/// `max_restarts`, waiting the outage out, and the job finishes with every row once. Down past
+/// `outage_timeout`, the job stops naming it; a failure that is not a dependency's stops it after
+/// `max_restarts` as before (the fault stage's errors are not retryable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_waits_out_a_store_that_is_down_past_max_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let n = 4_000;
+    let pipeline = |timeout: Duration| {
+        let (sink, _) = Observed::new(&out);
+        let down = sink.writes_down.clone();
+        let p = Pipeline::builder("store-down")
+            .source(Generate::new(n).batch_size(100).split_rows(n / 2).rows_per_second(1000.0))
+            .sink(sink)
+            .parallelism(2)
+            .checkpoint_every(Duration::from_millis(100))
+            .checkpoint_location(dir.path().join("ckpt").to_str().unwrap())
+            .restart_delay(Duration::from_millis(20))
+            .max_restarts(2)
+            .outage_timeout(timeout)
+            .build()
+            .unwrap();
+        (p, down)
+    };
+    let (p, down) = pipeline(Duration::from_secs(60));
+    let flip = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        down.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        down.store(false, Ordering::SeqCst);
+    });
+    let summary = p.run().await.unwrap();
+    flip.await.unwrap();
+    assert!(summary.restarts > 2 * 2, "past max_restarts: {summary:?}");
+    let counts = id_counts(&read_jsonl(&out));
+    assert!(counts.len() as u64 == n && counts.values().all(|c| *c == 1), "every row once");
+
+    std::fs::remove_dir_all(dir.path().join("ckpt")).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+    let (p, down) = pipeline(Duration::from_millis(1500));
+    down.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let err = p.run().await.expect_err("the store stayed down");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "{:?}", started.elapsed());
+    let text = err.to_string();
+    assert!(
+        text.contains("longer than `pipeline.outage_timeout` = 1s 500ms") && text.contains("refused the connection"),
+        "{text}"
+    );
 }

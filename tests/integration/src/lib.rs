@@ -72,6 +72,7 @@ fn wait_listening(port: u16, what: &str, within: Duration) {
 pub struct S3Server {
     child: Child,
     root: tempfile::TempDir,
+    port: u16,
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
     /// The access key id it accepts.
@@ -95,16 +96,33 @@ impl S3Server {
         let port = free_port();
         let access_key = format!("AK{}", rand::random::<u32>());
         let secret_key = format!("SK{:x}", rand::random::<u64>());
-        let child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", &access_key, "--secret-key", &secret_key])
-            .arg(root.path())
+        let child = Self::spawn(&bin, port, &access_key, &secret_key, root.path());
+        let server = Self { child, root, port, endpoint: format!("http://127.0.0.1:{port}"), access_key, secret_key };
+        wait_listening(port, "s3s-fs", Duration::from_secs(20));
+        Some(server)
+    }
+
+    fn spawn(bin: &Path, port: u16, access_key: &str, secret_key: &str, root: &Path) -> Child {
+        Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", access_key, "--secret-key", secret_key])
+            .arg(root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let server = Self { child, root, endpoint: format!("http://127.0.0.1:{port}"), access_key, secret_key };
-        wait_listening(port, "s3s-fs", Duration::from_secs(20));
-        Some(server)
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+    }
+
+    /// Stops the server (its objects stay, for [`S3Server::restart`]): an outage.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port with the same objects, after [`S3Server::stop`].
+    pub fn restart(&mut self) {
+        let bin = Self::binary().expect("s3s-fs");
+        self.child = Self::spawn(&bin, self.port, &self.access_key, &self.secret_key, self.root.path());
+        wait_listening(self.port, "s3s-fs", Duration::from_secs(20));
     }
 
     /// Creates a fresh, empty bucket and returns its name.
