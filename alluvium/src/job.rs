@@ -1482,6 +1482,10 @@ pub struct EmbedConfig {
     /// Input tokens per minute to the endpoint at most.
     #[serde(default)]
     pub tokens_per_minute: Option<u32>,
+    /// The metric the embedding column records: `cosine`, `dot` or `l2` (default: what a local
+    /// model declares, `similarity_fn_name`; cosine for an endpoint).
+    #[serde(default)]
+    pub metric: Option<alluvium_core::types::Metric>,
 }
 
 #[cfg(feature = "models")]
@@ -1565,6 +1569,9 @@ impl EmbedConfig {
                 )));
             }
             e = e.outage_timeout(t);
+        }
+        if let Some(m) = self.metric {
+            e = e.metric(m);
         }
         e.build(name)
     }

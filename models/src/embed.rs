@@ -93,6 +93,31 @@ struct Pooling {
     pooling_mode_mean_tokens: bool,
 }
 
+/// The similarity a sentence-transformers model was trained for: `similarity_fn_name` in
+/// `config_sentence_transformers.json` (sentence-transformers ≥ 3), cosine when it says nothing
+/// (the library's default, and what a directory without the file, a CLIP model, is for).
+pub fn model_metric(dir: &Path) -> Result<Metric> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        similarity_fn_name: Option<String>,
+    }
+    if !dir.join("config_sentence_transformers.json").is_file() {
+        return Ok(Metric::Cosine);
+    }
+    let c: Config = read_json(dir, "config_sentence_transformers.json")?;
+    match c.similarity_fn_name.as_deref() {
+        None | Some("cosine") => Ok(Metric::Cosine),
+        Some("dot" | "dot_product") => Ok(Metric::Dot),
+        Some("euclidean") => Ok(Metric::L2),
+        Some(other) => Err(Error::config(format!(
+            "{}: `similarity_fn_name` is `{other}`; embedding columns record cosine, dot or euclidean (l2): set the \
+             stage's `metric` to the one to record",
+            dir.join("config_sentence_transformers.json").display()
+        ))),
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct Module {
     #[serde(rename = "type")]
@@ -124,7 +149,7 @@ impl TextEmbedder {
         let info = ModelInfo {
             name: name.to_string(),
             dimensions: config.hidden_size,
-            metric: Metric::Cosine,
+            metric: model_metric(dir)?,
             modality: Modality::Text,
         };
         Ok(Self { info, bert, tokenizer, normalize })
@@ -276,6 +301,7 @@ pub struct Embed {
     output: String,
     settings: PoolSettings,
     gpus: f64,
+    metric: Option<Metric>,
 }
 
 impl Embed {
@@ -327,7 +353,14 @@ impl Embed {
 
     fn new(model: String, source: Source) -> Self {
         let settings = PoolSettings { max_batch_rows: 32, max_wait: Duration::from_millis(10), ..Default::default() };
-        Self { model, source, column: "text".into(), output: "embedding".into(), settings, gpus: 0.0 }
+        Self { model, source, column: "text".into(), output: "embedding".into(), settings, gpus: 0.0, metric: None }
+    }
+    /// The metric the embedding column records (`alluvium.embedding` metadata). By default, a
+    /// local model's own ([`model_metric`]), and cosine for a remote endpoint (OpenAI's vectors
+    /// are normalised).
+    pub fn metric(mut self, metric: Metric) -> Self {
+        self.metric = Some(metric);
+        self
     }
 
     /// The input column (`text`).
@@ -421,13 +454,24 @@ impl Embed {
     pub fn build(&self, name: &str) -> Result<Stage> {
         let pool = self.pool(name)?;
         let model = self.model.clone();
+        let metric = self.column_metric().map_err(|e| e.context(format!("stage `{name}`")))?;
         let op = ServiceStage::new(pool, &[self.column.as_str()], self.output.clone()).output_field(move |name, ty| {
             let DataType::FixedSizeList(_, dims) = ty else {
                 return Err(Error::internal(format!("the model answered {ty}, not vectors")));
             };
-            Ok(EmbeddingType::new(model.clone(), Metric::Cosine, *dims as usize)?.field(name, false))
+            Ok(EmbeddingType::new(model.clone(), metric, *dims as usize)?.field(name, false))
         });
         Ok(Stage::new_async(name, op).unaligned())
+    }
+
+    /// The metric the embedding column records: the one set with [`Embed::metric`], else a local
+    /// model's own ([`model_metric`]), else cosine (a remote endpoint).
+    pub fn column_metric(&self) -> Result<Metric> {
+        match (self.metric, &self.source) {
+            (Some(m), _) => Ok(m),
+            (None, Source::Local(..)) => model_metric(&self.model_dir()?),
+            (None, Source::Remote(_)) => Ok(Metric::Cosine),
+        }
     }
 
     /// Where the model's files are, when it is a path or a registry name of the cache.

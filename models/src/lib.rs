@@ -67,7 +67,7 @@ pub mod text;
 /// Where a model runs (candle's device): `Device::Cpu`, or a CUDA device with the `cuda` feature.
 pub use candle_core::Device;
 pub use clip::ClipTextEmbedder;
-pub use embed::{Embed, EmbeddingModel, Modality, ModelInfo, TextEmbedder};
+pub use embed::{model_metric, Embed, EmbeddingModel, Modality, ModelInfo, TextEmbedder};
 pub use image::{ImageEmbedder, Preprocess};
 pub use remote::{Endpoint, Protocol, RemoteModel};
 pub use serve::{ModelServer, ServeOptions};

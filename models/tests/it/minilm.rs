@@ -99,3 +99,34 @@ fn a_missing_model_says_how_to_install_it() {
     assert!(err.contains("has no config.json, model.safetensors;"), "{err}");
     assert!(err.contains("huggingface-cli download openai/clip-vit-base-patch32") && err.contains("alluvium demo-clip"), "{err}");
 }
+
+/// The embedding column records the metric the model declares (`similarity_fn_name`), not
+/// always cosine; `metric` overrides it; an unknown one is a config error naming the key.
+#[test]
+fn the_embedding_column_records_the_models_own_metric() {
+    use alluvium_core::types::Metric;
+    let minilm = std::path::PathBuf::from(crate::minilm());
+    assert_eq!(alluvium_models::model_metric(&minilm).unwrap(), Metric::Cosine, "all-MiniLM-L6-v2 says nothing: cosine");
+    // The same weights, declared for the dot product (as msmarco-style models are).
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&minilm).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "config_sentence_transformers.json" {
+            std::os::unix::fs::symlink(e.path(), dir.path().join(e.file_name())).unwrap();
+        }
+    }
+    let declare = |name: &str| {
+        std::fs::write(dir.path().join("config_sentence_transformers.json"), format!(r#"{{"similarity_fn_name": "{name}"}}"#))
+            .unwrap()
+    };
+    declare("dot");
+    let model = dir.path().to_str().unwrap();
+    assert_eq!(TextEmbedder::load(model, &Device::Cpu).unwrap().info().metric, Metric::Dot);
+    assert_eq!(Embed::text(model).column_metric().unwrap(), Metric::Dot);
+    assert_eq!(Embed::text(model).metric(Metric::L2).column_metric().unwrap(), Metric::L2);
+    declare("euclidean");
+    assert_eq!(Embed::text(model).column_metric().unwrap(), Metric::L2);
+    declare("manhattan");
+    let err = Embed::text(model).column_metric().unwrap_err().to_string();
+    assert!(err.contains("`similarity_fn_name` is `manhattan`") && err.contains("`metric`"), "{err}");
+}
