@@ -185,6 +185,40 @@ pub fn is_misconfigured_path(text: &str) -> bool {
     SIGNS.iter().any(|s| text.contains(s))
 }
 
+/// Whether `e` says a dependency could not be reached or is overloaded (a refused or reset
+/// connection, a timeout, a DNS failure, a 5xx or a 429), as opposed to refusing what was asked
+/// of it (a full disk, a permission, a conflict): an outage, which the runtime waits out
+/// (`pipeline.outage_timeout`) instead of giving up after a few restarts.
+pub fn is_unreachable(e: &Error) -> bool {
+    const SIGNS: [&str; 18] = [
+        "connection refused",
+        "error sending request",
+        "timed out",
+        "operation timed out",
+        "deadline has elapsed",
+        "connection reset",
+        "connection closed before",
+        "broken pipe",
+        "dns error",
+        "failed to lookup address",
+        "tcp connect error",
+        "service unavailable",
+        "bad gateway",
+        "gateway timeout",
+        "too many requests",
+        "slow down",
+        "status code: 5",
+        "status code: 429",
+    ];
+    let mut texts = vec![e.to_string()];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        texts.push(s.to_string());
+        source = s.source();
+    }
+    texts.iter().map(|t| t.to_lowercase()).any(|t| SIGNS.iter().any(|s| t.contains(s)))
+}
+
 /// The message a panic carried (`panic!("…")` gives a `&str` or a `String`), for reports that name
 /// the bug instead of printing Rust's panic report.
 pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {

@@ -79,6 +79,9 @@ pub struct PipelineCounters {
     pub rows_recommitted: AtomicU64,
     /// Region restarts after failures.
     pub restarts: AtomicU64,
+    /// Rows the sources read in region attempts that failed, after those attempts' last completed
+    /// checkpoint: read again after the restart (the source stage's `rows_in` counts them twice).
+    pub rows_replayed: AtomicU64,
 }
 
 /// All metrics of a running pipeline.
@@ -122,6 +125,7 @@ pub struct MetricsSnapshot {
     pub dead_letters_committed: u64,
     pub rows_recommitted: u64,
     pub restarts: u64,
+    pub rows_replayed: u64,
 }
 
 impl Metrics {
@@ -167,7 +171,7 @@ impl Metrics {
             family(name, kind, help, &mut self.stages.iter().map(|s| (format!(",stage=\"{}\"", s.name), value(s))));
         }
         let p = &self.pipeline;
-        let pipeline_families: [(&str, &str, &str, f64); 9] = [
+        let pipeline_families: [(&str, &str, &str, f64); 10] = [
             ("checkpoints_total", "counter", "Checkpoints completed (all regions).", get(&p.checkpoints) as f64),
             ("checkpoint_seconds_total", "counter", "Time spent taking checkpoints.", secs(&p.checkpoint_ns)),
             ("checkpoint_seconds_max", "gauge", "The longest checkpoint so far.", secs(&p.checkpoint_max_ns)),
@@ -182,6 +186,12 @@ impl Metrics {
                 get(&p.rows_recommitted) as f64,
             ),
             ("region_restarts_total", "counter", "Region restarts after failures (retries).", get(&p.restarts) as f64),
+            (
+                "rows_replayed_total",
+                "counter",
+                "Rows read again after a region restart (read after its last checkpoint before it failed).",
+                get(&p.rows_replayed) as f64,
+            ),
         ];
         for (name, kind, help, v) in pipeline_families {
             family(name, kind, help, &mut std::iter::once((String::new(), v)));
@@ -253,6 +263,7 @@ impl Metrics {
             dead_letters_committed: get(&p.dead_letters_committed),
             rows_recommitted: get(&p.rows_recommitted),
             restarts: get(&p.restarts),
+            rows_replayed: get(&p.rows_replayed),
         }
     }
 }
@@ -275,6 +286,6 @@ mod tests {
         assert!(text.contains("alluvium_commits_total{pipeline=\"thumb\\\"s\"} 3\n"), "{text}");
         assert!(text.contains("# TYPE alluvium_stage_buffered_bytes gauge\n"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 10 + 9, "ten series per stage, nine for the pipeline");
+        assert_eq!(samples, 10 + 10, "ten series per stage, ten for the pipeline");
     }
 }

@@ -619,6 +619,18 @@ fn a_table_on_a_read_only_filesystem_stops_at_once_as_a_configuration_error() {
     }
 }
 
+/// Waits for the job `child` to end, at most `limit` after its dependency came back.
+fn finishes(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(start.elapsed() < limit, "the job did not finish within {limit:?} after its dependency came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The REST catalog stops for 10 s in the middle of a job and comes back on the same port: the
 /// commits wait for it (the log says so), no region restarts, and the job finishes on its own with
 /// every row once, as pyiceberg reads the table.
@@ -642,14 +654,7 @@ fn iceberg_commits_wait_for_a_rest_catalog_that_is_down_and_the_job_finishes_exa
     std::thread::sleep(Duration::from_secs(10));
     assert!(child.try_wait().unwrap().is_none(), "the job waits for its catalog");
     server.restart();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "the job did not finish after its catalog came back");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = finishes(&mut child, Duration::from_secs(120));
     let stderr = std::fs::read_to_string(dir.path().join("run.stderr")).unwrap();
     let stdout = std::fs::read_to_string(dir.path().join("run.stdout")).unwrap();
     assert!(status.success(), "{status}: {stderr}");
@@ -687,14 +692,7 @@ fn a_job_on_s3_waits_out_the_store_going_down_and_finishes_exactly_once() {
     std::thread::sleep(Duration::from_secs(8));
     assert!(child.try_wait().unwrap().is_none(), "the job waits for its store");
     server.restart();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(180), "the job did not finish after its store came back");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = finishes(&mut child, Duration::from_secs(180));
     let stderr = std::fs::read_to_string(dir.path().join("run.stderr")).unwrap();
     assert!(status.success(), "{status}: {stderr}");
     let target = Target::S3 { server: &server, bucket, proxy: None };

@@ -2,7 +2,9 @@
 //! catalog keeps failing.
 //!
 //! A commit that fails with a retryable error is tried again a few times at once (0.4 s to 3.2 s
-//! apart). If it still fails, the table (or its catalog) is taken to be **down**: the commit waits
+//! apart). If it still fails because the table (or its catalog) cannot be reached
+//! ([`is_unreachable`](crate::error::is_unreachable): refused connections, timeouts, 5xx, 429),
+//! it is taken to be **down**: the commit waits
 //! and is tried again, spaced from 1 s doubling up to 30 s, for as long as
 //! [`Settings::outage_timeout`](crate::pipeline::Settings::outage_timeout) (10
 //! minutes). Nothing is dropped and nothing becomes a dead letter: the checkpoint is durable before
@@ -149,6 +151,11 @@ async fn commit_one(run: &RunContext, ctx: &SinkContext, pc: &PendingCommit) -> 
             Err(e) => return Err(e.context(format!("committing region {} checkpoint {}", ctx.region, pc.checkpoint))),
         };
         attempt += 1;
+        // Only a table that cannot be reached is waited for; a commit it refuses (a full disk, a
+        // conflict that keeps coming back) fails the region after the quick retries, as before.
+        if attempt > QUICK_RETRIES && !crate::error::is_unreachable(&e) {
+            return Err(e.context(format!("committing region {} checkpoint {}", ctx.region, pc.checkpoint)));
+        }
         let failure = redact(&e.to_string());
         if let Some(why) = run.commit_waits.gave_up().clone() {
             return Err(Error::external(format!("{why} (and again: {failure})")).with_retryable(false));

@@ -194,7 +194,8 @@ impl Pipeline {
         let metrics = self.metrics.snapshot();
         Ok(Summary {
             pipeline: plan.name.clone(),
-            rows_read: metrics.stages[0].rows_in,
+            // Each source row once: the rows read again after a restart are not counted twice.
+            rows_read: metrics.stages[0].rows_in.saturating_sub(metrics.rows_replayed),
             rows_committed: metrics.rows_committed,
             dead_letters: metrics.dead_letters_committed,
             commits: metrics.commits,

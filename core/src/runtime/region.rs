@@ -83,9 +83,10 @@ pub(crate) async fn drive(run: Arc<RunContext>, region: usize) -> Result<()> {
                 if e.kind() == crate::ErrorKind::Checkpoint || e.kind() == crate::ErrorKind::Config {
                     return Err(e.context(format!("region {region} failed")));
                 }
-                // A dependency that keeps failing (an object store, the checkpoint store) is waited
-                // out past `max_restarts`, up to `outage_timeout`; other failures are not.
-                let outage = e.kind() == crate::ErrorKind::External && e.is_retryable();
+                // A dependency that cannot be reached (an object store or the checkpoint store that
+                // is down) is waited out past `max_restarts`, up to `outage_timeout`; other
+                // failures (a full disk, a refusal) are not.
+                let outage = e.kind() == crate::ErrorKind::External && e.is_retryable() && crate::error::is_unreachable(&e);
                 let waiting = outage && failures > max;
                 if failures > max && !(waiting && since.elapsed() < settings.outage_timeout) {
                     let why = if outage {
@@ -136,6 +137,8 @@ struct InProgress {
     kind: BarrierKind,
     started: Instant,
     acks: usize,
+    /// Rows the readers read before the barrier (in this attempt).
+    rows_read: u64,
     readers: Vec<ReaderState>,
     operators: BTreeMap<String, serde_json::Value>,
     sink: Vec<Committable>,
@@ -171,7 +174,11 @@ async fn attempt(run: &Arc<RunContext>, region: usize, progressed: &mut bool) ->
     }
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (mut tasks, triggers, readers) = spawn_tasks(run, region, epoch, restored.as_ref(), &events_tx).await?;
+    // Rows the readers read in this attempt, and how many of them the last completed checkpoint
+    // holds: on a failure, the difference is read again after the restart.
+    let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut durable_read = 0u64;
+    let (mut tasks, triggers, readers) = spawn_tasks(run, region, epoch, restored.as_ref(), &events_tx, &read).await?;
     drop(events_tx);
     let expected_acks = tasks.len();
     let mut next_id = restored.as_ref().map_or(1, |m| m.checkpoint + 1);
@@ -210,14 +217,17 @@ async fn attempt(run: &Arc<RunContext>, region: usize, progressed: &mut bool) ->
                             return Err(Error::internal(format!("ack for unknown checkpoint {checkpoint}")));
                         };
                         cp.acks += 1;
+                        cp.rows_read += snapshot.rows_read;
                         cp.readers.extend(snapshot.reader);
                         cp.operators.extend(snapshot.operator);
                         cp.sink.extend(snapshot.sink);
                         cp.dead_letters.extend(snapshot.dead_letters);
                         if cp.acks == expected_acks {
                             let cp = in_progress.take().expect("in progress");
+                            let rows_read = cp.rows_read;
                             let done = complete(run, region, epoch, cp, &mut pending, &commit_ctx).await?;
                             *progressed = true;
+                            durable_read = rows_read;
                             if done {
                                 return Ok(());
                             }
@@ -245,6 +255,8 @@ async fn attempt(run: &Arc<RunContext>, region: usize, progressed: &mut bool) ->
         }
     } else {
         tasks.abort_all();
+        let replayed = read.load(Ordering::Relaxed).saturating_sub(durable_read);
+        run.metrics.pipeline.rows_replayed.fetch_add(replayed, Ordering::Relaxed);
         // A task that failed closes its channels as it ends, and the coordinator may see the
         // closed channel ("stopped before the final checkpoint") before the task's own error: the
         // task's error is the cause, so it replaces that symptom.
@@ -280,6 +292,7 @@ fn trigger(triggers: &[mpsc::UnboundedSender<Barrier>], id: u64, kind: BarrierKi
         kind,
         started: Instant::now(),
         acks: 0,
+        rows_read: 0,
         readers: Vec::new(),
         operators: BTreeMap::new(),
         sink: Vec::new(),
@@ -323,6 +336,7 @@ async fn spawn_tasks(
     epoch: u64,
     restored: Option<&RegionManifest>,
     events: &Events,
+    read: &Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<Spawned> {
     let plan = &run.plan;
     let n = plan.nodes.len();
@@ -389,6 +403,7 @@ async fn spawn_tasks(
             dead_letters: dead_letters(format!("source-{reader}")),
             events: events.clone(),
             metrics,
+            read: read.clone(),
         };
         tasks.spawn(async move { (0, task.run().await) });
     }

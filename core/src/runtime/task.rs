@@ -40,6 +40,8 @@ use crate::{dead_letter, source::State};
 #[derive(Debug, Default)]
 pub(crate) struct TaskSnapshot {
     pub reader: Option<ReaderState>,
+    /// A reader's rows read (in this attempt of its region) before the barrier.
+    pub rows_read: u64,
     pub operator: Option<(String, State)>,
     pub sink: Option<Committable>,
     pub dead_letters: Option<Committable>,
@@ -122,6 +124,8 @@ pub(crate) struct SourceTask {
     pub dead_letters: DeadLetters,
     pub events: Events,
     pub metrics: Arc<StageMetrics>,
+    /// Rows read by every reader of the region in this attempt (see `TaskSnapshot::rows_read`).
+    pub read: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SourceTask {
@@ -147,9 +151,11 @@ impl SourceTask {
         let mut current: Option<Box<dyn SplitReader>> = None;
         let mut reported = false;
         let mut pending: VecDeque<Barrier> = VecDeque::new();
+        // Rows this reader has read in this attempt.
+        let mut read = 0u64;
         loop {
             if let Some(b) = pending.pop_front() {
-                source_ack(self.state.clone(), &mut self.dead_letters, &self.events, b).await?;
+                source_ack(self.state.clone(), read, &mut self.dead_letters, &self.events, b).await?;
                 self.outputs.barrier(b).await?;
                 if b.is_last() {
                     return Ok(());
@@ -186,8 +192,11 @@ impl SourceTask {
                             // Where a checkpoint taken while this batch waits for room resumes.
                             let before = self.state.splits[0].position.replace(reader.position());
                             let rejected = reader.rejected();
-                            StageMetrics::add(&self.metrics.rows_in, batch.num_rows() as u64);
+                            let rows = batch.num_rows() as u64;
+                            StageMetrics::add(&self.metrics.rows_in, rows);
                             StageMetrics::add(&self.metrics.bytes_in, crate::types::data_bytes(&batch));
+                            self.read.fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+                            read += rows;
                             // Backpressure may hold the batch for long (a service stage waiting out an
                             // outage): checkpoints go on meanwhile, each recording the position before
                             // the batch, their barriers passing ahead of it.
@@ -204,7 +213,7 @@ impl SourceTask {
                                     Some(b) = self.triggers.recv() => {
                                         let mut state = self.state.clone();
                                         state.splits[0].position = before.clone();
-                                        source_ack(state, &mut self.dead_letters, &self.events, b).await?;
+                                        source_ack(state, read - rows, &mut self.dead_letters, &self.events, b).await?;
                                         send_overtaken(&senders, b, &self.metrics).await?;
                                         if b.is_last() {
                                             // The batch comes after the last checkpoint: read again on restore.
@@ -232,9 +241,17 @@ impl SourceTask {
     }
 }
 
-/// Acknowledges barrier `b` at a reader: its `state` and its dead letters so far.
-async fn source_ack(state: ReaderState, dead_letters: &mut DeadLetters, events: &Events, b: Barrier) -> Result<()> {
-    let snapshot = TaskSnapshot { reader: Some(state), dead_letters: dead_letters.prepare(b.id).await?, ..Default::default() };
+/// Acknowledges barrier `b` at a reader: its `state`, the rows it read before, and its dead
+/// letters so far.
+async fn source_ack(
+    state: ReaderState,
+    rows_read: u64,
+    dead_letters: &mut DeadLetters,
+    events: &Events,
+    b: Barrier,
+) -> Result<()> {
+    let snapshot =
+        TaskSnapshot { reader: Some(state), rows_read, dead_letters: dead_letters.prepare(b.id).await?, ..Default::default() };
     ack(events, b.id, snapshot)
 }
 

@@ -77,7 +77,9 @@ impl SinkWriter for SlowWriter {
             tokio::time::sleep(d).await;
         }
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(alluvium_core::Error::external("the store refused the connection").with_retryable(true));
+            return Err(
+                alluvium_core::Error::external("the store: error sending request: connection refused").with_retryable(true)
+            );
         }
         self.inner.write(batch).await
     }
@@ -96,7 +98,8 @@ impl Sink for Observed {
     }
     async fn commit(&self, ctx: &SinkContext, checkpoint: u64, c: &[Committable]) -> Result<()> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(alluvium_core::Error::external("the table's catalog refused the connection").with_retryable(true));
+            return Err(alluvium_core::Error::external("the table's catalog: error sending request: connection refused")
+                .with_retryable(true));
         }
         self.inner.commit(ctx, checkpoint, c).await?;
         self.log.lock().unwrap().commits.push((ctx.region, Instant::now()));

@@ -101,6 +101,10 @@ async fn a_failing_lane_restarts_alone_while_the_other_keeps_committing() {
     let summary = p.run().await.unwrap();
     assert_eq!(summary.restarts, 1);
     assert_eq!(summary.metrics.stages[1].errors, 1, "the failure is attributed to the fault stage");
+    // Rows read again after the restart are read once as far as the summary goes.
+    assert!(summary.metrics.rows_replayed > 0, "lane 1 read past its last checkpoint before it failed: {summary:?}");
+    assert_eq!(summary.metrics.stages[0].rows_in, n + summary.metrics.rows_replayed);
+    assert_eq!(summary.rows_read, n, "each source row once");
 
     let log = log.lock().unwrap();
     let starts1: Vec<_> = log.starts.iter().filter(|(r, _)| *r == 1).map(|(_, t)| *t).collect();
@@ -421,7 +425,7 @@ async fn commits_wait_for_a_table_that_is_down_and_past_the_timeout_a_rerun_comm
     let summary = p.run().await.unwrap();
     let waited = flip.await.unwrap();
     assert_eq!((waited.stage.as_str(), waited.service.as_str()), ("observed", "table commits"));
-    assert!(waited.waiting.unwrap().last_failure.contains("refused the connection"));
+    assert!(waited.waiting.unwrap().last_failure.contains("connection refused"));
     assert_eq!(summary.restarts, 0, "{summary:?}");
     assert_eq!(log.lock().unwrap().starts.len(), 2, "no region restarted");
     let counts = id_counts(&read_jsonl(&out));
@@ -490,8 +494,5 @@ async fn a_region_waits_out_a_store_that_is_down_past_max_restarts() {
     let err = p.run().await.expect_err("the store stayed down");
     assert!(started.elapsed() >= Duration::from_millis(1500), "{:?}", started.elapsed());
     let text = err.to_string();
-    assert!(
-        text.contains("longer than `pipeline.outage_timeout` = 1s 500ms") && text.contains("refused the connection"),
-        "{text}"
-    );
+    assert!(text.contains("longer than `pipeline.outage_timeout` = 1s 500ms") && text.contains("connection refused"), "{text}");
 }

@@ -133,12 +133,7 @@ fn windows_stream_out_in_pieces_as_tensors_or_wav_clips() {
     // Tensors: 10 s at 16 kHz mono, the last padded; about one window per batch.
     let mut op = AudioWindows::new(Arc::new(LocalFiles)).batch_bytes(700_000);
     op.validate().unwrap();
-    let mut pieces = Vec::new();
-    op.process_into(refs(&[&path]), &mut |o| {
-        pieces.push(o);
-        Ok(())
-    })
-    .unwrap();
+    let pieces = crate::pieces(&mut op, refs(&[&path]));
     assert_eq!(pieces.len(), 3, "one window per batch (640,000 bytes each)");
     let all: Vec<(u64, i64, i64)> = pieces.iter().flat_map(rows).collect();
     assert_eq!(all, [(0, 0, 10_000), (1, 10_000, 10_000), (2, 20_000, 5_000)]);
@@ -301,14 +296,7 @@ fn items_over_the_fan_out_limits_are_dead_letters_naming_the_key() {
 
     // Windows stream out ten at a time: the five batches sent before the limit stay sent, the
     // five windows held back are dropped, and the dead letter says so.
-    let mut streamed = op().max_outputs_per_input(55).batch_bytes(64_000);
-    let mut pieces = Vec::new();
-    streamed
-        .process_into(refs(&[&long]), &mut |o| {
-            pieces.push(o);
-            Ok(())
-        })
-        .unwrap();
+    let pieces = crate::pieces(&mut op().max_outputs_per_input(55).batch_bytes(64_000), refs(&[&long]));
     assert_eq!(pieces.iter().map(|p| p.batch.num_rows()).sum::<usize>(), 50);
     let failures: Vec<_> = pieces.iter().flat_map(|p| p.failures.iter()).collect();
     assert_eq!(failures.len(), 1);

@@ -172,12 +172,7 @@ fn decoded_and_resized_images_go_out_in_batches_bounded_by_bytes() {
     let small = || Some(png_gray(100, 100));
     let input = batch(vec![small(), small(), Some(png_gray(200, 200)), small(), None, small(), small()]);
     let mut op = DecodeImage::rgb().max_batch_bytes(70_000);
-    let mut pieces = Vec::new();
-    op.process_into(input.clone(), &mut |out| {
-        pieces.push(out);
-        Ok(())
-    })
-    .unwrap();
+    let pieces = crate::pieces(&mut op, input.clone());
     assert_eq!(pieces.iter().map(ids).collect::<Vec<_>>(), [vec![0, 1], vec![3, 5], vec![6]]);
     let failures: Vec<_> = pieces.iter().flat_map(|p| p.failures.iter()).collect();
     assert_eq!(failures.iter().map(|f| f.row).collect::<Vec<_>>(), [2, 4]);
@@ -190,13 +185,7 @@ fn decoded_and_resized_images_go_out_in_batches_bounded_by_bytes() {
 
     // Up to 150×150 (67,500 bytes): one image a batch.
     let mut resize = Resize::to(150, 150).max_batch_bytes(70_000);
-    let mut sizes = Vec::new();
-    resize
-        .process_into(out.batch.clone(), &mut |o| {
-            sizes.push(o.batch.num_rows());
-            Ok(())
-        })
-        .unwrap();
+    let sizes: Vec<usize> = crate::pieces(&mut resize, out.batch.clone()).iter().map(|o| o.batch.num_rows()).collect();
     assert_eq!(sizes, [1, 1, 1, 1, 1]);
     // Up to 200×200, over the limit alone: dead letters, not a batch too big to build.
     let over = Resize::to(200, 200).max_batch_bytes(70_000).process(out.batch).unwrap();

@@ -19,3 +19,15 @@ fn refs(paths: &[&std::path::Path]) -> alluvium_core::arrow::array::RecordBatch 
     let schema = Schema::new(vec![ObjectRefType::field("ref", false), Field::new("label", DataType::Utf8, false)]);
     RecordBatch::try_new(std::sync::Arc::new(schema), vec![std::sync::Arc::new(col), std::sync::Arc::new(label)]).unwrap()
 }
+
+/// Every output `op` emits for `batch` through `process_into`, in order (as the runtime sends
+/// them on).
+fn pieces(op: &mut impl alluvium_core::Operator, batch: alluvium_core::arrow::array::RecordBatch) -> Vec<alluvium_core::Output> {
+    let mut out = Vec::new();
+    op.process_into(batch, &mut |o| {
+        out.push(o);
+        Ok(())
+    })
+    .expect("process_into");
+    out
+}

@@ -195,13 +195,8 @@ fn a_videos_frames_stream_out_in_pieces() {
         .sampling(Sampling::EveryNth(1))
         .size(FrameSize::ShortSide(32))
         .frames_per_batch(30);
-    let mut pieces = Vec::new();
-    op.process_into(refs(&[&path]), &mut |out| {
-        pieces.push(out.batch.num_rows());
-        Ok(())
-    })
-    .unwrap();
-    assert_eq!(pieces, [30, 30, 30, 10]);
+    let rows: Vec<usize> = crate::pieces(&mut op, refs(&[&path])).iter().map(|o| o.batch.num_rows()).collect();
+    assert_eq!(rows, [30, 30, 30, 10]);
 }
 
 /// Not a video, truncated, corrupt, audio only, empty, too large, over the time budget: each a
@@ -316,14 +311,7 @@ fn a_video_over_the_fan_out_limits_is_a_dead_letter_naming_the_key() {
 
     // Frames stream out eight at a time: the two batches sent before the limit stay sent, the
     // four frames held back are dropped, and the dead letter says so.
-    let mut streamed = op().max_outputs_per_input(20).frames_per_batch(8);
-    let mut pieces = Vec::new();
-    streamed
-        .process_into(refs(&[&path]), &mut |out| {
-            pieces.push(out);
-            Ok(())
-        })
-        .unwrap();
+    let pieces = crate::pieces(&mut op().max_outputs_per_input(20).frames_per_batch(8), refs(&[&path]));
     assert_eq!(pieces.iter().map(|p| p.batch.num_rows()).sum::<usize>(), 16);
     let failures: Vec<_> = pieces.iter().flat_map(|p| p.failures.iter()).collect();
     assert_eq!(failures.len(), 1);
@@ -390,14 +378,7 @@ fn a_truncated_mp4_is_a_dead_letter_saying_how_far_it_got() {
 
     // Streamed in pieces of 16, the pieces that went on before the end was known stay, and the
     // dead letter counts them.
-    let mut streamed = op().sampling(Sampling::EveryNth(1)).frames_per_batch(16);
-    let mut pieces = Vec::new();
-    streamed
-        .process_into(refs(&[&half]), &mut |out| {
-            pieces.push(out);
-            Ok(())
-        })
-        .unwrap();
+    let pieces = crate::pieces(&mut op().sampling(Sampling::EveryNth(1)).frames_per_batch(16), refs(&[&half]));
     let rows: usize = pieces.iter().map(|p| p.batch.num_rows()).sum();
     assert!(rows > 0 && rows.is_multiple_of(16), "{rows} frames went on");
     let failures: Vec<_> = pieces.iter().flat_map(|p| p.failures.iter()).collect();
