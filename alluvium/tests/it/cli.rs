@@ -516,8 +516,9 @@ path = "{out}/dt=${{ALLUVIUM_WINDOW_DATE:-all}}"
 /// output has no bars.
 #[test]
 fn a_terminal_gets_progress_bars() {
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: no `script` (util-linux) to make a terminal");
+    if Command::new("script").arg("--version").output().is_err()
+        && alluvium_integration::missing("`script` (util-linux's bsdutils) to make a terminal").is_none()
+    {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -733,4 +734,65 @@ path = "{out}/_dead_letters"
         .collect();
     lines.sort();
     assert_eq!(lines, bad.keys().copied().collect::<Vec<_>>(), "each bad line is a dead letter once");
+}
+
+/// An object copied in with an old modification time (older than the newest one seen minus
+/// `max_lateness`) is picked up, with a warning, not dropped silently.
+#[test]
+fn continuous_listing_picks_up_an_object_that_arrives_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in"), dir.path().join("out"));
+    std::fs::create_dir_all(&input).unwrap();
+    let job = dir.path().join("tail.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+[pipeline]
+name = "late"
+[checkpoint]
+interval = "200ms"
+location = "{out}/_checkpoints"
+[source]
+type = "objects"
+uri = "file://{input}/"
+continuous = true
+poll_interval = "200ms"
+max_lateness = "1s"
+[sink]
+type = "parquet"
+path = "{out}"
+[io.access]
+file_roots = ["{input}"]
+"#,
+            out = out.display(),
+            input = input.display()
+        ),
+    )
+    .unwrap();
+    let wait_for = |n: usize| {
+        let t = Instant::now();
+        while committed_refs(&out).len() < n {
+            assert!(t.elapsed() < Duration::from_secs(30), "{n} objects not committed after 30 s: {:?}", committed_refs(&out));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    std::fs::write(input.join("a1"), "a1").unwrap();
+    let child = bin().args(["run", job.to_str().unwrap()]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for(1);
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(input.join("b1"), "b1").unwrap();
+    wait_for(2);
+    // Copied in keeping its modification time of an hour ago: far below the floor.
+    std::fs::write(input.join("old"), "old").unwrap();
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(input.join("old")).unwrap().set_modified(hour_ago).unwrap();
+    wait_for(3);
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let stopped = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert!(stopped.status.success(), "{stderr}");
+    let names: Vec<String> = committed_refs(&out).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["a1", "b1", "old"], "each object once");
+    assert!(stderr.contains("showed up modified longer than `max_lateness`"), "the log says so: {stderr}");
 }

@@ -16,7 +16,12 @@
 //! poll interval and emits each new or overwritten object once, oldest first. What it has emitted
 //! is checkpointed with every split assignment as a watermark (the newest modification time
 //! emitted) plus the objects emitted within `lateness` of it, so the state stays small however
-//! many objects pass, and a restart neither skips nor repeats objects.
+//! many objects pass, and a restart neither skips nor repeats objects. An object that shows up
+//! modified longer than `lateness` before the watermark (copied in with its old time) is told
+//! from the ones emitted before by the versions the process knows below that floor, and picked up
+//! with a warning; across a restart only a fingerprint of those is kept, so one that arrived while
+//! the job was down is reported (a warning with the counts), not picked up: size `lateness` to
+//! the longest time a job may be down.
 //!
 //! A bounded listing of a store that lists in key order (S3, GCS, Azure, and local directories,
 //! walked in key order by `walk`) is consumed as it arrives: the first split goes out
@@ -157,7 +162,8 @@ impl ObjectStoreSource {
     /// (an overwrite is a new ETag or modification time). The checkpointed record of what was emitted is a watermark
     /// (the newest modification time emitted) and the objects emitted within `lateness` of it, so
     /// it stays small however many objects pass. An object listed more than `lateness` after its
-    /// modification time, older than the watermark by more than that, is not picked up.
+    /// modification time, older than the watermark by more than that, is picked up with a warning
+    /// while the job runs; one that arrived while it was down is reported, not picked up.
     pub fn continuous(mut self, poll: std::time::Duration, lateness: std::time::Duration) -> Self {
         self.continuous = Some((poll.max(std::time::Duration::from_millis(10)), lateness));
         self
@@ -495,7 +501,16 @@ impl Source for ObjectStoreSource {
             }
             None => None,
         };
-        Ok(Box::new(Enumerator { source: self.clone(), after, listed: None, continuous, listed_at: None, pages: None, walk }))
+        Ok(Box::new(Enumerator {
+            source: self.clone(),
+            after,
+            listed: None,
+            continuous,
+            listed_at: None,
+            pages: None,
+            walk,
+            below: None,
+        }))
     }
 
     async fn open(&self, split: &Split, position: Option<&State>) -> Result<Box<dyn SplitReader>> {
@@ -520,6 +535,25 @@ struct Enumerator {
     pages: Option<futures::stream::BoxStream<'static, Result<Entry>>>,
     /// Bounded mode from an inventory report.
     walk: Option<crate::inventory::Walk>,
+    /// Continuous mode: the versions known below the floor (the watermark − `lateness`): listed
+    /// there before, or emitted and since passed by the floor. A version that shows up below the
+    /// floor and is not among them arrived late: it is picked up, not dropped. Kept in memory only
+    /// (the listing is in memory anyway); `None` until the first listing of this process.
+    below: Option<std::collections::HashSet<Version>>,
+}
+
+/// An object's version as a continuous listing tells them apart: `(uri, etag, modified µs)`.
+type Version = (String, Option<String>, i64);
+
+/// The count and an order-free hash of a set of versions: what a checkpoint keeps of the versions
+/// below the floor, so that a restore can tell whether objects arrived late while the job was down.
+fn fingerprint<'a>(versions: impl Iterator<Item = &'a Version>) -> (u64, u64) {
+    use std::hash::{Hash, Hasher};
+    versions.fold((0, 0), |(n, x), v| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        v.hash(&mut h);
+        (n + 1, x ^ h.finish())
+    })
 }
 
 /// The checkpointed record of a continuous listing: bounded by the objects modified within
@@ -532,6 +566,9 @@ struct Continuous {
     recent: Vec<(String, Option<String>, i64)>,
     /// Splits emitted so far (their names).
     splits: u64,
+    /// [`fingerprint`] of the versions known below the floor.
+    #[serde(default)]
+    below: Option<(u64, u64)>,
 }
 
 impl Enumerator {
@@ -631,16 +668,53 @@ impl Enumerator {
             let seen: std::collections::HashSet<(&str, Option<&str>, i64)> =
                 state.recent.iter().map(|(u, t, m)| (u.as_str(), t.as_deref(), *m)).collect();
             let floor = state.watermark_us.map(|w| w - lateness_us);
-            let mut fresh: Vec<Entry> = self
+            let version = |e: &Entry| (e.uri.clone(), e.etag.clone(), e.modified_us.unwrap_or(0));
+            let (mut fresh, below): (Vec<Entry>, Vec<Entry>) = self
                 .source
                 .list()
                 .await?
                 .into_iter()
-                .filter(|e| {
-                    let m = e.modified_us.unwrap_or(0);
-                    floor.is_none_or(|f| m >= f) && !seen.contains(&(e.uri.as_str(), e.etag.as_deref(), m))
-                })
-                .collect();
+                .filter(|e| !seen.contains(&(e.uri.as_str(), e.etag.as_deref(), e.modified_us.unwrap_or(0))))
+                .partition(|e| floor.is_none_or(|f| e.modified_us.unwrap_or(0) >= f));
+            // Below the floor: known versions, or versions that arrived late.
+            match &mut self.below {
+                Some(known) => {
+                    let late: Vec<Entry> = below.into_iter().filter(|e| !known.contains(&version(e))).collect();
+                    if !late.is_empty() {
+                        let oldest = late.iter().filter_map(|e| e.modified_us).min().unwrap_or(0);
+                        tracing::warn!(
+                            source = %self.source.uri,
+                            objects = late.len(),
+                            late_by_s = (floor.unwrap_or(0) - oldest) / 1_000_000,
+                            "{} object(s) showed up modified longer than `max_lateness` before the newest one \
+                             seen; they are picked up, but raise `max_lateness` if this is usual",
+                            late.len()
+                        );
+                        fresh.extend(late);
+                    }
+                }
+                None => {
+                    let known: std::collections::HashSet<Version> = below.iter().map(version).collect();
+                    // The first listing after a restore: the checkpoint's fingerprint tells whether
+                    // versions arrived below the floor while the job was down (they cannot be told
+                    // from the ones emitted before).
+                    if let Some((n, hash)) = state.below {
+                        let (now, now_hash) = fingerprint(known.iter());
+                        if (now, now_hash) != (n, hash) {
+                            tracing::warn!(
+                                source = %self.source.uri,
+                                before = n,
+                                now,
+                                "the listing holds other objects modified longer than `max_lateness` before the newest \
+                                 one emitted than at the last checkpoint ({n} then, {now} now): some arrived late (or \
+                                 were deleted) while the job was down, and late ones are not picked up; raise \
+                                 `max_lateness` to cover the time a job may be down"
+                            );
+                        }
+                    }
+                    self.below = Some(known);
+                }
+            }
             // Oldest first (handed out from the end): the watermark only moves forward.
             fresh.sort_by(|a, b| (b.modified_us, &b.uri).cmp(&(a.modified_us, &a.uri)));
             self.listed = Some(fresh);
@@ -657,8 +731,12 @@ impl Enumerator {
             state.watermark_us = Some(state.watermark_us.map_or(m, |w| w.max(m)));
             state.recent.push((uri, etag, m));
         }
+
         let floor = state.watermark_us.unwrap_or(0) - lateness_us;
-        state.recent.retain(|(_, _, m)| *m >= floor);
+        // What the floor passes (late versions picked up are below it at once) is known below it.
+        let below = self.below.get_or_insert_with(Default::default);
+        below.extend(state.recent.extract_if(.., |(_, _, m)| *m < floor));
+        state.below = Some(fingerprint(below.iter()));
         Ok(Discovery::Splits(vec![split]))
     }
 }

@@ -36,8 +36,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Returns `None` (after printing why) when a service is missing outside CI; panics under CI.
-fn missing(what: &str) -> Option<std::convert::Infallible> {
+/// `None` (the test skips, saying so) when `what` is not available here; under CI (`CI` set) a
+/// panic instead: CI installs everything the tests need, so a missing tool is a failure there.
+pub fn missing(what: &str) -> Option<std::convert::Infallible> {
     if std::env::var_os("CI").is_some() {
         panic!("{what} is required under CI; .ci/run installs it");
     }
