@@ -184,6 +184,8 @@ pub struct CheckpointSection {
 }
 
 /// `[source]`, by `type`.
+// A job's one source section, parsed once: boxing the large variants would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
