@@ -5,7 +5,8 @@
 //! type = "delta"                        # or "lance": the table is its location
 //! table = "${ALLUVIUM_OUTPUT}/images"   # a directory or an s3:// URL
 //! target_file_bytes = 134217728         # roll data files at this size (128 MiB)
-//! orphan_grace = "1h"                   # files of failed attempts are deleted after this
+//! orphan_grace = "1h"                   # files of failed attempts are deleted after this (not for
+//!                                       # Lance: its own cleanup deletes them after 7 days)
 //!
 //! [sink]
 //! type = "iceberg"
@@ -175,7 +176,9 @@ pub struct LanceConfig {
     /// Start a new data file after this many rows (Lance's `max_rows_per_file`).
     #[serde(default)]
     pub max_rows_per_file: Option<usize>,
-    /// Delete files of failed attempts after this long (default 1h).
+    /// Not for Lance (an error naming why): Lance names its data files itself, so the sink cannot
+    /// tell a failed attempt's files from another writer's in flight; Lance's own cleanup deletes
+    /// unreferenced files after 7 days.
     #[serde(default, with = "crate::job::opt_duration")]
     pub orphan_grace: Option<Duration>,
 }
@@ -189,8 +192,13 @@ impl LanceConfig {
         if let Some(n) = self.max_rows_per_file {
             c.max_rows_per_file = n.max(1);
         }
-        if let Some(g) = self.orphan_grace {
-            c.orphan_grace = g;
+        if self.orphan_grace.is_some() {
+            return Err(Error::config(
+                "lance sink: `orphan_grace` does not apply to Lance: it names its data files itself, so a failed \
+                 attempt's files cannot be told from another writer's still in flight; they are referenced by no \
+                 version, and Lance's own cleanup (`cleanup_old_versions`, e.g. from pylance) deletes such files \
+                 after 7 days. Remove the key",
+            ));
         }
         Ok(Arc::new(alluvium_lance::LanceSink::new(c)))
     }

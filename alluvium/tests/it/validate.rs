@@ -164,3 +164,17 @@ fn values_from_the_environment_add_no_key_and_reach_no_message() {
         refused(&command("validate", &path, &[("ALLUVIUM_TEST_LANES", "3\nchannel_bytes = 0")]), "not a number or true/false");
     assert!(stderr.contains("`pipeline.parallelism` = ${ALLUVIUM_TEST_LANES}") && !stderr.contains("channel_bytes"), "{stderr}");
 }
+
+/// Lance names its own data files, so the sink cannot delete a failed attempt's files:
+/// `orphan_grace` on a Lance sink is refused, saying why and what deletes them instead.
+#[cfg(feature = "lance")]
+#[test]
+fn orphan_grace_on_a_lance_sink_is_refused_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = job(dir.path(), |t| t.replace("type = \"parquet\"\npath = ", "type = \"lance\"\norphan_grace = \"1h\"\ntable = "));
+    let stderr = refused(&command("validate", &path, &[]), "`orphan_grace` does not apply to Lance");
+    assert!(stderr.contains("cleanup_old_versions") && stderr.contains("Remove the key"), "{stderr}");
+    let without = job(dir.path(), |t| t.replace("type = \"parquet\"\npath = ", "type = \"lance\"\ntable = "));
+    let ok = command("validate", &without, &[]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}

@@ -25,7 +25,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use alluvium_core::arrow::datatypes::{Schema, SchemaRef};
 use alluvium_core::arrow::record_batch::RecordBatch;
@@ -57,14 +56,12 @@ pub struct LanceSinkConfig {
     pub table: String,
     /// Start a new data file after this many rows (default 1 Mi rows).
     pub max_rows_per_file: usize,
-    /// Kept for symmetry with the other lake sinks; Lance's cleanup owns orphan deletion.
-    pub orphan_grace: Duration,
 }
 
 impl LanceSinkConfig {
     /// Defaults for `table`.
     pub fn new(table: impl Into<String>) -> Self {
-        Self { table: table.into(), max_rows_per_file: 1 << 20, orphan_grace: Duration::from_secs(3600) }
+        Self { table: table.into(), max_rows_per_file: 1 << 20 }
     }
 }
 
